@@ -1,0 +1,425 @@
+"""One-file checkpoints (safetensors) with masks and their history, and a safe loader for every
+format a user is likely to hand us.
+
+Our format: a single ``.safetensors`` file with
+  ``model/<param>``                       weights,
+  ``mask/<param>`` / ``unit/<name>``       final weight masks / head+neuron masks (bit-packed uint8),
+  ``fired/<param>``                        ever-active masks (bit-packed),
+  ``history/<i>/{mask,unit,state}/<name>`` the mask history, one group per snapshot,
+and JSON metadata (model config, method and settings, epoch, metrics, versions, training config).
+
+Loading never unpickles arbitrary objects: safetensors, or ``torch.load(weights_only=True)`` with
+only ``argparse.Namespace`` allow-listed (the official SViTE checkpoint stores its args that way).
+Writes go to a temporary file in the same directory and are renamed into place, so a crash or a
+full disk never leaves a half-written checkpoint where a good one was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pickle
+import platform
+import struct
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+from torch import nn
+
+from .errors import CheckpointError, SviteError
+from .masks import MaskSet, PackedMasks, Snapshot, default_sparsifiable, head_unit_name, neuron_unit_name
+from .models import ModelConfig, SelectorConfig, build_model, infer_config_from_state_dict
+
+FORMAT = "svite-explorer"
+FORMAT_VERSION = 1
+MAX_CHECKPOINT_BYTES = 4 * 1024**3
+
+
+@dataclass
+class LoadedCheckpoint:
+    """Everything a checkpoint holds, whatever file format it came from."""
+
+    path: Path
+    format: str  # "svite-explorer" | "timm" | "svite-official"
+    model: nn.Module
+    model_config: ModelConfig
+    masks: MaskSet | None = None  # weight-level masks (None: dense / unknown)
+    units: MaskSet | None = None  # head/neuron masks of structured runs
+    fired: MaskSet | None = None
+    history: list[Snapshot] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return str(self.meta.get("method", "dense"))
+
+    @property
+    def has_selector(self) -> bool:
+        return hasattr(self.model, "token_selector")
+
+
+# ----------------------------------------------------------------------------------------------
+# small file helpers
+def atomic_write_bytes(path: str | Path, payload: bytes | Callable[[io.BufferedWriter], None]) -> Path:
+    """Write to a temp file beside ``path``, fsync, then rename over it (never a torn file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if callable(payload):
+                payload(fh)
+            else:
+                fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def package_versions() -> dict[str, str]:
+    import numpy
+    import safetensors
+    import timm
+
+    from . import __version__
+
+    return {"sparsity_core": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": numpy.__version__, "safetensors": safetensors.__version__,
+            "python": platform.python_version()}
+
+
+# ----------------------------------------------------------------------------------------------
+# saving
+def _put_packed(tensors: dict[str, torch.Tensor], prefix: str, packed: PackedMasks) -> dict[str, list[int]]:
+    for name, data in packed.data.items():
+        tensors[f"{prefix}/{name}"] = data.contiguous()
+    return {n: list(s) for n, s in packed.shapes.items()}
+
+
+def checkpoint_bytes(model: nn.Module, model_config: ModelConfig, *, masks: MaskSet | None = None,
+                     units: MaskSet | None = None, fired: MaskSet | None = None,
+                     history: list[Snapshot] | None = None, meta: Mapping[str, Any] | None = None) -> bytes:
+    """Serialise a checkpoint to safetensors bytes (see module docstring for the layout)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        tensors[f"model/{name}"] = value.detach().to("cpu").contiguous().clone()
+    header: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": model_config.to_dict(),
+        "versions": package_versions(),
+        **dict(meta or {}),
+    }
+    header["mask_shapes"] = _put_packed(tensors, "mask", masks.pack()) if masks is not None else None
+    header["unit_shapes"] = _put_packed(tensors, "unit", units.pack()) if units is not None else None
+    header["fired_shapes"] = _put_packed(tensors, "fired", fired.pack()) if fired is not None else None
+    entries = []
+    for i, snap in enumerate(history or []):
+        entry = {"step": snap.step, "epoch": snap.epoch, "info": snap.info,
+                 "mask_shapes": _put_packed(tensors, f"history/{i}/mask", snap.masks),
+                 "unit_shapes": _put_packed(tensors, f"history/{i}/unit", snap.units),
+                 "state": sorted(snap.state)}
+        for name, value in snap.state.items():
+            tensors[f"history/{i}/state/{name}"] = value.detach().to("cpu").contiguous()
+        entries.append(entry)
+    header["history"] = entries
+    return safetensors_save(tensors, metadata={"svite_explorer": json.dumps(header, default=_json_default)})
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, model_config: ModelConfig, **kwargs: Any) -> Path:
+    """Atomically write a one-file checkpoint. kwargs: masks, units, fired, history, meta."""
+    return atomic_write_bytes(path, checkpoint_bytes(model, model_config, **kwargs))
+
+
+def save_resume_state(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """Optimizer / scheduler / scaler / RNG / engine state, beside the checkpoint (atomic)."""
+    buf = io.BytesIO()
+    torch.save(dict(state), buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_resume_state(path: str | Path) -> dict[str, Any]:
+    obj = _torch_load_safe(Path(path))
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a resume state (expected a dict, found {type(obj).__name__})")
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------
+# loading: file level
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: file is empty")
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: file is {size / 1e9:.1f} GB, larger than the {MAX_CHECKPOINT_BYTES / 1e9:.0f} GB "
+                              "limit")
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 0 < n < path.stat().st_size and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no items())
+    except Exception as err:  # safetensors raises its own error types for torn/garbage files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(err)}); "
+                              "the file may be truncated or corrupt") from None
+    return tensors, meta
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def _torch_load_safe(path: Path) -> Any:
+    """``torch.load`` that only accepts tensors and plain containers (plus argparse.Namespace)."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        msg = str(err)
+        if "Unsupported global" in msg or "GLOBAL" in msg or "not an allowed global" in msg.lower():
+            what = next((line.strip() for line in msg.splitlines() if "GLOBAL" in line), "a Python object")
+            raise CheckpointError(f"{path}: refused: the file contains Python code/objects, not just tensors "
+                                  f"({what[:120]}); only weights are loaded from untrusted files") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(err)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, struct.error, KeyError,
+            AttributeError, TypeError, IndexError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint; the file may be truncated or corrupt "
+                              f"({_one_line(err)})") from None
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain weight dict from ``.safetensors``/``.pth``/``.bin`` (bare or under model/state_dict)."""
+    path = Path(path)
+    _check_file(path)
+    if _looks_like_safetensors(path):
+        tensors, meta = _read_safetensors(path)
+        if "svite_explorer" in meta:
+            return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+        return tensors
+    obj = _torch_load_safe(path)
+    return _unwrap_state_dict(path, obj)
+
+
+def _unwrap_state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: no state dict found (expected a dict of tensors, bare or under "
+                              "'model'/'state_dict')")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# loading: formats
+def load_checkpoint(path: str | Path, *, num_heads: int | None = None) -> LoadedCheckpoint:
+    """Load any supported checkpoint into one :class:`LoadedCheckpoint` (model on CPU, eval mode).
+
+    ``num_heads`` overrides the head count for plain state dicts, whose weights do not reveal it.
+    Raises :class:`CheckpointError` with a one-line message naming the file for anything unreadable.
+    """
+    path = Path(path)
+    _check_file(path)
+    if _looks_like_safetensors(path):
+        tensors, meta = _read_safetensors(path)
+        if "svite_explorer" in meta:
+            loaded = _load_ours(path, tensors, meta["svite_explorer"])
+        else:
+            loaded = _load_plain(path, tensors, num_heads=num_heads)
+    else:
+        obj = _torch_load_safe(path)
+        if isinstance(obj, dict) and "model" in obj and any(k in obj for k in ("mask", "atten_mask", "other_mask")):
+            loaded = _load_official(path, obj, num_heads=num_heads)
+        else:
+            loaded = _load_plain(path, _unwrap_state_dict(path, obj), num_heads=num_heads)
+    loaded.model.eval()
+    return loaded
+
+
+def _load_weights(path: Path, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state))
+    if unknown or missing:
+        raise CheckpointError(f"{path}: weights do not match the architecture "
+                              f"(unknown keys {unknown[:3]}, missing keys {missing[:3]})")
+    bad = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if state[k].shape != own[k].shape]
+    if bad:
+        k, got, want = bad[0]
+        raise CheckpointError(f"{path}: shape mismatch for {k}: file has {list(got)}, model needs {list(want)}")
+    model.load_state_dict(state, strict=True)
+
+
+def _unpack_group(path: Path, tensors: Mapping[str, torch.Tensor], prefix: str,
+                  shapes: Mapping[str, list[int]] | None) -> MaskSet | None:
+    if shapes is None:
+        return None
+    try:
+        return PackedMasks({n: tensors[f"{prefix}/{n}"] for n in shapes},
+                           {n: tuple(s) for n, s in shapes.items()}).unpack()
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: mask group '{prefix}' is damaged ({_one_line(err)})") from None
+
+
+def _load_ours(path: Path, tensors: dict[str, torch.Tensor], header_json: str) -> LoadedCheckpoint:
+    try:
+        header = json.loads(header_json)
+        config = ModelConfig.from_dict(header["model_config"])
+    except (json.JSONDecodeError, KeyError, TypeError, SviteError) as err:
+        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({_one_line(err)})") from None
+    if int(header.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer SViTE Explorer (format {header['format_version']})")
+    try:
+        model = build_model(config)
+    except SviteError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    _load_weights(path, model, {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    history = []
+    for i, entry in enumerate(header.get("history", [])):
+        try:
+            masks = PackedMasks({n: tensors[f"history/{i}/mask/{n}"] for n in entry["mask_shapes"]},
+                                {n: tuple(s) for n, s in entry["mask_shapes"].items()})
+            units = PackedMasks({n: tensors[f"history/{i}/unit/{n}"] for n in entry["unit_shapes"]},
+                                {n: tuple(s) for n, s in entry["unit_shapes"].items()})
+            state = {n: tensors[f"history/{i}/state/{n}"] for n in entry.get("state", [])}
+        except KeyError as err:
+            raise CheckpointError(f"{path}: mask history entry {i} is damaged (missing {err.args[0]})") from None
+        history.append(Snapshot(step=int(entry["step"]), epoch=float(entry["epoch"]), masks=masks, units=units,
+                                state=state, info=dict(entry.get("info", {}))))
+    meta = {k: v for k, v in header.items() if k not in ("mask_shapes", "unit_shapes", "fired_shapes", "history")}
+    return LoadedCheckpoint(path=path, format=FORMAT, model=model, model_config=config,
+                            masks=_unpack_group(path, tensors, "mask", header.get("mask_shapes")),
+                            units=_unpack_group(path, tensors, "unit", header.get("unit_shapes")),
+                            fired=_unpack_group(path, tensors, "fired", header.get("fired_shapes")),
+                            history=history, meta=meta)
+
+
+def _load_plain(path: Path, state: dict[str, torch.Tensor], *, num_heads: int | None) -> LoadedCheckpoint:
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    config = infer_config_from_state_dict(state, num_heads=num_heads)
+    model = build_model(config)
+    _load_weights(path, model, state)
+    masks = MaskSet.from_weights(model, default_sparsifiable(model))
+    if masks.overall_density() == 1.0:
+        masks = None  # a dense model: no masks to speak of
+    meta = {"method": "dense" if masks is None else "unknown", "source_format": "timm"}
+    return LoadedCheckpoint(path=path, format="timm", model=model, model_config=config, masks=masks, meta=meta)
+
+
+def _official_mask_name(key: str) -> str:
+    """``module.blocks.0.attn.qkv.weight_6`` -> ``blocks.0.attn.qkv.weight`` (SVITE_REFERENCE §4)."""
+    name = key[len("module."):] if key.startswith("module.") else key
+    base, _, idx = name.rpartition("_")
+    return base if idx.isdigit() else name
+
+
+def _load_official(path: Path, ckpt: dict[str, Any], *, num_heads: int | None) -> LoadedCheckpoint:
+    state = _unwrap_state_dict(path, ckpt["model"])
+    args = ckpt.get("args")
+    args_dict = vars(args) if isinstance(args, argparse.Namespace) else (args if isinstance(args, dict) else {})
+    selector_state = {k: state.pop(k) for k in list(state) if k.startswith("gumbel.")}
+    model_name = str(args_dict.get("model", "")).replace("_gumbel", "") or None
+    config = infer_config_from_state_dict(state, name_hint=model_name,
+                                          num_heads=num_heads or args_dict.get("atten_head"))
+    if selector_state:
+        config.selector = SelectorConfig(keep=min(int(args_dict.get("token_number") or 0) or (
+            (config.img_size // config.patch_size) ** 2 // 2), (config.img_size // config.patch_size) ** 2))
+        state.update({"token_selector.scorer." + k[len("gumbel."):]: v for k, v in selector_state.items()})
+    try:
+        model = build_model(config)
+    except SviteError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    _load_weights(path, model, state)
+    params = dict(model.named_parameters())
+    pruning_type = str(args_dict.get("pruning_type", ""))
+    units = None
+    raw_mask = ckpt.get("mask") or {}
+    if raw_mask:
+        masks = MaskSet()
+        for key, value in raw_mask.items():
+            name = _official_mask_name(key)
+            if name not in params:
+                raise CheckpointError(f"{path}: mask '{key}' names no parameter of the model")
+            masks[name] = value.to("cpu") != 0
+    elif ckpt.get("atten_mask") or ckpt.get("other_mask"):
+        masks, units = _official_structured(path, model, ckpt.get("atten_mask") or {}, ckpt.get("other_mask") or {})
+    else:
+        masks = MaskSet.from_weights(model, default_sparsifiable(model))  # saved right after a masked step
+    method = {"unstructure": "svite", "structure_new": "s2vite"}.get(pruning_type)
+    if method is None:
+        method = "s2vite" if units is not None else "svite"
+    if selector_state:
+        method += "+"
+    fired = None
+    if isinstance(ckpt.get("fired_mask"), dict) and ckpt["fired_mask"]:
+        fired = MaskSet({_official_mask_name(k): v.to("cpu") != 0 for k, v in ckpt["fired_mask"].items()})
+    meta = {"method": method, "source_format": "svite-official", "epoch": ckpt.get("epoch"),
+            "settings": {k: v for k, v in args_dict.items() if isinstance(v, (int, float, str, bool, type(None)))}}
+    return LoadedCheckpoint(path=path, format="svite-official", model=model, model_config=config, masks=masks,
+                            units=units, fired=fired, meta=meta)
+
+
+def _official_structured(path: Path, model: nn.Module, atten: Mapping[str, torch.Tensor],
+                         other: Mapping[str, torch.Tensor]) -> tuple[MaskSet, MaskSet]:
+    masks, units = MaskSet(), MaskSet()
+    params = dict(model.named_parameters())
+    for i, block in enumerate(model.blocks):
+        heads, dim = block.attn.num_heads, block.attn.head_dim
+        qkv_name = f"blocks.{i}.attn.qkv.weight"
+        m = atten.get(f"module.{qkv_name}_mask", atten.get(f"{qkv_name}_mask"))
+        m = (m != 0) if m is not None else (params[qkv_name].detach() != 0)
+        rows = m.any(dim=1).reshape(3, heads, dim)
+        units[head_unit_name(i)] = rows.any(dim=2).any(dim=0)
+        masks[qkv_name] = m
+        for fc in ("fc1", "fc2"):
+            name = f"blocks.{i}.mlp.{fc}.weight"
+            mm = other.get(f"module.{name}_mask", other.get(f"{name}_mask"))
+            masks[name] = (mm != 0) if mm is not None else (params[name].detach() != 0)
+        units[neuron_unit_name(i)] = masks[f"blocks.{i}.mlp.fc1.weight"].any(dim=1)
+    return masks, units

@@ -1,0 +1,206 @@
+"""``svite`` / ``python -m sparsity_core``: train, eval, inspect, compact (see shared/design/CLI.md).
+
+Error convention: bad input -> one line on stderr naming the file or flag and the problem, exit
+code 2, no traceback (set ``SVITE_DEBUG=1`` to see one), no file changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import traceback
+from typing import Any, NoReturn
+
+from .errors import SviteError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the convention), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a dense or sparse ViT", description="Train a ViT/DeiT densely or with "
+                       "SViTE / S2ViTE / SViTE+ sparsity. Writes OUT/checkpoint.safetensors, metrics.jsonl, config.json.")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default=d.model, help="timm ViT/DeiT name, or the CPU preset vit_tiny_demo")
+    for flag in ("img-size", "patch-size", "embed-dim", "depth", "num-heads"):
+        g.add_argument(f"--{flag}", type=int, default=None, help="override of the model's default")
+    g.add_argument("--data", default=d.data, help="'demo' (built-in procedural data) or an ImageFolder directory")
+    g.add_argument("--train-size", type=int, default=None, help="demo data: number of training images")
+    g.add_argument("--val-size", type=int, default=None, help="demo data: number of validation images")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (the paper: 5e-4 * global_batch / 512)")
+    g.add_argument("--min-lr", type=float, default=d.min_lr)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="the paper uses 5")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
+    g.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "off"], help="auto: bf16 autocast on CUDA")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--num-workers", type=int, default=d.num_workers)
+    g.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke runs)")
+    g.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="steps between periodic checkpoints (0: epoch ends only)")
+    g.add_argument("--out", required=True, help="run directory")
+    g.add_argument("--resume", default=None, help="run directory or checkpoint to continue")
+    g.add_argument("--init", default=None, help="checkpoint to start from (weights, and masks if it has any)")
+    g = p.add_argument_group("sparsity")
+    g.add_argument("--method", default=d.method, choices=["dense", "static", "oneshot", "svite", "s2vite"])
+    g.add_argument("--density", type=float, default=d.density, help="fraction of sparsified weights kept")
+    g.add_argument("--sparse-init", default=d.sparse_init, choices=["fixed_ERK", "ER", "uniform", "custom"])
+    g.add_argument("--mask-path", default=None, help="per-layer densities (JSON) for --sparse-init custom")
+    g.add_argument("--update-frequency", type=int, default=d.update_frequency, help="steps between topology updates")
+    g.add_argument("--death-rate", type=float, default=d.death_rate, help="initial prune rate")
+    g.add_argument("--decay-schedule", default=d.decay_schedule, choices=["cosine", "constant"])
+    g.add_argument("--t-end", type=float, default=d.t_end, help="fraction of training after which topology is fixed")
+    g.add_argument("--growth", default=d.growth, choices=["gradient", "random"])
+    g.add_argument("--death", default=d.death, choices=["magnitude"])
+    g.add_argument("--no-reset-moments", dest="reset_moments", action="store_false",
+                   help="keep stale Adam moments of regrown weights (the reference's behaviour)")
+    g.add_argument("--include", action="append", default=[], help="glob of parameter names to sparsify (repeat)")
+    g.add_argument("--exclude", action="append", default=[], help="glob of parameter names to keep dense (repeat)")
+    g.add_argument("--oneshot-at", type=float, default=d.oneshot_at,
+                   help="oneshot baseline: fraction of training done dense before pruning")
+    g.add_argument("--atten-density", type=float, default=d.atten_density, help="S2ViTE: fraction of heads kept")
+    g.add_argument("--other-density", type=float, default=d.other_density, help="S2ViTE: fraction of MLP neurons kept")
+    g = p.add_argument_group("token selector (SViTE+)")
+    g.add_argument("--token-number", type=int, default=None, help="keep K patch tokens (the class token is always kept)")
+    g.add_argument("--keep-ratio", type=float, default=None, help="keep this fraction of patch tokens")
+    g.add_argument("--selector-block", type=int, default=d.selector_block, help="the selector runs before this block")
+    g.add_argument("--selector-scorer", default=d.selector_scorer, choices=["linear", "mlp"])
+    g.add_argument("--selector-mode", default=d.selector_mode, choices=["gather", "zero"],
+                   help="gather: drop tokens (saves compute); zero: the reference's zeroing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    path = train(cfg, show_progress=not args.quiet, echo_metrics=not args.quiet)
+    print(f"checkpoint: {path}", file=sys.stderr)
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    p.add_argument("path")
+    p.add_argument("--data", default=None, help="'demo' or an ImageFolder directory (default: what it was trained on)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--val-size", type=int, default=None, help="demo data: number of validation images")
+    p.add_argument("--throughput-batch", type=int, default=32, help="batch size for the measured throughput")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .report import evaluate_checkpoint
+
+    loaded = load_checkpoint(args.path)
+    result = evaluate_checkpoint(loaded, data=args.data, batch_size=args.batch_size, val_size=args.val_size,
+                                 throughput_batch=args.throughput_batch)
+    _emit(result, args.json)
+    return 0
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="describe any checkpoint the loader accepts")
+    p.add_argument("path")
+    p.add_argument("--num-heads", type=int, default=None, help="head count for plain state dicts (not in the weights)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .report import inspect_checkpoint
+
+    _emit(inspect_checkpoint(load_checkpoint(args.path, num_heads=args.num_heads)), args.json)
+    return 0
+
+
+def _add_compact(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compact", help="structured checkpoint -> physically smaller model (S2ViTE)")
+    p.add_argument("path")
+    p.add_argument("out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compact)
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from . import structured
+
+    compact_file = getattr(structured, "compact_file", None)
+    if compact_file is None:
+        raise SviteError("compact: not available yet in this build")
+    _emit(compact_file(args.path, args.out), args.json)
+    return 0
+
+
+def _emit(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    for key, value in result.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            print(f"{key}:")
+            for row in value:
+                print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+        else:
+            print(f"{key}: {_fmt(value)}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="svite", description="SViTE Explorer: sparse ViT training and inspection")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_inspect(sub)
+    _add_compact(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SviteError as err:
+        print(f"svite {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"svite {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # an internal error: still one line unless asked for the traceback
+        if os.environ.get("SVITE_DEBUG"):
+            traceback.print_exc()
+        print(f"svite {args.command}: internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+              " (set SVITE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1

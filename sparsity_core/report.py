@@ -1,0 +1,124 @@
+"""What ``svite inspect`` and ``svite eval`` report: plain dicts (the ``--json`` contract of CLI.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .checkpoint import LoadedCheckpoint
+from .data import build_data, make_loader
+from .errors import SviteError
+from .evaluate import count_flops, count_parameters, evaluate_accuracy, measure_throughput
+from .masks import MaskSet, default_sparsifiable, head_unit_name, neuron_unit_name
+from .models import describe_model, num_patches
+
+
+def layer_rows(loaded: LoadedCheckpoint) -> list[dict[str, Any]]:
+    """One row per sparsified weight: the masks when there are any, else the reference's rule
+    (for a dense model: the weights SViTE would sparsify, at their actual nonzero density)."""
+    params = dict(loaded.model.named_parameters())
+    if loaded.masks is not None and len(loaded.masks):
+        masks = loaded.masks
+    else:
+        masks = MaskSet.from_weights(loaded.model, default_sparsifiable(loaded.model))
+    rows = []
+    for name, mask in masks.items():
+        if mask.shape != params[name].shape:  # unit-level masks are reported separately
+            continue
+        nnz = int(mask.sum())
+        rows.append({"name": name, "shape": list(mask.shape), "nonzeros": nnz, "density": nnz / mask.numel()})
+    return rows
+
+
+def overall_density(rows: list[dict[str, Any]]) -> float:
+    total = sum(int(torch.tensor(r["shape"]).prod()) for r in rows)
+    return sum(r["nonzeros"] for r in rows) / total if total else 1.0
+
+
+def head_rows(loaded: LoadedCheckpoint) -> list[dict[str, Any]] | None:
+    if loaded.units is None:
+        return None
+    rows = [{"block": i, "alive": [bool(v) for v in loaded.units[head_unit_name(i)].tolist()]}
+            for i in range(len(loaded.model.blocks)) if head_unit_name(i) in loaded.units]
+    return rows or None
+
+
+def neuron_rows(loaded: LoadedCheckpoint) -> list[dict[str, Any]] | None:
+    if loaded.units is None:
+        return None
+    rows = []
+    for i in range(len(loaded.model.blocks)):
+        mask = loaded.units.get(neuron_unit_name(i))
+        if mask is not None:
+            rows.append({"block": i, "alive": int(mask.sum()), "total": int(mask.numel())})
+    return rows or None
+
+
+def selector_summary(loaded: LoadedCheckpoint) -> dict[str, int] | None:
+    sel = loaded.model_config.selector
+    if sel is None:
+        return None
+    n = num_patches(loaded.model)
+    return {"keep": sel.resolve_keep(n), "of": n, "block_index": sel.block_index, "mode": sel.mode}
+
+
+def inspect_checkpoint(loaded: LoadedCheckpoint) -> dict[str, Any]:
+    """The ``svite inspect --json`` document (fields of CLI.md, plus settings and metrics)."""
+    rows = layer_rows(loaded)
+    counts = count_parameters(loaded.model, loaded.masks)
+    meta = loaded.meta
+    return {
+        "path": str(loaded.path),
+        "format": loaded.format,
+        "model": loaded.model_config.name,
+        "model_config": loaded.model_config.to_dict(),
+        "architecture": describe_model(loaded.model),
+        "method": loaded.method,
+        "settings": meta.get("settings", {}),
+        "epoch": meta.get("epoch"),
+        "step": meta.get("step"),
+        "complete": meta.get("complete"),
+        "metrics": meta.get("metrics", {}),
+        "params": counts["params"],
+        "nonzeros": counts["nonzeros"],
+        "overall_density": overall_density(rows),
+        "layers": rows,
+        "heads": head_rows(loaded),
+        "neurons": neuron_rows(loaded),
+        "token_selector": selector_summary(loaded),
+        "history": [{"step": s.step, "epoch": s.epoch, "event": s.info.get("event"),
+                     "overall_density": s.info.get("overall_density")} for s in loaded.history],
+        "versions": meta.get("versions", {}),
+    }
+
+
+def evaluate_checkpoint(loaded: LoadedCheckpoint, data: str | None = None, batch_size: int = 64,
+                        val_size: int | None = None, throughput_batch: int = 32) -> dict[str, Any]:
+    """The ``svite eval --json`` document: accuracy on the validation split, size, FLOPs, speed."""
+    if batch_size < 1 or throughput_batch < 1:
+        raise SviteError("--batch-size and --throughput-batch must be >= 1")
+    model = loaded.model
+    if loaded.masks is not None:
+        loaded.masks.apply(model)  # the sparse model is weights * masks, whatever the file held
+    arch = describe_model(model)
+    source = data or loaded.meta.get("data", {}).get("source") or "demo"
+    train_cfg = loaded.meta.get("train_config", {})
+    bundle = build_data(source, img_size=arch["img_size"], patch_size=arch["patch_size"],
+                        seed=int(train_cfg.get("seed", 0)), train_size=1 if source == "demo" else None,
+                        val_size=val_size or train_cfg.get("val_size"))
+    if bundle.num_classes > arch["num_classes"]:
+        raise SviteError(f"--data {source}: {bundle.num_classes} classes, but the model has {arch['num_classes']} outputs")
+    acc = evaluate_accuracy(model, make_loader(bundle.val, batch_size, shuffle=False, seed=0))
+    counts = count_parameters(model, loaded.masks)
+    flops = count_flops(model, loaded.masks, loaded.units)
+    speed = measure_throughput(model, [throughput_batch])[0]
+    result: dict[str, Any] = {
+        "path": str(loaded.path), "data": bundle.source, "images": acc["count"],
+        "top1": acc["top1"], "top5": acc["top5"], "loss": acc["loss"],
+        "params": counts["params"], "nonzeros": counts["nonzeros"],
+        "density": overall_density(layer_rows(loaded)),
+        "flops": flops["sparse"], "flops_dense": flops["dense"],
+        "images_per_s": speed["images_per_s"], "throughput_batch": throughput_batch,
+    }
+    return result
