@@ -426,6 +426,10 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
                 break
         bar.close()
         epoch_done = step / steps_per_epoch
+        if step % steps_per_epoch:  # stopped by --max-steps inside an epoch: save exactly this state
+            if ddp.is_main:
+                save(epoch_done, complete=False)
+            break
         engine.on_epoch_end(epoch, step)
         val = evaluate_accuracy(model, val_loader, device, autocast=autocast)
         train_loss = reduce_mean({"train_loss": running / max(seen, 1)}, ddp, device)
