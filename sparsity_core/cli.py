@@ -189,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # usage errors (exit 2) and --help (exit 0) end here, one line each
+        return int(exit_.code or 0)
     try:
         return int(args.func(args) or 0)
     except SviteError as err:

@@ -5,8 +5,13 @@ outside the weights). The loop calls it at three points and never needs to know 
 
 * ``after_backward(step)``  -- dense gradients are available: a topology update may happen here
   (returns True when the masks changed, so the loop records a snapshot);
-* ``after_optimizer_step(step)`` -- re-apply the masks so masked weights are exactly zero;
+* ``after_optimizer_step(step)`` -- re-apply the masks so masked weights are exactly zero; gradients
+  are still there, so an update may happen here instead (as the reference does; also returns True
+  when the masks changed);
 * ``on_epoch_end(epoch, step)``.
+
+``step`` is the 0-based index of the current optimizer step: after that step, ``step + 1`` steps are
+done (the reference's 1-based counter, see ``schedules.PruneSchedule``).
 
 Every engine exposes ``masks`` (weight-level), ``units`` (head/neuron masks, structured only),
 ``fired`` (ever-active), ``describe()`` (method + settings for the checkpoint) and
@@ -61,8 +66,8 @@ class SparsityEngine:
     def after_backward(self, step: int) -> bool:
         return False
 
-    def after_optimizer_step(self, step: int) -> None:
-        return None
+    def after_optimizer_step(self, step: int) -> bool:
+        return False
 
     def on_epoch_end(self, epoch: int, step: int) -> None:
         return None

@@ -18,8 +18,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,20 +26,25 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import atomic_write_bytes, load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
+from .checkpoint import (
+    atomic_write_bytes,
+    load_checkpoint,
+    load_resume_state,
+    save_checkpoint,
+    save_resume_state,
+)
 from .data import build_data, make_loader
 from .engine import EngineContext, SparsityEngine, build_engine
 from .errors import SviteError
 from .evaluate import evaluate_accuracy
 from .masks import Snapshot
-from .models import ModelConfig, SelectorConfig, build_model, input_geometry
+from .models import ModelConfig, SelectorConfig, build_model, input_geometry, is_vit_name
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -266,6 +270,8 @@ def validate_config(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise SviteError(message)
+    if not is_vit_name(cfg.model):
+        raise SviteError(f"--model: unknown model '{cfg.model}' (a timm ViT/DeiT name, or vit_tiny_demo)")
 
 
 def _loss_is_finite(loss: torch.Tensor, ddp: Dist) -> bool:
@@ -407,7 +413,7 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
             if cfg.clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
-            engine.after_optimizer_step(step)
+            changed = engine.after_optimizer_step(step) or changed
             step += 1
             scheduler.step_update(num_updates=step)
             if changed:

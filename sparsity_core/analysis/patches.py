@@ -1,0 +1,3 @@
+"""Token-selector analysis: keep maps, keep frequency, attributions (being built)."""
+
+__all__: list[str] = []

@@ -1,0 +1,53 @@
+"""When topology updates happen and how much they change (shared by SViTE and S2ViTE).
+
+Matches the reference (SVITE_REFERENCE.md §1): the iteration counter ``s`` counts optimizer steps
+done (1-based after the step); an update runs when ``s % update_frequency == 0 and s < t_end * T``;
+the prune ("death") rate follows CosineAnnealingLR from ``death_rate`` down to ``final_rate`` over
+the whole run, ``dr(s) = final + (initial - final) * (1 + cos(pi * s / T)) / 2``, or stays constant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import SviteError
+
+
+@dataclass(frozen=True)
+class PruneSchedule:
+    total_steps: int  # T
+    update_frequency: int
+    t_end: float = 0.8
+    death_rate: float = 0.5
+    final_rate: float = 0.005
+    decay: str = "cosine"  # "cosine" | "constant"
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1:
+            raise SviteError("the schedule needs at least one training step")
+        if self.update_frequency < 1:
+            raise SviteError(f"--update-frequency must be >= 1, got {self.update_frequency}")
+        if self.decay not in ("cosine", "constant"):
+            raise SviteError(f"--decay-schedule: unknown schedule '{self.decay}' (cosine or constant)")
+
+    def rate(self, steps_done: int) -> float:
+        """Fraction of each layer's active units to prune at an update after ``steps_done`` steps."""
+        if self.decay == "constant":
+            return self.death_rate
+        t = min(max(steps_done, 0), self.total_steps)
+        return self.final_rate + (self.death_rate - self.final_rate) * (1 + math.cos(math.pi * t / self.total_steps)) / 2
+
+    def is_update_step(self, steps_done: int) -> bool:
+        """True when a topology update follows optimizer step number ``steps_done`` (1-based)."""
+        return (steps_done > 0 and steps_done % self.update_frequency == 0
+                and steps_done < self.t_end * self.total_steps)
+
+    def update_steps(self) -> list[int]:
+        return [s for s in range(self.update_frequency, self.total_steps + 1, self.update_frequency)
+                if self.is_update_step(s)]
+
+    @staticmethod
+    def n_prune(rate: float, active: int) -> int:
+        """ceil(rate * active), as the reference prunes, never more than what is active."""
+        return min(active, math.ceil(rate * active))
