@@ -10,7 +10,9 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Any, NoReturn
 
@@ -90,9 +92,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (the app's "cancel", a scheduler's preemption) ends the run like Ctrl-C: the lock is
+        # released and the last checkpoint stays as it was.
+        signal.signal(signal.SIGTERM, _interrupt)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     path = train(cfg, show_progress=not args.quiet, echo_metrics=not args.quiet)

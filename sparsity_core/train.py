@@ -12,6 +12,8 @@ sidecar ``resume-<step>.pt`` that the checkpoint names.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -194,37 +196,59 @@ def reduce_mean(values: dict[str, float], ddp: Dist, device: torch.device) -> di
 
 
 class RunLock:
-    """An exclusive lock on a run directory, so two runs never write into the same one."""
+    """An exclusive lock on a run directory, so two runs never write into the same one.
+
+    An ``flock`` on ``DIR/.lock`` (which holds the owner's pid, for messages): the kernel drops it
+    when the owner dies, so a SIGKILLed run never leaves a lock that blocks its own resume.
+    """
 
     def __init__(self, out: Path) -> None:
         self.path = out / ".lock"
+        self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pid = self.path.read_text().strip() if self.path.exists() else "?"
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                self.path.unlink(missing_ok=True)  # a stale lock from a killed run
-                return self.__enter__()
-            raise SviteError(f"{self.path.parent}: another run (pid {pid}) is using this run directory") from None
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise SviteError(f"{self.path.parent}: another run (pid {pid}) is using this run directory") from None
+            try:  # the file we locked may have been unlinked by its previous owner meanwhile: retry
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
 
 
-def _pid_alive(pid: int) -> bool:
+def run_is_active(out: str | Path) -> bool:
+    """True while a training process holds ``out``'s run lock (used by the app's run registry)."""
+    path = Path(out) / ".lock"
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(fd)
+    return False
 
 
 class MetricsLog:
@@ -359,6 +383,10 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
     log = MetricsLog(out / METRICS_NAME if ddp.is_main else None, echo=echo_metrics and ddp.is_main)
     if ddp.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
+            stale.unlink(missing_ok=True)
+        if resume_path is not None:
+            _truncate_metrics(out / METRICS_NAME, step)
         atomic_write_bytes(out / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2).encode())
         log.write({"kind": "start", "step": step, "epoch": start_epoch, "total_steps": total_steps,
                    "steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs, "method": cfg.method,
@@ -381,8 +409,11 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
 
     def snapshot(event: str, epoch_value: float) -> None:
         state = {f"token_selector.{k}": v for k, v in selector.state_dict().items()} if selector is not None else {}
+        info = engine.snapshot_info()
+        if ddp.world_size > 1 and engine.masks is not None:
+            info["rank_mask_hashes"] = _check_ranks_agree(engine, step, device)
         history.append(Snapshot.take(step, epoch_value, masks=engine.masks, units=engine.units, state=state,
-                                     event=event, **engine.snapshot_info()))
+                                     event=event, **info))
 
     if step == 0 and not history:
         snapshot("init", 0.0)
@@ -453,6 +484,41 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
     if ddp.world_size > 1:
         dist.barrier()
     return checkpoint
+
+
+def mask_hash(engine: SparsityEngine) -> str:
+    """A short digest of the engine's masks (weight and unit level) for cross-rank comparison."""
+    digest = hashlib.sha256()
+    for group in (engine.masks, engine.units):
+        for name, mask in (group or {}).items():
+            digest.update(name.encode())
+            digest.update(mask.detach().to("cpu", torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_ranks_agree(engine: SparsityEngine, step: int, device: torch.device) -> list[str]:
+    """All-gather every rank's mask digest; a disagreement is a bug we refuse to train through."""
+    mine = mask_hash(engine)
+    hashes: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(hashes, mine)
+    if len(set(hashes)) != 1:
+        raise RuntimeError(f"masks differ across ranks after step {step}: {hashes}")
+    return hashes
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop metrics lines a killed attempt wrote after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by the kill
+        if record.get("kind") in ("start", "end") or int(record.get("step", 0)) <= step:
+            kept.append(line)
+    atomic_write_bytes(path, ("\n".join(kept) + "\n").encode() if kept else b"")
 
 
 def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,

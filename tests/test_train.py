@@ -8,7 +8,7 @@ from conftest import tiny_train_config
 
 from sparsity_core.checkpoint import load_checkpoint
 from sparsity_core.errors import SviteError
-from sparsity_core.train import train
+from sparsity_core.train import RunLock, run_is_active, train
 
 
 def _weights(path):
@@ -64,10 +64,11 @@ def test_run_directory_is_never_clobbered(tmp_path):
     before = ckpt.read_bytes()
     with pytest.raises(SviteError, match="already holds a run"):
         train(cfg, show_progress=False, echo_metrics=False)
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / ".lock").write_text("1")  # pid 1 is alive: a run in progress
-    with pytest.raises(SviteError, match="another run"):
-        train(tiny_train_config(tmp_path / "other"), show_progress=False, echo_metrics=False)
+    with RunLock(tmp_path / "other"):  # a run in progress holds the directory
+        assert run_is_active(tmp_path / "other")
+        with pytest.raises(SviteError, match="another run"):
+            train(tiny_train_config(tmp_path / "other"), show_progress=False, echo_metrics=False)
+    assert not run_is_active(tmp_path / "other")
     assert ckpt.read_bytes() == before
 
 
