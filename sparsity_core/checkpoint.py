@@ -24,6 +24,7 @@ import pickle
 import platform
 import struct
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,14 +216,22 @@ def _one_line(err: BaseException) -> str:
 def _torch_load_safe(path: Path) -> Any:
     """``torch.load`` that only accepts tensors and plain containers (plus argparse.Namespace)."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": we report our own line
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         msg = str(err)
-        if "Unsupported global" in msg or "GLOBAL" in msg or "not an allowed global" in msg.lower():
-            what = next((line.strip() for line in msg.splitlines() if "GLOBAL" in line), "a Python object")
-            raise CheckpointError(f"{path}: refused: the file contains Python code/objects, not just tensors "
-                                  f"({what[:120]}); only weights are loaded from untrusted files") from None
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        # a torch zip archive, or a raw pickle (starts with the PROTO opcode); random bytes are neither
+        is_pickle = head == b"PK" or head[:1] == b"\x80"
+        if "GLOBAL" in msg or (is_pickle and "Weights only load failed" in msg):
+            # The safe unpickler met something other than tensors and containers: a Python object
+            # (possibly one that runs code when unpickled), or pickle opcodes it does not accept.
+            lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+            reason = next((ln for ln in lines if "GLOBAL" in ln or ln.startswith("Unsupported")), "a Python object")
+            raise CheckpointError(f"{path}: refused: the file holds Python objects or pickle code, not just tensors "
+                                  f"({reason[:120]}); only weights are loaded from untrusted files") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(err)})") from None
     except Exception as err:  # torn zip, garbage bytes, foreign formats: all "cannot read this file"
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint; the file may be truncated or corrupt "
