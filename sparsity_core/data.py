@@ -455,13 +455,17 @@ def _subset(n_total: int, n_keep: int | None, seed: int, tag: str) -> list[int] 
 
 
 def _build_folder(
-    root: Path, img_size: int, seed: int, train_size: int | None, val_size: int | None
+    root: Path, img_size: int, seed: int, train_size: int | None, val_size: int | None,
+    auto_augment: str | None = None,
 ) -> DataBundle:
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageDataset, create_transform
 
     mean = tuple(float(m) for m in IMAGENET_DEFAULT_MEAN)
     std = tuple(float(s) for s in IMAGENET_DEFAULT_STD)
-    train_tf = create_transform(img_size, is_training=True, mean=mean, std=std)
+    try:
+        train_tf = create_transform(img_size, is_training=True, mean=mean, std=std, auto_augment=auto_augment)
+    except (AssertionError, ValueError, KeyError) as err:
+        raise SviteError(f"--aa {auto_augment!r}: not a timm auto-augment policy ({err})") from None
     val_tf = create_transform(img_size, is_training=False, mean=mean, std=std)
 
     train_dir, val_dir = root / "train", root / "val"
@@ -527,12 +531,14 @@ def build_data(
     seed: int = 0,
     train_size: int | None = None,
     val_size: int | None = None,
+    auto_augment: str | None = None,
 ) -> DataBundle:
     """Turn the user's ``--data`` value ("demo" or a folder) into train/val datasets and their metadata.
 
     A folder is either ImageNet-style (DIR/train/<class>/*, DIR/val/<class>/*) or plain class folders
     (DIR/<class>/*), which are split 90/10 per class by ``seed``. For folders, train_size/val_size cap
     the number of images (a seeded random subset); for the demo they are the number generated.
+    ``auto_augment`` is a timm policy string (e.g. DeiT's ``rand-m9-mstd0.5-inc1``) for folder data.
     """
     _check_sizes(img_size, patch_size)
     seed = _check_int("seed", seed, 0)
@@ -560,7 +566,7 @@ def build_data(
         raise SviteError(f"{root}: data folder does not exist (use 'demo' for the built-in demo set)")
     if not root.is_dir():
         raise SviteError(f"{root}: is not a directory (expected a folder of class folders, or 'demo')")
-    return _build_folder(root.resolve(), int(img_size), seed, train_size, val_size)
+    return _build_folder(root.resolve(), int(img_size), seed, train_size, val_size, auto_augment)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from timm.loss import LabelSmoothingCrossEntropy
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
@@ -77,6 +78,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.1
+    aa: str | None = None  # timm auto-augment policy for folder data (DeiT: rand-m9-mstd0.5-inc1)
+    mixup: float = 0.0  # mixup alpha (DeiT: 0.8); with cutmix, timm's Mixup + soft-target loss
+    cutmix: float = 0.0  # cutmix alpha (DeiT: 1.0)
     clip_grad: float | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -275,6 +279,8 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.weight_decay >= 0, "--weight-decay must be >= 0"),
         (cfg.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (0 <= cfg.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+        (cfg.mixup >= 0 and cfg.cutmix >= 0, "--mixup and --cutmix must be >= 0"),
+        (not (cfg.mixup or cfg.cutmix) or cfg.batch_size % 2 == 0, "--mixup/--cutmix need an even --batch-size"),
         (cfg.clip_grad is None or cfg.clip_grad > 0, "--clip-grad must be > 0"),
         (cfg.max_steps is None or cfg.max_steps >= 1, "--max-steps must be >= 1"),
         (cfg.log_every >= 1, "--log-every must be >= 1"),
@@ -332,7 +338,7 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
     model_config = cfg.model_config(num_classes=0)
     img_size, patch_size = input_geometry(model_config)
     data = build_data(cfg.data, img_size=img_size, patch_size=patch_size, seed=cfg.seed, train_size=cfg.train_size,
-                      val_size=cfg.val_size)
+                      val_size=cfg.val_size, auto_augment=cfg.aa)
     model_config.num_classes = data.num_classes
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=ddp.rank,
                                world_size=ddp.world_size, num_workers=cfg.num_workers, drop_last=True,
@@ -371,7 +377,15 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
-    loss_fn = LabelSmoothingCrossEntropy(cfg.label_smoothing) if cfg.label_smoothing > 0 else nn.CrossEntropyLoss()
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:  # DeiT's recipe; the soft targets carry the label smoothing
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                      num_classes=data.num_classes)
+        loss_fn: nn.Module = SoftTargetCrossEntropy()
+    elif cfg.label_smoothing > 0:
+        loss_fn = LabelSmoothingCrossEntropy(cfg.label_smoothing)
+    else:
+        loss_fn = nn.CrossEntropyLoss()
     # state: fresh or resumed ------------------------------------------------------------------
     step, start_epoch, history = 0, 0, []
     if resume_path is not None:
@@ -431,6 +445,8 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
         for images, targets in train_loader:
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
+            if mixup is not None:
+                images, targets = mixup(images, targets)
             if selector is not None:
                 selector.set_progress(step / total_steps)
             with autocast():

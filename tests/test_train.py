@@ -81,3 +81,12 @@ def test_absurd_flags_are_rejected_before_anything_is_written(tmp_path, field, v
     with pytest.raises(SviteError, match=message):
         train(tiny_train_config(tmp_path / "run", **{field: value}), show_progress=False, echo_metrics=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_deit_style_mixup_cutmix_trains(tmp_path):
+    ckpt = train(tiny_train_config(tmp_path / "run", epochs=1, mixup=0.8, cutmix=1.0), show_progress=False,
+                 echo_metrics=False)
+    metrics = load_checkpoint(ckpt).meta["metrics"]
+    assert 0 < metrics["train_loss"] < 10 and metrics["val_loss"] == metrics["val_loss"]  # finite, not NaN
+    with pytest.raises(SviteError, match="even --batch-size"):
+        train(tiny_train_config(tmp_path / "odd", batch_size=31, mixup=0.8), show_progress=False, echo_metrics=False)
