@@ -12,5 +12,5 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 export HF_HUB_OFFLINE=1
-.venv/bin/python -m ruff check sparsity_core app pages tests scripts benchmarks
+.venv/bin/python -m ruff check .
 .venv/bin/python -m pytest -q "$@"
