@@ -121,4 +121,19 @@ def evaluate_checkpoint(loaded: LoadedCheckpoint, data: str | None = None, batch
         "flops": flops["sparse"], "flops_dense": flops["dense"],
         "images_per_s": speed["images_per_s"], "throughput_batch": throughput_batch,
     }
+    result.update(selector_metrics(loaded, bundle.val if bundle.source == "demo" else None, batch_size))
     return result
+
+
+def selector_metrics(loaded: LoadedCheckpoint, demo_val: Any = None, batch_size: int = 64) -> dict[str, Any]:
+    """``keep_ratio`` (kept / patches) and, on the demo data, ``object_patch_recall`` (the mean fraction
+    of object patches the selector keeps; chance is the keep ratio). Both null without a selector."""
+    selector = getattr(loaded.model, "token_selector", None)
+    if selector is None:
+        return {"keep_ratio": None, "object_patch_recall": None}
+    recall = None
+    if demo_val is not None:
+        from .analysis.patches import object_patch_recall
+
+        recall = object_patch_recall(loaded.model, demo_val, batch_size=batch_size)
+    return {"keep_ratio": selector.keep / selector.num_patches, "object_patch_recall": recall}

@@ -4,14 +4,21 @@ Matches the reference (SVITE_REFERENCE.md §1): the iteration counter ``s`` coun
 done (1-based after the step); an update runs when ``s % update_frequency == 0 and s < t_end * T``;
 the prune ("death") rate follows CosineAnnealingLR from ``death_rate`` down to ``final_rate`` over
 the whole run, ``dr(s) = final + (initial - final) * (1 + cos(pi * s / T)) / 2``, or stays constant.
+
+The reference steps a ``CosineAnnealingLR`` once per iteration and reads the rate after ``s``
+steps; the closed form above is that scheduler's value (tests compare the two), without carrying
+an SGD optimizer around just to hold a number.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import SviteError
+
+DECAYS = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -28,8 +35,19 @@ class PruneSchedule:
             raise SviteError("the schedule needs at least one training step")
         if self.update_frequency < 1:
             raise SviteError(f"--update-frequency must be >= 1, got {self.update_frequency}")
-        if self.decay not in ("cosine", "constant"):
+        if self.decay not in DECAYS:
             raise SviteError(f"--decay-schedule: unknown schedule '{self.decay}' (cosine or constant)")
+        if not 0 <= self.death_rate < 1:
+            raise SviteError(f"--death-rate must be in [0, 1), got {self.death_rate}")
+        if not 0 < self.t_end <= 1:
+            raise SviteError(f"--t-end must be in (0, 1], got {self.t_end}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, total_steps: int) -> PruneSchedule:
+        """The schedule a TrainConfig asks for (``update_frequency``, ``t_end``, ``death_rate``,
+        ``decay_schedule``) over ``total_steps`` steps."""
+        return cls(total_steps=int(total_steps), update_frequency=int(cfg.update_frequency), t_end=float(cfg.t_end),
+                   death_rate=float(cfg.death_rate), decay=str(cfg.decay_schedule))
 
     def rate(self, steps_done: int) -> float:
         """Fraction of each layer's active units to prune at an update after ``steps_done`` steps."""
@@ -44,10 +62,21 @@ class PruneSchedule:
                 and steps_done < self.t_end * self.total_steps)
 
     def update_steps(self) -> list[int]:
+        """Every ``steps_done`` value after which an update runs, in order."""
         return [s for s in range(self.update_frequency, self.total_steps + 1, self.update_frequency)
                 if self.is_update_step(s)]
+
+    def num_updates(self) -> int:
+        return len(self.update_steps())
 
     @staticmethod
     def n_prune(rate: float, active: int) -> int:
         """ceil(rate * active), as the reference prunes, never more than what is active."""
         return min(active, math.ceil(rate * active))
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-JSON summary for checkpoint metadata."""
+        steps = self.update_steps()
+        return {"total_steps": self.total_steps, "update_frequency": self.update_frequency, "t_end": self.t_end,
+                "death_rate": self.death_rate, "final_rate": self.final_rate, "decay_schedule": self.decay,
+                "num_updates": len(steps), "last_update_step": steps[-1] if steps else None}

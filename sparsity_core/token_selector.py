@@ -1,12 +1,168 @@
-"""SViTE+: learnable token selector (not built yet)."""
+"""SViTE+: a learnable token selector that really drops patch tokens.
+
+The reference (SVITE_REFERENCE.md §3) scores every token with ``nn.Linear(D, 1)``, picks the top-k by
+Gumbel noise with a straight-through estimator, and then only *zeroes* the dropped tokens: they stay
+in the sequence, so no compute is saved, and test-time selection is random. Here:
+
+* training: scores s (one per patch token), l = log_softmax(s), y_soft = softmax((l + G) / τ),
+  y_hard = one-hot top-k of y_soft, y = y_hard − sg(y_soft) + y_soft. In ``gather`` mode the k kept
+  patch tokens (plus the class/prefix tokens, always kept) are **gathered**, so the sequence really
+  becomes k + 1 long, and multiplied by their y (= 1 in value) so the straight-through gradient
+  reaches the scorer. ``zero`` mode reproduces the reference (sequence unchanged, x ⊙ y).
+* τ falls linearly 10 → 0.1 over training (``set_progress``); it only scales the gradient, since the
+  top-k of y_soft is the top-k of l + G whatever τ is.
+* inference: hard top-k of the scores, no noise, so the same image always gives the same keep map.
+
+The selector sits in timm's forward without copying timm code: a forward pre-hook on
+``model.blocks[block_index]`` replaces the token tensor the block receives. For block 0 this is
+exactly "after the position embedding (and pos_drop / patch_drop / norm_pre), before block 0".
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+from timm.layers import Mlp
 from torch import nn
 
-from .errors import MethodUnavailable
-from .models import SelectorConfig
+from .errors import SviteError
+from .models import SelectorConfig, num_patches
+
+__all__ = ["TAU_END", "TAU_START", "TokenSelector", "attach_token_selector", "gumbel_noise", "temperature_at"]
+
+TAU_START = 10.0
+TAU_END = 0.1
+SCORERS = ("linear", "mlp")
+MODES = ("gather", "zero")
+
+
+def temperature_at(t: float) -> float:
+    """τ at training progress t ∈ [0, 1]: 10 → 0.1 linearly (the reference after its "fix-tau" commit)."""
+    t = min(max(float(t), 0.0), 1.0)
+    return TAU_START + (TAU_END - TAU_START) * t
+
+
+def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel(0, 1) noise shaped like ``like``, drawn from the global torch RNG (so the training
+    loop's saved/restored RNG state makes resumed runs bit-identical)."""
+    return -torch.empty_like(like, dtype=torch.float32).exponential_().log()
+
+
+class TokenSelector(nn.Module):
+    """Scores patch tokens and keeps the top ``keep`` of them (prefix tokens such as cls always kept).
+
+    ``last_keep_indices`` (B×k, ascending patch indices) and ``last_scores`` (B×N) hold the latest
+    selection for analysis; they are not recorded while ``torch.compile`` traces the model.
+    """
+
+    def __init__(self, embed_dim: int, num_patches: int, keep: int, *, num_prefix_tokens: int = 1,
+                 scorer: str = "linear", mode: str = "gather", block_index: int = 0) -> None:
+        super().__init__()
+        if scorer not in SCORERS:
+            raise SviteError(f"--selector-scorer: unknown scorer '{scorer}' (use {' or '.join(SCORERS)})")
+        if mode not in MODES:
+            raise SviteError(f"--selector-mode: unknown mode '{mode}' (use {' or '.join(MODES)})")
+        if not 1 <= keep <= num_patches:
+            raise SviteError(f"token selector keeps {keep} tokens, but the model has {num_patches} patches")
+        self.embed_dim = int(embed_dim)
+        self.num_patches = int(num_patches)
+        self.keep = int(keep)
+        self.num_prefix_tokens = int(num_prefix_tokens)
+        self.scorer_kind = scorer
+        self.mode = mode
+        self.block_index = int(block_index)
+        if scorer == "linear":  # the reference's `gumbel = nn.Linear(D, 1)`; checkpoint.py maps its weights here
+            self.scorer: nn.Module = nn.Linear(embed_dim, 1)
+        else:  # a small timm MLP on normalised tokens: can score conjunctions a linear probe cannot
+            self.scorer = nn.Sequential(nn.LayerNorm(embed_dim),
+                                        Mlp(embed_dim, hidden_features=max(1, embed_dim // 2), out_features=1))
+        # A buffer (not a Python float) so torch.compile does not recompile at every step; not persistent,
+        # so the state dict holds only the scorer (the loop sets τ from the step before every forward).
+        self.register_buffer("tau", torch.tensor(TAU_START), persistent=False)
+        self.last_keep_indices: torch.Tensor | None = None
+        self.last_scores: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return (f"keep={self.keep}, of={self.num_patches}, scorer={self.scorer_kind}, mode={self.mode}, "
+                f"block_index={self.block_index}")
+
+    @property
+    def temperature(self) -> float:
+        return float(self.tau)
+
+    def set_progress(self, t: float) -> None:
+        """Called by the training loop before every step with t = step / total_steps."""
+        self.tau.fill_(temperature_at(t))
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """One score per patch token (B×N, float32) for a token tensor B×(P+N)×D."""
+        return self.scorer(x[:, self.num_prefix_tokens:]).squeeze(-1).float()
+
+    def select(self, scores: torch.Tensor, gumbel: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Kept patch indices (B×k, ascending) and, in training, the straight-through weights y (B×N).
+
+        Training perturbs the scores with Gumbel noise (``gumbel`` overrides the random draw, for tests);
+        inference is the hard top-k of the scores, with no randomness and no weights.
+        """
+        if not self.training:
+            return scores.topk(self.keep, dim=1, sorted=False).indices.sort(dim=1).values, None
+        logp = torch.log_softmax(scores, dim=1)
+        noise = gumbel_noise(scores) if gumbel is None else gumbel.to(scores)
+        perturbed = logp + noise
+        # The top-k of y_soft is the top-k of l + G; taking it from l + G avoids ties among entries of
+        # y_soft that underflow to 0 at small τ (the reference takes it from y_soft).
+        top = perturbed.topk(self.keep, dim=1, sorted=False).indices
+        y_soft = torch.softmax(perturbed / self.tau, dim=1)
+        y_hard = torch.zeros_like(y_soft).scatter_(1, top, 1.0)
+        y = y_hard + (y_soft - y_soft.detach())  # = y_hard - sg(y_soft) + y_soft, exactly 0/1 in value
+        return top.sort(dim=1).values, y
+
+    def forward(self, x: torch.Tensor, gumbel: torch.Tensor | None = None) -> torch.Tensor:
+        """B×(P+N)×D tokens -> B×(P+k)×D (gather) or B×(P+N)×D with dropped tokens zeroed (zero)."""
+        p = self.num_prefix_tokens
+        if x.shape[1] != p + self.num_patches:
+            raise SviteError(f"token selector expects {p + self.num_patches} tokens, got {x.shape[1]} "
+                             "(is another selector or patch dropout active before it?)")
+        scores = self.score(x)
+        idx, y = self.select(scores, gumbel)
+        if not torch.compiler.is_compiling():
+            self.last_keep_indices, self.last_scores = idx.detach(), scores.detach()
+        prefix, patches = x[:, :p], x[:, p:]
+        if self.mode == "zero":  # the reference: x * y, dropped tokens stay (zeroed) in the sequence
+            if y is None:
+                y = torch.zeros_like(scores).scatter_(1, idx, 1.0)
+            return torch.cat([prefix, patches * y.unsqueeze(-1).to(patches.dtype)], dim=1)
+        kept = patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        if y is not None:  # y is exactly 1 on kept tokens in value; y_soft's gradient rides on it
+            kept = kept * y.gather(1, idx).unsqueeze(-1).to(kept.dtype)
+        return torch.cat([prefix, kept], dim=1)
+
+    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (self(args[0]), *args[1:])
 
 
 def attach_token_selector(model: nn.Module, config: SelectorConfig) -> None:
-    raise MethodUnavailable("--token-number / --keep-ratio: the token selector is not available yet in this build")
+    """Give a timm VisionTransformer a ``token_selector`` that runs right before
+    ``blocks[config.block_index]`` (called by ``models.build_model`` when ``ModelConfig.selector`` is set)."""
+    if hasattr(model, "token_selector"):
+        raise SviteError("the model already has a token selector")
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "patch_embed"):
+        raise SviteError("the token selector needs a timm VisionTransformer (patch_embed + blocks)")
+    depth = len(blocks)
+    if not 0 <= int(config.block_index) < depth:
+        raise SviteError(f"--selector-block {config.block_index}: must be in [0, {depth - 1}] for a model "
+                         f"with {depth} blocks")
+    if getattr(model, "dynamic_img_size", False):
+        raise SviteError("the token selector needs a fixed image size (dynamic_img_size models are not supported)")
+    n = num_patches(model)
+    selector = TokenSelector(int(model.embed_dim), n, config.resolve_keep(n),
+                             num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)), scorer=config.scorer,
+                             mode=config.mode, block_index=int(config.block_index))
+    p = next(model.parameters(), None)
+    if p is not None:
+        selector.to(device=p.device)
+    model.token_selector = selector
+    blocks[int(config.block_index)].register_forward_pre_hook(selector._pre_hook)

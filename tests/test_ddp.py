@@ -28,7 +28,9 @@ def _run(cmd: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method", [["--method", "dense"]], ids=["dense"])
+@pytest.mark.parametrize("method", [["--method", "dense"],
+                                    ["--method", "svite", "--density", "0.5", "--update-frequency", "3"]],
+                         ids=["dense", "svite"])
 def test_two_rank_gloo_run_matches_single_process_with_global_batch(tmp_path, method):
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -1,0 +1,193 @@
+"""Patch analysis: keep maps, keep frequency, object recall, captum attributions, rollout, snapshots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model_config
+
+from sparsity_core.analysis import patches
+from sparsity_core.data import DemoShapes
+from sparsity_core.errors import SviteError
+from sparsity_core.models import SelectorConfig, build_model
+
+GRID = (8, 8)  # 32 px images, patch 4
+
+
+def _model(keep_ratio: float | None = 0.5, seed: int = 0, **selector):
+    torch.manual_seed(seed)
+    sel = SelectorConfig(keep_ratio=keep_ratio, **selector) if keep_ratio is not None else None
+    model = build_model(tiny_model_config(selector=sel))
+    if sel is not None:  # a scorer with a clear preference, so ties never decide anything
+        torch.nn.init.normal_(model.token_selector.scorer.weight, std=1.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return DemoShapes("val", 40)
+
+
+def test_patch_keep_map_is_the_top_k_of_the_scores_and_deterministic(demo):
+    model = _model()
+    image = demo.sample(3).image
+    a = patches.patch_keep_map(model, image)
+    b = patches.patch_keep_map(model, image)
+    assert a.kept.shape == GRID and a.scores.shape == GRID and a.kept.dtype == bool
+    assert a.keep == 32 and a.of == 64 and a.keep_ratio == 0.5 and int(a.kept.sum()) == 32
+    np.testing.assert_array_equal(a.kept, b.kept)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert a.scores[a.kept].min() > a.scores[~a.kept].max()
+    # a normalised tensor gives the same map as the uint8 image it came from
+    c = patches.patch_keep_map(model, demo[3][0])
+    np.testing.assert_array_equal(a.kept, c.kept)
+    np.testing.assert_allclose(a.scores, c.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_keep_map_leaves_the_model_as_it_was():
+    model = _model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    patches.patch_keep_map(model, torch.zeros(3, 32, 32))
+    assert model.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_keep_maps_need_a_selector_but_attributions_do_not(demo):
+    model = _model(keep_ratio=None)
+    with pytest.raises(SviteError, match="no token selector"):
+        patches.patch_keep_map(model, demo.sample(0).image)
+    with pytest.raises(SviteError, match="no token selector"):
+        patches.keep_frequency(model, demo)
+    attr = patches.patch_attributions(model, demo.sample(0).image, method="occlusion")
+    assert attr.shape == GRID and np.isfinite(attr).all()
+    roll = patches.attention_rollout(model, demo.sample(0).image)
+    assert roll.shape == GRID and (roll > 0).all()
+
+
+def test_bad_inputs_are_one_clear_error():
+    model = _model()
+    with pytest.raises(SviteError, match="expected C×32×32"):
+        patches.patch_keep_map(model, torch.zeros(3, 16, 16))
+    with pytest.raises(SviteError, match="attribution method"):
+        patches.patch_attributions(model, torch.zeros(3, 32, 32), method="magic")
+    with pytest.raises(SviteError, match="differ in shape"):
+        patches.keep_attribution_iou(np.zeros((8, 8), bool), np.zeros((4, 4)))
+    with pytest.raises(SviteError, match="demo data"):
+        patches.keep_vs_object(model, torch.utils.data.TensorDataset(torch.zeros(2, 3, 32, 32), torch.zeros(2)))
+
+
+def test_keep_frequency_overall_and_per_class(demo):
+    model = _model()
+    freq = patches.keep_frequency(model, demo, batch_size=16)
+    assert set(freq.columns) >= {"class", "label", "row", "col", "frequency", "images"}
+    overall = patches.keep_frequency_grid(freq, "all")
+    assert overall.shape == GRID
+    # every image keeps exactly 32 patches, so the frequencies of a class sum to 32
+    sums = freq.groupby("class")["frequency"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 32.0)
+    per_class = freq[freq["class"] != "all"].groupby("class")["images"].first()
+    assert per_class.sum() == len(demo) and set(per_class.index) == set(DemoShapes.CLASSES)
+    # the overall grid is the image-weighted mean of the class grids
+    weighted = sum(patches.keep_frequency_grid(freq, c).to_numpy() * n for c, n in per_class.items()) / len(demo)
+    np.testing.assert_allclose(overall.to_numpy(), weighted)
+    # and it is the mean of the individual keep maps
+    maps = np.mean([patches.patch_keep_map(model, demo.sample(i).image).kept for i in range(len(demo))], axis=0)
+    np.testing.assert_allclose(overall.to_numpy(), maps, atol=1e-12)
+
+
+def test_object_recall_matches_a_recount_from_keep_maps(demo):
+    model = _model()
+    table = patches.keep_vs_object(model, demo, batch_size=16)
+    assert len(table) == len(demo)
+    for i in (0, 7, 31):
+        sample = demo.sample(i)
+        kept = patches.patch_keep_map(model, sample.image).kept
+        row = table.iloc[i]
+        assert row["object_patches"] == sample.patch_mask.sum() > 0
+        assert row["kept_object_patches"] == (kept & sample.patch_mask).sum()
+        assert row["recall"] == pytest.approx((kept & sample.patch_mask).sum() / sample.patch_mask.sum())
+    recall = patches.object_patch_recall(model, demo, batch_size=16)
+    assert recall == pytest.approx(table["recall"].mean()) and 0.0 <= recall <= 1.0
+
+
+def test_a_scorer_that_prefers_saturated_colour_finds_the_objects(demo):
+    """object_patch_recall is a real measurement: an oracle-ish scorer gets far above chance, its negation
+    far below."""
+    model = _model()
+
+    def colourfulness(x: torch.Tensor) -> torch.Tensor:  # replaces the scorer: saturation of each patch
+        return sat_scores[: x.shape[0]]
+
+    images = torch.stack([demo[i][0] for i in range(len(demo))])
+    pix = images.unfold(2, 4, 4).unfold(3, 4, 4)  # B,3,8,8,4,4
+    sat_scores = (pix.amax(1) - pix.amin(1)).mean(dim=(-1, -2)).reshape(len(demo), 64)
+    model.token_selector.score = colourfulness
+    good = patches.object_patch_recall(model, demo, batch_size=len(demo))
+    sat_scores = -sat_scores
+    bad = patches.object_patch_recall(model, demo, batch_size=len(demo))
+    assert good > 0.9 and bad < 0.1
+
+
+def test_attributions_have_the_grid_shape_and_occlusion_is_a_logit_drop(demo):
+    model = _model()
+    image = demo[5][0]
+    with torch.no_grad():
+        logits = model(image[None])
+    target = int(logits.argmax())
+    ig = patches.patch_attributions(model, image, method="integrated_gradients", n_steps=8)
+    occ = patches.patch_attributions(model, image, method="occlusion")
+    ixg = patches.patch_attributions(model, image, method="input_x_gradient")
+    for attr in (ig, occ, ixg):
+        assert attr.shape == GRID and attr.dtype == np.float32 and np.isfinite(attr).all()
+    assert np.abs(ig).sum() > 0
+    # occlusion of patch (2, 5) = target logit drop when that patch is replaced by the baseline (0)
+    x = image.clone()
+    x[:, 8:12, 20:24] = 0
+    with torch.no_grad():
+        drop = float(logits[0, target] - model(x[None])[0, target])
+    assert occ[2, 5] == pytest.approx(drop, rel=1e-4, abs=1e-5)
+
+
+def test_integrated_gradients_satisfy_completeness_without_a_selector(demo):
+    """With no hard top-k in the way, IG per patch sums to f(x) - f(baseline) (captum's completeness)."""
+    model = _model(keep_ratio=None)
+    image = demo[2][0]
+    attr = patches.patch_attributions(model, image, method="integrated_gradients", target=3, n_steps=64)
+    with torch.no_grad():
+        diff = float(model(image[None])[0, 3] - model(torch.zeros_like(image)[None])[0, 3])
+    assert attr.sum() == pytest.approx(diff, rel=0.05, abs=1e-3)
+
+
+def test_attention_rollout_with_a_gathering_selector(demo):
+    model = _model(block_index=1)
+    image = demo[4][0]
+    roll = patches.attention_rollout(model, image)
+    kept = patches.patch_keep_map(model, image).kept
+    assert roll.shape == GRID and np.isfinite(roll).all() and (roll >= 0).all()
+    # all mass reaching the patches flows through block 0 (all patches) into block 1 (kept ones only)
+    assert 0 < roll.sum() < 1
+    # the fused-attention flag is restored
+    assert all(b.attn.fused_attn == _model(block_index=1).blocks[0].attn.fused_attn for b in model.blocks)
+    # with the selector before block 0, dropped patches are unreachable: rollout is zero there
+    model0 = _model(block_index=0)
+    roll0 = patches.attention_rollout(model0, image)
+    kept0 = patches.patch_keep_map(model0, image).kept
+    assert (roll0[~kept0] == 0).all() and (roll0[kept0] > 0).all()
+    assert kept.sum() == 32
+
+
+def test_keep_attribution_iou():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=GRID)
+    kept = np.zeros(64, bool)
+    kept[np.argsort(-scores.ravel())[:16]] = True
+    kept = kept.reshape(GRID)
+    assert patches.keep_attribution_iou(kept, scores) == 1.0  # the kept set is the top-16 of the scores
+    assert patches.keep_attribution_iou(kept, -scores) == 0.0  # the bottom 16 share nothing with it
+    half = scores.copy()
+    top = np.argsort(-scores.ravel())[:16]
+    half.ravel()[top[8:]] = -100  # 8 of the 16 fall out of the top 16
+    assert patches.keep_attribution_iou(kept, half) == pytest.approx(8 / 24)
+    iou = patches.keep_attribution_iou(kept, rng.normal(size=GRID))
+    assert 0.0 <= iou <= 1.0
