@@ -1,0 +1,393 @@
+"""Cached loaders: every expensive thing the pages show, computed once per checkpoint file.
+
+Models are cached with ``st.cache_resource`` (one shared object, never pickled); tables and arrays
+with ``st.cache_data``. Every key includes the file's (mtime, size) stamp, so a checkpoint that a run
+rewrites is reloaded instead of served stale. Everything here calls ``sparsity_core`` (analysis,
+report, evaluate, data); nothing reaches into the model's modules.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from sparsity_core import analysis
+from sparsity_core.checkpoint import LoadedCheckpoint, load_checkpoint
+from sparsity_core.data import DemoShapes, sample_images
+from sparsity_core.errors import SviteError
+from sparsity_core.masks import MaskSet
+from sparsity_core.report import inspect_checkpoint
+
+from .gif import frames_to_gif
+
+# Sessions run in threads and share the cached models; analyses that run a model briefly change its
+# state (eval mode, attention flags, hooks, the selector's last keep indices), so they take turns.
+MODEL_LOCK = threading.RLock()
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+Stamp = tuple[int, int]
+
+
+def stamp(path: str) -> Stamp:
+    """(mtime_ns, size) of a file: part of every cache key, so rewritten checkpoints reload."""
+    try:
+        st_ = Path(path).stat()
+    except OSError:
+        return (0, 0)
+    return (st_.st_mtime_ns, st_.st_size)
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading checkpoint…")
+def _load(path: str, stamp_: Stamp) -> LoadedCheckpoint:
+    return load_checkpoint(path)
+
+
+def load(path: str) -> LoadedCheckpoint:
+    """The checkpoint at ``path`` (cached; raises CheckpointError with a one-line message)."""
+    return _load(path, stamp(path))
+
+
+def _masks_at(loaded: LoadedCheckpoint, snapshot: int | None) -> MaskSet:
+    """Weight masks of the final checkpoint (None) or of history snapshot ``snapshot``."""
+    if snapshot is None:
+        return analysis.checkpoint_masks(loaded)
+    if not 0 <= snapshot < len(loaded.history):
+        raise SviteError(f"snapshot {snapshot}: the checkpoint has {len(loaded.history)} snapshots")
+    snap = loaded.history[snapshot]
+    if not len(snap.masks):
+        return analysis.checkpoint_masks(loaded)  # dense snapshots hold no masks: the weights' own
+    return analysis.snapshot_masks(snap)
+
+
+# ----------------------------------------------------------------------------------------------
+# summaries
+@st.cache_data(max_entries=32, show_spinner=False)
+def _inspect(path: str, stamp_: Stamp) -> dict[str, Any]:
+    return inspect_checkpoint(load(path))
+
+
+def inspect_doc(path: str) -> dict[str, Any]:
+    """The ``svite inspect --json`` document of a checkpoint."""
+    return _inspect(path, stamp(path))
+
+
+@st.cache_data(max_entries=32, show_spinner="Checking that the masks were applied…")
+def _integrity(path: str, stamp_: Stamp) -> analysis.IntegrityReport:
+    with MODEL_LOCK:
+        return analysis.integrity_check(load(path))
+
+
+def integrity(path: str) -> analysis.IntegrityReport:
+    return _integrity(path, stamp(path))
+
+
+@st.cache_data(max_entries=32, show_spinner="Counting FLOPs…")
+def _flops(path: str, stamp_: Stamp) -> dict[str, float]:
+    with MODEL_LOCK:
+        return analysis.flops_summary(load(path))
+
+
+def flops(path: str) -> dict[str, float]:
+    return _flops(path, stamp(path))
+
+
+@st.cache_data(max_entries=16, show_spinner="Measuring throughput…")
+def _speed(path: str, stamp_: Stamp, batch_size: int) -> pd.DataFrame:
+    with MODEL_LOCK:
+        torch.manual_seed(0)
+        return analysis.speed_comparison(load(path), batch_size=batch_size)
+
+
+def speed(path: str, batch_size: int = 32) -> pd.DataFrame:
+    return _speed(path, stamp(path), int(batch_size))
+
+
+def run_metrics(path: str) -> pd.DataFrame:
+    """Records of ``metrics.jsonl`` beside a checkpoint (empty when there is none); a torn last
+    line (a run writing right now) is skipped."""
+    return read_metrics(Path(path).parent / "metrics.jsonl")
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    records = []
+    try:
+        text = path.read_text()
+    except OSError:
+        return pd.DataFrame()
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+# ----------------------------------------------------------------------------------------------
+# layer density and mask evolution
+@st.cache_data(max_entries=64, show_spinner=False)
+def _density_table(path: str, stamp_: Stamp, snapshot: int | None) -> pd.DataFrame:
+    loaded = load(path)
+    if snapshot is not None and len(loaded.history[snapshot].masks):
+        return analysis.layer_density_table(loaded.history[snapshot].masks)
+    return analysis.layer_density_table(_masks_at(loaded, snapshot))
+
+
+def density_table(path: str, snapshot: int | None = None) -> pd.DataFrame:
+    """Per-layer density of the final masks (or of one snapshot)."""
+    return _density_table(path, stamp(path), snapshot)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _mask_image(path: str, stamp_: Stamp, layer: str, snapshot: int | None, max_size: int) -> np.ndarray:
+    loaded = load(path)
+    if snapshot is not None and layer in loaded.history[snapshot].masks.data:
+        return analysis.mask_matrix(analysis.snapshot_layer_mask(loaded.history[snapshot], layer), max_size)
+    masks = _masks_at(loaded, None)
+    if layer not in masks:
+        raise SviteError(f"the checkpoint has no mask for '{layer}'")
+    return analysis.mask_matrix(masks[layer], max_size)
+
+
+def mask_image(path: str, layer: str, snapshot: int | None = None, max_size: int = 256) -> np.ndarray:
+    """One layer's mask (downsampled to at most ``max_size`` per side) for a heatmap."""
+    return _mask_image(path, stamp(path), layer, snapshot, int(max_size))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _history(path: str, stamp_: Stamp) -> pd.DataFrame:
+    return analysis.history_table(load(path).history)
+
+
+def history(path: str) -> pd.DataFrame:
+    return _history(path, stamp(path))
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the mask history…")
+def _evolution(path: str, stamp_: Stamp) -> pd.DataFrame:
+    return analysis.density_evolution(load(path).history)
+
+
+def evolution(path: str) -> pd.DataFrame:
+    return _evolution(path, stamp(path))
+
+
+@st.cache_data(max_entries=16, show_spinner="Comparing snapshots…")
+def _distances(path: str, stamp_: Stamp, metric: str) -> tuple[np.ndarray, list[int]]:
+    return analysis.snapshot_distances(load(path).history, metric)
+
+
+def distances(path: str, metric: str = "jaccard") -> tuple[np.ndarray, list[int]]:
+    return _distances(path, stamp(path), metric)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _churn(path: str, stamp_: Stamp, per_layer: bool) -> pd.DataFrame:
+    return analysis.mask_churn(load(path).history, per_layer=per_layer)
+
+
+def churn(path: str, per_layer: bool = False) -> pd.DataFrame:
+    return _churn(path, stamp(path), per_layer)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _fired(path: str, stamp_: Stamp) -> pd.DataFrame:
+    return analysis.fired_rate(load(path).history)
+
+
+def fired(path: str) -> pd.DataFrame:
+    return _fired(path, stamp(path))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _units(path: str, stamp_: Stamp) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    h = load(path).history
+    return analysis.head_survival(h), analysis.neuron_survival(h)
+
+
+def units(path: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(head survival, neuron survival) timelines, each None when the history has no such masks."""
+    return _units(path, stamp(path))
+
+
+@st.cache_data(max_entries=16, show_spinner="Rendering the GIF…")
+def _evolution_gif(path: str, stamp_: Stamp, layer: str, max_size: int) -> bytes:
+    frames = analysis.layer_frames(load(path).history, layer, max_size)
+    if not frames:
+        raise SviteError(f"the mask history has no snapshots of '{layer}'")
+    return frames_to_gif([m for _, m in frames],
+                         [f"{layer}  step {s.step}  ({s.info.get('event', '')})  density {m.mean():.3f}"
+                          for s, m in frames])
+
+
+def evolution_gif(path: str, layer: str, max_size: int = 128) -> bytes:
+    return _evolution_gif(path, stamp(path), layer, int(max_size))
+
+
+# ----------------------------------------------------------------------------------------------
+# two topologies
+def _masks_of(path: str, snapshot: int | None) -> MaskSet:
+    return _masks_at(load(path), snapshot)
+
+
+@st.cache_data(max_entries=16, show_spinner="Comparing masks…")
+def _diff(path_a: str, stamp_a: Stamp, snap_a: int | None, path_b: str, stamp_b: Stamp,
+          snap_b: int | None) -> pd.DataFrame:
+    return analysis.mask_diff(_masks_of(path_a, snap_a), _masks_of(path_b, snap_b))
+
+
+def mask_diff(path_a: str, snap_a: int | None, path_b: str, snap_b: int | None) -> pd.DataFrame:
+    """Kept / grown / pruned per common layer from A to B (checkpoints or snapshots)."""
+    return _diff(path_a, stamp(path_a), snap_a, path_b, stamp(path_b), snap_b)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _diff_image(path_a: str, stamp_a: Stamp, snap_a: int | None, path_b: str, stamp_b: Stamp,
+                snap_b: int | None, layer: str, max_size: int) -> np.ndarray:
+    return analysis.mask_diff_matrix(_masks_of(path_a, snap_a)[layer], _masks_of(path_b, snap_b)[layer], max_size)
+
+
+def diff_image(path_a: str, snap_a: int | None, path_b: str, snap_b: int | None, layer: str,
+               max_size: int = 256) -> np.ndarray:
+    return _diff_image(path_a, stamp(path_a), snap_a, path_b, stamp(path_b), snap_b, layer, int(max_size))
+
+
+# ----------------------------------------------------------------------------------------------
+# images and patches
+def normalisation(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std the checkpoint was trained with (ImageNet's for foreign checkpoints)."""
+    data = load(path).meta.get("data") or {}
+    mean, std = data.get("mean"), data.get("std")
+    if mean and std and len(mean) == 3 and len(std) == 3:
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def class_names(path: str) -> list[str]:
+    doc = inspect_doc(path)
+    names = (load(path).meta.get("data") or {}).get("class_names") or []
+    n = int(doc["architecture"]["num_classes"])
+    return [names[i] if i < len(names) else f"class {i}" for i in range(n)]
+
+
+@st.cache_resource(max_entries=4, show_spinner="Generating the demo images…")
+def demo_dataset(img_size: int, patch_size: int, size: int = 200) -> DemoShapes:
+    """The demo validation images at a model's geometry (deterministic, seed 0)."""
+    return DemoShapes("val", size=size, img_size=img_size, patch_size=patch_size, seed=0)
+
+
+def demo_for(path: str, size: int = 200) -> DemoShapes:
+    arch = inspect_doc(path)["architecture"]
+    return demo_dataset(int(arch["img_size"]), int(arch["patch_size"]), size)
+
+
+@st.cache_data(show_spinner=False)
+def photos() -> dict[str, np.ndarray]:
+    """The offline sample photos (scikit-image's bundled data)."""
+    return dict(sample_images())
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _model_view(path: str, stamp_: Stamp, image: np.ndarray) -> np.ndarray:
+    with MODEL_LOCK:
+        """The image as the model sees it (centre crop, resize), back in uint8 RGB."""
+        mean, std = normalisation(path)
+        x = analysis.to_model_input(load(path), image, mean, std)[0].cpu()
+        rgb = x * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+        return (rgb.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def model_view(path: str, image: np.ndarray) -> np.ndarray:
+    return _model_view(path, stamp(path), image)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _predict(path: str, stamp_: Stamp, image: np.ndarray, top: int) -> pd.DataFrame:
+    with MODEL_LOCK:
+        loaded = load(path)
+        mean, std = normalisation(path)
+        x = analysis.to_model_input(loaded, image, mean, std)
+        with torch.no_grad():
+            probs = loaded.model.eval()(x).float().softmax(dim=1)[0]
+        values, idx = probs.topk(min(top, probs.numel()))
+        names = class_names(path)
+        return pd.DataFrame({"class": [names[i] for i in idx.tolist()], "index": idx.tolist(),
+                             "probability": values.tolist()})
+
+
+def predict(path: str, image: np.ndarray, top: int = 3) -> pd.DataFrame:
+    return _predict(path, stamp(path), image, int(top))
+
+
+@st.cache_data(max_entries=64, show_spinner="Scoring patches…")
+def _keep_map(path: str, stamp_: Stamp, image: np.ndarray, snapshot: int | None) -> analysis.PatchKeepMap:
+    with MODEL_LOCK:
+        loaded = load(path)
+        mean, std = normalisation(path)
+        model = loaded if snapshot is None else analysis.selector_at_snapshot(loaded, snapshot)
+        return analysis.patch_keep_map(model, image, mean, std)
+
+
+def keep_map(path: str, image: np.ndarray, snapshot: int | None = None) -> analysis.PatchKeepMap:
+    """The selector's kept/dropped grid and scores for one image (final, or at a snapshot)."""
+    return _keep_map(path, stamp(path), image, snapshot)
+
+
+@st.cache_data(max_entries=64, show_spinner="Computing the attribution…")
+def _attribution(path: str, stamp_: Stamp, image: np.ndarray, method: str, target: int | None) -> np.ndarray:
+    with MODEL_LOCK:
+        loaded = load(path)
+        mean, std = normalisation(path)
+        torch.manual_seed(0)
+        if method == "attention_rollout":
+            return analysis.attention_rollout(loaded, image, mean=mean, std=std)
+        return analysis.patch_attributions(loaded, image, method=method, target=target, mean=mean, std=std)
+
+
+def attribution(path: str, image: np.ndarray, method: str, target: int | None = None) -> np.ndarray:
+    """Per-patch attribution: captum (integrated gradients / occlusion / input×gradient) or rollout."""
+    return _attribution(path, stamp(path), image, method, target)
+
+
+@st.cache_data(max_entries=16, show_spinner="Keep maps across snapshots…")
+def _keep_history(path: str, stamp_: Stamp, image: np.ndarray) -> pd.DataFrame:
+    with MODEL_LOCK:
+        mean, std = normalisation(path)
+        return analysis.keep_map_history(load(path), image, mean, std)
+
+
+def keep_history(path: str, image: np.ndarray) -> pd.DataFrame:
+    return _keep_history(path, stamp(path), image)
+
+
+@st.cache_data(max_entries=8, show_spinner="Keep frequency over the demo data…")
+def _keep_frequency(path: str, stamp_: Stamp, limit: int) -> pd.DataFrame:
+    with MODEL_LOCK:
+        return analysis.keep_frequency(load(path), demo_for(path), batch_size=64, limit=limit)
+
+
+def keep_frequency(path: str, limit: int = 200) -> pd.DataFrame:
+    return _keep_frequency(path, stamp(path), int(limit))
+
+
+@st.cache_data(max_entries=8, show_spinner="Scoring kept patches against the objects…")
+def _keep_vs_object(path: str, stamp_: Stamp, limit: int) -> pd.DataFrame:
+    with MODEL_LOCK:
+        return analysis.keep_vs_object(load(path), demo_for(path), batch_size=64, limit=limit)
+
+
+def keep_vs_object(path: str, limit: int = 200) -> pd.DataFrame:
+    return _keep_vs_object(path, stamp(path), int(limit))
+
+
+def keep_map_gif(frames: Sequence[np.ndarray], captions: Sequence[str]) -> bytes:
+    return frames_to_gif(frames, captions)

@@ -1,0 +1,29 @@
+"""SViTE Explorer: ``streamlit run app/main.py`` (or ``bash scripts/app.sh``).
+
+The entry script only sets the page up, draws the sidebar (talk mode, checkpoint picker, upload) and
+hands over to the page the user is on; the pages live in the top-level ``pages/`` folder.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:  # `streamlit run app/main.py` puts app/ on the path, not the repository root
+    sys.path.insert(0, _ROOT)
+
+import streamlit as st  # noqa: E402
+
+import sparsity_core  # noqa: E402,F401  (before timm: installs the torchvision shim, keeps the hub offline)
+from app import ui  # noqa: E402
+
+_t0 = time.perf_counter()
+try:
+    ui.configure_page()
+    page = st.navigation(ui.navigation_pages())
+    ui.sidebar()
+    page.run()
+finally:  # how long this run of the script took (benchmarks/bench_app.py reads it)
+    st.session_state["_render_s"] = time.perf_counter() - _t0

@@ -1,0 +1,43 @@
+"""Where the app looks for things: shipped checkpoints, runs, uploads (each overridable by env var)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: File types the checkpoint loader accepts (safetensors, and torch pickles loaded with weights_only).
+CHECKPOINT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+#: Upload cap in MB when Streamlit's own ``server.maxUploadSize`` is not readable.
+DEFAULT_UPLOAD_MB = 400
+#: Largest image upload (MB) for the patch maps page.
+IMAGE_UPLOAD_MB = 20
+
+
+def checkpoints_dir() -> Path:
+    """The shipped demo checkpoints (``SVITE_CHECKPOINTS_DIR`` overrides, e.g. in tests)."""
+    return Path(os.environ.get("SVITE_CHECKPOINTS_DIR", REPO_ROOT / "checkpoints")).expanduser()
+
+
+def runs_dir() -> Path:
+    """Training runs, including the ones the Retrain page launches (``SVITE_RUNS_DIR`` overrides)."""
+    return Path(os.environ.get("SVITE_RUNS_DIR", REPO_ROOT / "runs")).expanduser()
+
+
+def uploads_dir() -> Path:
+    """Where uploaded checkpoints are kept for this machine (``SVITE_UPLOADS_DIR`` overrides)."""
+    default = Path(tempfile.gettempdir()) / "svite-explorer-uploads"
+    return Path(os.environ.get("SVITE_UPLOADS_DIR", default)).expanduser()
+
+
+def upload_limit_mb() -> int:
+    """The upload cap: Streamlit's ``server.maxUploadSize`` (set in .streamlit/config.toml)."""
+    try:
+        import streamlit as st
+
+        return int(st.get_option("server.maxUploadSize"))
+    except Exception:  # outside a Streamlit runtime
+        return DEFAULT_UPLOAD_MB

@@ -1,0 +1,249 @@
+"""Shared page furniture: navigation, the sidebar checkpoint picker and upload, talk mode, and the
+helpers every page uses to show figures (PNG from plotly's toolbar) and tables (with a CSV button)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from sparsity_core.checkpoint import LoadedCheckpoint
+from sparsity_core.errors import SviteError
+
+from . import catalog, figures, loaders
+from .figures import PLOTLY_CONFIG
+from .settings import CHECKPOINT_SUFFIXES, REPO_ROOT, checkpoints_dir, runs_dir, upload_limit_mb
+
+#: (file in pages/, title, icon). The order is the talk-mode path through the app.
+PAGES: tuple[tuple[str, str, str], ...] = (
+    ("overview", "Overview", ":material/dashboard:"),
+    ("density", "Layer density", ":material/bar_chart:"),
+    ("evolution", "Mask evolution", ":material/timeline:"),
+    ("patches", "Patch maps", ":material/grid_on:"),
+    ("compare", "Compare", ":material/compare_arrows:"),
+    ("retrain", "Retrain", ":material/model_training:"),
+)
+TALK_PATH = ("overview", "density", "evolution", "patches", "compare")
+CKPT_KEY = "ckpt"
+TALK_KEY = "talk_mode"
+#: Seeded defaults the talk path starts from (widget keys of the pages -> values).
+TALK_DEFAULTS: dict[str, Any] = {
+    "density_snapshot": "final", "evo_metric": "jaccard", "evo_group": "block_type",
+    "patch_source": "Demo dataset", "patch_demo_index": 7, "patch_method": "integrated_gradients",
+    "compare_mode": "Two checkpoints",
+}
+
+TALK_CSS = """
+<style>
+html, body { font-size: 19px; }
+[data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li { font-size: 1.3rem; }
+[data-testid="stMetricValue"] { font-size: 2.6rem; }
+[data-testid="stMetricLabel"] p { font-size: 1.15rem; }
+h1 { font-size: 3rem !important; }
+h2, h3 { font-size: 2.1rem !important; }
+[data-testid="stCaptionContainer"] { font-size: 1.1rem; }
+</style>
+"""
+
+_PAGE_OBJECTS: dict[str, Any] = {}
+
+
+# ----------------------------------------------------------------------------------------------
+# page set-up
+def talk_mode() -> bool:
+    return bool(st.session_state.get(TALK_KEY, False))
+
+
+def configure_page() -> None:
+    """Page config (talk mode: wide, sidebar collapsed, larger fonts). Call first in main."""
+    talk = talk_mode()
+    st.set_page_config(page_title="SViTE Explorer", page_icon=":material/blur_on:",
+                       layout="wide" if talk else "centered",
+                       initial_sidebar_state="collapsed" if talk else "auto")
+    if talk:
+        st.markdown(TALK_CSS, unsafe_allow_html=True)
+
+
+def navigation_pages() -> list[Any]:
+    """``st.Page`` objects for ``pages/*.py`` (kept so pages can link to each other)."""
+    pages = []
+    for i, (key, title, icon) in enumerate(PAGES):
+        page = st.Page(str(REPO_ROOT / "pages" / f"{key}.py"), title=title, icon=icon, url_path=key, default=i == 0)
+        _PAGE_OBJECTS[key] = page
+        pages.append(page)
+    return pages
+
+
+def _talk_default_checkpoint(entries: list[catalog.CheckpointEntry]) -> str | None:
+    demos = [e for e in entries if e.source == "demo"]
+    return (demos or entries)[0].path if (demos or entries) else None
+
+
+def _on_talk_toggle() -> None:
+    """Entering talk mode starts the seeded path: the best demo checkpoint, fixed page defaults."""
+    if not st.session_state.get(TALK_KEY):
+        return
+    entries = catalog.find_checkpoints()
+    default = _talk_default_checkpoint(entries)
+    if default is not None:
+        st.session_state[CKPT_KEY] = default
+    for key, value in TALK_DEFAULTS.items():
+        st.session_state[key] = value
+    dense = [e.path for e in entries if e.source == "demo" and Path(e.path).stem.startswith("dense")]
+    if dense:
+        st.session_state["compare_b"] = dense[0]
+
+
+def sidebar() -> None:
+    """Talk-mode toggle, checkpoint picker and upload: on every page (called by app/main.py)."""
+    with st.sidebar:
+        st.markdown("### SViTE Explorer")
+        st.toggle("Talk mode", key=TALK_KEY, on_change=_on_talk_toggle,
+                  help="Wide layout, larger fonts, page controls tucked into expanders, and a seeded, offline "
+                       "path through the pages (Next → at the bottom of each page).")
+        picker = st.container()
+        upload_box = st.container()
+    _upload(upload_box)
+    entries = catalog.find_checkpoints()
+    paths = [e.path for e in entries]
+    labels = {e.path: e.label for e in entries}
+    with picker:
+        if not entries:
+            st.warning(f"No checkpoints found in {checkpoints_dir()} or {runs_dir()}: run "
+                       "`python scripts/make_demo_checkpoints.py`, train one, or upload one below.")
+            st.session_state.pop(CKPT_KEY, None)
+            return
+        if st.session_state.get(CKPT_KEY) not in paths:
+            st.session_state[CKPT_KEY] = _talk_default_checkpoint(entries)
+        st.selectbox("Checkpoint", paths, key=CKPT_KEY, format_func=lambda p: labels.get(p, Path(p).name),
+                     help=f"Shipped demos ({checkpoints_dir()}), runs ({runs_dir()}) and uploads.")
+
+
+def _upload(box: Any) -> None:
+    limit = upload_limit_mb()
+    with box:
+        up = st.file_uploader(f"Upload a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}; ≤ {limit} MB)",
+                              key="upload_ckpt", accept_multiple_files=False, max_upload_size=limit)
+        if up is None:
+            return
+        if st.session_state.get("_upload_id") != up.file_id:
+            st.session_state["_upload_id"] = up.file_id
+            try:
+                path = catalog.save_upload(up.name, up.getvalue(), limit)
+            except SviteError as err:
+                st.session_state["_upload_msg"] = ("error", f"Cannot use this upload: {err}")
+            else:
+                st.session_state[CKPT_KEY] = str(path)
+                st.session_state["_upload_msg"] = ("ok", f"Loaded {up.name}")
+        kind, msg = st.session_state.get("_upload_msg", ("ok", ""))
+        (st.error if kind == "error" else st.success)(msg)
+
+
+# ----------------------------------------------------------------------------------------------
+# what pages call
+def current_path() -> str | None:
+    return st.session_state.get(CKPT_KEY)
+
+
+def current_label() -> str:
+    path = current_path()
+    labels = {e.path: e.label for e in catalog.find_checkpoints()}
+    return labels.get(path, Path(path).name) if path else "no checkpoint"
+
+
+def require_checkpoint() -> tuple[str, LoadedCheckpoint]:
+    """The picked checkpoint, loaded; stops the page with a clear message if there is none or it
+    cannot be read (the app itself stays up)."""
+    path = current_path()
+    if not path:
+        st.info("Pick a checkpoint in the sidebar (or upload one) to begin.")
+        st.stop()
+    try:
+        return path, loaders.load(path)
+    except SviteError as err:
+        st.error(f"Cannot read this checkpoint: {err}")
+        st.stop()
+    raise AssertionError("unreachable")
+
+
+def header(title: str, what: str = "") -> None:
+    st.title(title)
+    st.caption(f"**{current_label()}**" + (f" · {what}" if what else ""))
+
+
+def controls(label: str = "Controls") -> AbstractContextManager:
+    """Where a page's widgets go: inline normally, tucked into a closed expander in talk mode."""
+    return st.expander(label, expanded=False) if talk_mode() else st.container()
+
+
+def _talk_fonts(fig: go.Figure) -> go.Figure:
+    return fig.update_layout(font={"size": 20}, title_font={"size": 26}, template="plotly_white")
+
+
+def show_figure(fig: go.Figure, key: str) -> None:
+    """A plotly chart with its toolbar (the camera icon downloads a PNG)."""
+    talk = talk_mode()
+    if talk:
+        _talk_fonts(fig)
+    st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key, theme=None if talk else "streamlit")
+
+
+@st.cache_resource(max_entries=512, show_spinner=False)
+def _built(name: str, args: tuple, kwargs: tuple, talk: bool) -> go.Figure:
+    fig = getattr(figures, name)(*args, **dict(kwargs))
+    return _talk_fonts(fig) if talk else fig
+
+
+def plot(name: str, *args: Any, key: str, **kwargs: Any) -> None:
+    """Build ``figures.<name>(*args, **kwargs)`` and show it. Figures are cached by their inputs:
+    plotly's validation makes building one cost 50-500 ms, re-sending a cached one ~1 ms. The
+    cached object is shared, never mutated (Streamlit serialises a copy)."""
+    talk = talk_mode()
+    fig = _built(name, args, tuple(sorted(kwargs.items())), talk)
+    # Streamlit's chart theme would override the larger talk-mode fonts: plain plotly styling then
+    st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key, theme=None if talk else "streamlit")
+
+
+def show_table(df: pd.DataFrame, name: str, key: str, height: int | None = None, **kwargs: Any) -> None:
+    """A table and its CSV download button."""
+    st.dataframe(df, hide_index=True, height=height or "auto", **kwargs)
+    st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"{name}.csv", mime="text/csv",
+                       key=f"csv_{key}", icon=":material/download:", on_click="ignore")
+
+
+def keep_valid(key: str, options: Sequence[Any], default: Any = None) -> None:
+    """Before a widget whose options depend on the checkpoint: make sure its state is one of the
+    options (another checkpoint may have fewer layers or snapshots), else set ``default`` (or the
+    first option). Widgets then get no ``value=``/``index=``, so their state alone decides."""
+    value = st.session_state.get(key)
+    valid = (all(v in options for v in value) if isinstance(value, tuple) else value in options)
+    if key not in st.session_state or not valid:
+        st.session_state[key] = default if default is not None else options[0]
+
+
+def guard(fn: Callable[[], None], what: str) -> None:
+    """Run one section of a page; a bad input in it becomes a one-line message, the rest still shows."""
+    try:
+        fn()
+    except SviteError as err:
+        st.warning(f"{what}: {err}")
+
+
+def next_page_footer(current: str) -> None:
+    """Talk mode: a link to the next stop of the talk path."""
+    if not talk_mode() or current not in TALK_PATH:
+        return
+    i = TALK_PATH.index(current)
+    st.divider()
+    st.caption(f"Talk path · {i + 1} of {len(TALK_PATH)}")
+    if i + 1 < len(TALK_PATH):
+        nxt = TALK_PATH[i + 1]
+        page = _PAGE_OBJECTS.get(nxt)
+        title = dict((k, t) for k, t, _ in PAGES)[nxt]
+        if page is not None:
+            st.page_link(page, label=f"Next: {title} →", icon=":material/arrow_forward:")

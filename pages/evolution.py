@@ -1,0 +1,82 @@
+"""Mask evolution: density per layer across snapshots, topology distances, churn, fired rate,
+head/neuron survival, a slider over snapshots and a GIF of one layer's mask."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import loaders, ui
+
+path, loaded = ui.require_checkpoint()
+ui.header("Mask evolution", f"{len(loaded.history)} snapshots in the history")
+hist = loaders.history(path)
+st.subheader("Snapshots")
+ui.show_table(hist, "history", key="evo_history", height=240)
+
+evo = loaders.evolution(path)
+heads, neurons = loaders.units(path)
+if evo.empty and heads is None and neurons is None:
+    st.info("This checkpoint has no mask history: it was trained densely (or its history holds no masks), so "
+            "there is no topology to follow. Pick a SViTE / S²ViTE checkpoint in the sidebar.")
+    ui.next_page_footer("evolution")
+    st.stop()
+
+if not evo.empty:
+    with ui.controls():
+        group = st.radio("Lines per", ["block_type", "layer"], horizontal=True, key="evo_group",
+                         format_func=lambda g: "block type" if g == "block_type" else "layer")
+        metric = st.radio("Distance", ["jaccard", "hamming"], horizontal=True, key="evo_metric")
+    st.subheader("Density across snapshots")
+    ui.plot("evolution_lines", evo, group, key="evo_lines")
+    ui.plot("fired_lines", loaders.fired(path), key="evo_fired")
+
+    st.subheader("How far apart are the topologies?")
+    dist, idx = loaders.distances(path, metric)
+    labels = [f"#{i} s{int(hist.loc[i, 'step'])}" for i in idx]
+    ui.plot("distance_heatmap", dist, labels, metric, key="evo_distance")
+
+    st.subheader("Churn per update")
+    churn = loaders.churn(path)
+    updates = churn[churn["event"] == "update"] if (churn["event"] == "update").any() else churn
+    ui.plot("churn_bars", updates, key="evo_churn")
+    ui.show_table(churn, "churn", key="evo_churn", height=240)
+
+if heads is not None or neurons is not None:
+    st.subheader("Heads and neurons")
+    if heads is not None:
+        ui.plot("head_timeline", heads, key="evo_heads")
+    if neurons is not None:
+        ui.plot("neuron_lines", neurons, key="evo_neurons")
+        ui.show_table(neurons, "neuron_survival", key="evo_neurons", height=240)
+else:
+    st.info("This checkpoint has no head/neuron masks (structured S²ViTE runs have them).")
+
+if not evo.empty:
+    st.subheader("One layer, snapshot by snapshot")
+    snaps = sorted(evo["snapshot"].unique().tolist())
+    with ui.controls("Layer and snapshot"):
+        layers = list(dict.fromkeys(evo["layer"]))
+        ui.keep_valid("evo_layer", layers)
+        layer = st.selectbox("Layer", layers, key="evo_layer")
+        ui.keep_valid("evo_snapshot", snaps, snaps[-1])
+        snap = st.select_slider("Snapshot", snaps, key="evo_snapshot",
+                                format_func=lambda s: f"#{s} · step {int(hist.loc[s, 'step'])}")
+    info = hist.loc[snap]
+    row = evo[(evo["snapshot"] == snap) & (evo["layer"] == layer)].iloc[0]
+    st.caption(f"Snapshot #{snap}: step {int(info['step'])}, epoch {float(info['epoch']):.2f}, event "
+               f"**{info['event']}**, layer density {row['density']:.4f}")
+    img = loaders.mask_image(path, layer, int(snap), 256)
+    ui.plot("mask_heatmap", img, f"{layer} at snapshot #{snap}", img.size < int(row["numel"]), key="evo_heatmap")
+
+    def _gif() -> None:
+        # rendered on request (not on every page load): one unpacked layer per snapshot, drawn with PIL
+        if st.button("Make a GIF of this layer's evolution", key="evo_make_gif", icon=":material/animated_images:"):
+            st.session_state["evo_gif_for"] = (path, layer)
+        if st.session_state.get("evo_gif_for") == (path, layer):
+            st.download_button("Download the GIF", loaders.evolution_gif(path, layer),
+                               file_name=f"mask_evolution_{layer}.gif", mime="image/gif", key="evo_gif",
+                               on_click="ignore", icon=":material/download:")
+
+    ui.guard(_gif, "GIF")
+
+ui.next_page_footer("evolution")

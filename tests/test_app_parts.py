@@ -1,0 +1,127 @@
+"""The app's non-page parts against real files: the checkpoint catalog and upload check, GIF export,
+and the run registry (real `python -m sparsity_core train` subprocesses: fail, cancel, reload)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_analysis_masks import build_checkpoint
+
+from app import catalog, gif, runs
+from sparsity_core.errors import CheckpointError, SviteError
+
+
+@pytest.fixture(autouse=True)
+def dirs(tmp_path, monkeypatch):
+    d = {k: tmp_path / k for k in ("checkpoints", "runs", "uploads")}
+    for k, v in d.items():
+        v.mkdir()
+        monkeypatch.setenv(f"SVITE_{k.upper()}_DIR", str(v))
+    return d
+
+
+def test_catalog_lists_demos_runs_and_uploads_in_order(dirs):
+    for name in ("dense", "svite", "svite-plus"):
+        build_checkpoint(dirs["checkpoints"] / f"{name}.safetensors", method="dense", updates=0)
+    (dirs["checkpoints"] / "README.md").write_text("not a checkpoint")
+    run = dirs["runs"] / "r1"
+    run.mkdir()
+    build_checkpoint(run / "checkpoint.safetensors", method="dense", updates=0)
+    (run / "resume-000000010.pt").write_bytes(b"x")  # resume sidecars are not checkpoints to pick
+    entries = catalog.find_checkpoints()
+    assert [e.label for e in entries] == ["demo · svite-plus", "demo · svite", "demo · dense", "run · r1"]
+    assert [e.source for e in entries] == ["demo", "demo", "demo", "run"]
+
+
+def test_upload_check_keeps_good_files_and_explains_bad_ones(dirs, tmp_path):
+    good = build_checkpoint(tmp_path / "good.safetensors", method="svite", updates=1)["path"].read_bytes()
+    path = catalog.save_upload("my model.safetensors", good, limit_mb=10)
+    assert path.parent == dirs["uploads"] and path.read_bytes() == good
+    assert [e.label for e in catalog.find_checkpoints()] == ["upload · my_model.safetensors"]
+    with pytest.raises(CheckpointError) as err:
+        catalog.save_upload("broken.safetensors", good[: len(good) // 2], limit_mb=10)
+    msg = str(err.value)
+    assert msg.startswith("broken.safetensors: ") and "\n" not in msg and str(dirs["uploads"]) not in msg
+    with pytest.raises(CheckpointError, match="refused|not a readable"):
+        catalog.save_upload("evil.pth", b"garbage that is no zip and no pickle", limit_mb=10)
+    with pytest.raises(SviteError, match="not a checkpoint file; the loader accepts .safetensors"):
+        catalog.save_upload("notes.txt", b"hello", limit_mb=10)
+    with pytest.raises(SviteError, match="over the 1 MB upload limit"):
+        catalog.save_upload("big.pt", b"\0" * (2 * 2**20), limit_mb=1)
+    with pytest.raises(SviteError, match="empty"):
+        catalog.save_upload("empty.pt", b"", limit_mb=1)
+    assert len(list(dirs["uploads"].iterdir())) == 1  # bad uploads are not kept
+
+
+def test_gif_has_one_frame_per_snapshot_with_the_mask_drawn():
+    frames = [np.zeros((4, 6)), np.ones((4, 6)), np.eye(4, 6)]
+    data = gif.frames_to_gif(frames, ["a", "b", "c"], size=60)
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "GIF" and im.n_frames == 3
+    sizes, means = set(), []
+    for i in range(3):
+        im.seek(i)
+        rgb = np.asarray(im.convert("RGB"), dtype=float)
+        sizes.add(rgb.shape)
+        means.append(rgb[gif.CAPTION_HEIGHT:, :60].mean())  # the mask area, below the caption
+    assert len(sizes) == 1
+    assert means[1] > means[2] > means[0]  # all kept (bright) > diagonal > all pruned (dark)
+    with pytest.raises(ValueError):
+        gif.frames_to_gif([], [])
+    np.testing.assert_array_equal(gif.colorize(np.array([[0.0, 1.0]]))[0], [[68, 1, 84], [253, 231, 37]])
+
+
+def _wait(run_id: str, until, timeout: float = 90.0) -> runs.RunState:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = runs.state(run_id)
+        if until(s):
+            return s
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} stuck at {runs.state(run_id).status}")
+
+
+def test_run_form_builds_the_train_command():
+    form = runs.RunForm(method="s2vite", keep_ratio=0.5, epochs=2, init="/x/ck.safetensors",
+                        model_flags={"model": "vit_tiny_demo", "embed_dim": 48})
+    cmd = form.command(Path("/tmp/out"))
+    joined = " ".join(cmd[1:])
+    assert joined.startswith("-m sparsity_core train --out /tmp/out --quiet --method s2vite --epochs 2")
+    for part in ("--atten-density 0.7", "--other-density 0.6", "--keep-ratio 0.5", "--init /x/ck.safetensors",
+                 "--embed-dim 48", "--train-size 2000", "--update-frequency 50"):
+        assert part in joined
+    assert "--density" not in cmd  # S2ViTE ignores the weight density
+    with pytest.raises(SviteError, match="no such folder"):
+        runs.RunForm(data="/definitely/not/here").validate()
+    with pytest.raises(SviteError, match="choose one of"):
+        runs.RunForm(method="magic").validate()
+
+
+TINY = {"model": "vit_tiny_demo", "embed_dim": 48, "depth": 2, "num_heads": 4}
+
+
+def test_runs_fail_with_one_line_survive_a_reload_and_cancel(dirs):
+    # both start at once (the Python start-up dominates their cost)
+    bad = runs.launch(runs.RunForm(method="dense", epochs=1, batch_size=4096, train_size=64, val_size=16))
+    long = runs.launch(runs.RunForm(method="dense", epochs=50, train_size=256, val_size=32, batch_size=32,
+                                    model_flags=TINY))
+    s = _wait(bad, lambda s: s.status != "running")
+    assert s.status == "failed"
+    assert "--batch-size 4096 is larger than the training set" in s.error and "\n" not in s.error
+    rec = json.loads((dirs["runs"] / bad / runs.RECORD).read_text())
+    assert rec["exit_code"] == 2 and rec["status"] == "failed"
+
+    s = _wait(long, lambda s: s.total_steps is not None)  # the loop has started (metrics.jsonl 'start')
+    assert s.status == "running" and s.total_steps == 400 and s.progress < 1
+    runs._PROCS.pop(long)  # a page reload / a restarted server: only the on-disk registry is left
+    assert [r.id for r in runs.list_runs()] == [long, bad]  # newest first
+    assert runs.state(long).status == "running"
+    runs.cancel(long)
+    s = _wait(long, lambda s: s.status != "running", timeout=30)
+    assert s.status == "cancelled" and runs.state(long).status == "cancelled"
