@@ -78,10 +78,15 @@ def _reusable_dense(seed: int) -> Path | None:
     return run if same else None
 
 
-def run_all(seeds: list[int]) -> None:
+DEFAULT_METHODS = ["dense", "s2vite"]  # s2vite_static on request (--methods dense s2vite s2vite_static)
+
+
+def run_all(seeds: list[int], methods: list[str]) -> None:
     torch.set_num_threads(1)  # one thread: much faster than two on a shared, busy 2-core machine
     for seed in seeds:
         for name, method in METHODS.items():
+            if name not in methods:
+                continue
             run = RUNS / f"{name}_s{seed}"
             if name == "dense" and _reusable_dense(seed) is not None:
                 print(f"[skip] {run.name}: reusing {SHARED_DENSE / f'dense_s{seed}'} (identical recipe)", flush=True)
@@ -186,10 +191,11 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--table", action="store_true", help="only write the table from finished runs")
     args = parser.parse_args()
     if not args.table:
-        run_all(args.seeds)
+        run_all(args.seeds, args.methods)
     df = collect(args.seeds)
     if df.empty:
         print("no finished runs yet")

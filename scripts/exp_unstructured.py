@@ -190,7 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is kinder to a shared machine)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: results do not depend on the core count)")
     parser.add_argument("--table", action="store_true", help="only write the table from finished runs")
     args = parser.parse_args()
     if not args.table:

@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from timm.optim import create_optimizer_v2  # noqa: E402
 
 from sparsity_core.engine import EngineContext, build_engine  # noqa: E402
 from sparsity_core.models import ModelConfig, build_model, input_geometry  # noqa: E402
@@ -29,6 +28,9 @@ from sparsity_core.train import TrainConfig  # noqa: E402
 
 
 def make_runner(method: str, args: argparse.Namespace, device: torch.device, total_steps: int):
+    # imported here, after sparsity_core (above), whose torchvision shim must come before timm
+    from timm.optim import create_optimizer_v2
+
     cfg = TrainConfig(method=method, density=args.density, update_frequency=args.update_frequency, seed=0)
     mcfg = ModelConfig(name=args.model, num_classes=1000 if args.model != "vit_tiny_demo" else 10)
     torch.manual_seed(0)
@@ -85,6 +87,7 @@ def main() -> None:
     total = args.steps * 2 + 20
     dense_model, _, dense_step = make_runner("dense", args, device, total)
     sparse_model, engine, sparse_step = make_runner("svite", args, device, total)
+    budget_at_start = engine.masks.nonzeros()
     for _ in range(3):  # warm-up (kernels, allocator, compile)
         dense_step()
         sparse_step()
@@ -97,6 +100,7 @@ def main() -> None:
     params = dict(sparse_model.named_parameters())
     zero_ok = all(bool((params[n].detach()[~m.to(device)] == 0).all()) for n, m in engine.masks.items())
     budget = engine.masks.nonzeros()
+    budget_ok = budget == budget_at_start == dict(engine.budgets)
     dense_s, sparse_s = statistics.median(dense_t), statistics.median(sparse_t)
     result = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
@@ -106,11 +110,14 @@ def main() -> None:
         "dense_ms_per_step": 1000 * dense_s, "sparse_ms_per_step": 1000 * sparse_s,
         "sparse_over_dense_step_time": sparse_s / dense_s, "target": 1.05,
         "steps_per_method": 3 + per_block * args.blocks,
-        "masked_weights_zero": zero_ok, "nonzeros_total": sum(budget.values()),
+        "topology_updates": engine.updates_done,
+        "masked_weights_zero": zero_ok, "budget_exact": budget_ok, "nonzeros_total": sum(budget.values()),
     }
     print(json.dumps(result, indent=2))
     if not zero_ok:
         raise SystemExit("gpu_check: masked weights are not zero after sparse steps")
+    if not budget_ok:
+        raise SystemExit("gpu_check: the per-layer nonzero budget changed during sparse training")
 
 
 if __name__ == "__main__":
