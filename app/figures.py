@@ -243,7 +243,8 @@ def upscale_factor(size: int, target: int = 320) -> int:
 
 def overlay_patches(rgb: np.ndarray, patch: int, kept: np.ndarray | None = None, outline: np.ndarray | None = None,
                     target: int = 320) -> np.ndarray:
-    """The model's view of an image, upscaled; dropped patches greyed out, the patch grid drawn, and
+    """The model's view of an image, upscaled; dropped patches greyed out *and darkened* (the demo
+    clutter is grey itself, so a light grey would not tell dropped from kept), the patch grid drawn, and
     optionally the object's patches outlined (``outline``)."""
     f = upscale_factor(rgb.shape[0], target)
     img = np.repeat(np.repeat(rgb.astype(np.float32), f, axis=0), f, axis=1)
@@ -251,7 +252,7 @@ def overlay_patches(rgb: np.ndarray, patch: int, kept: np.ndarray | None = None,
     if kept is not None:
         drop = ~np.repeat(np.repeat(np.asarray(kept, bool), p, axis=0), p, axis=1)
         grey = img.mean(axis=2, keepdims=True)
-        faded = 0.25 * grey + 0.75 * 200.0
+        faded = 25.0 + 0.3 * grey
         img = np.where(drop[..., None], faded, img)
     h, w = img.shape[:2]
     lw = 2 if f >= 4 else 1
