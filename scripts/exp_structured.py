@@ -3,9 +3,9 @@
     nice -n 10 python scripts/exp_structured.py            # runs what is missing, then writes the table
     nice -n 10 python scripts/exp_structured.py --table    # only (re)writes the table from finished runs
 
-Runs go through ``sparsity_core.train.train`` into ``runs/exp_structured/<method>_s<seed>``; a finished
-run is skipped, an interrupted one resumed. A dense baseline of ``runs/exp_unstructured/dense_s<seed>``
-is reused only when its recipe is identical. Each S2ViTE run is also compacted in memory and the
+Runs go into ``runs/exp_structured/<method>_s<seed>`` (``scripts/_experiment.py``: the shared recipe; a
+finished run is skipped, an interrupted one resumed, an identical finished run of another demo experiment
+reused). Each S2ViTE run is also compacted in memory and the
 compacted model evaluated on the same validation set (it must score exactly the same).
 Writes ``docs/structured_results.md``.
 """
@@ -13,36 +13,25 @@ Writes ``docs/structured_results.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+from _experiment import RECIPE, find_run, is_complete, train_run  # noqa: E402
 
-import sparsity_core  # noqa: E402,F401  (before timm)
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.data import build_data, make_loader  # noqa: E402
 from sparsity_core.evaluate import count_flops, count_parameters, evaluate_accuracy  # noqa: E402
 from sparsity_core.structured import compact, max_logit_diff  # noqa: E402
-from sparsity_core.train import CHECKPOINT_NAME, TrainConfig, train  # noqa: E402
+from sparsity_core.train import CHECKPOINT_NAME  # noqa: E402
 
-RUNS = ROOT / "runs" / "exp_structured"
-SHARED_DENSE = ROOT / "runs" / "exp_unstructured"
+EXPERIMENT = "exp_structured"
 RESULTS = ROOT / "docs" / "structured_results.md"
 COMMAND = "nice -n 10 python scripts/exp_structured.py"
 
-# The recipe (identical for both methods). Without warm-up the tiny ViT sits at chance for a number of
-# epochs that varies wildly with the seed (dense seed 0: until epoch 8, 34.6% at the end; the same seed
-# with 2 warm-up epochs: off chance at epoch 3-4), which would swamp any method difference; DeiT and the
-# reference warm up for 5 of 300 epochs, we do for 2 of 20.
-RECIPE = dict(model="vit_tiny_demo", data="demo", train_size=5000, val_size=1000, epochs=20, batch_size=64, lr=1e-3,
-              min_lr=1e-5, warmup_lr=1e-6, weight_decay=0.05, warmup_epochs=2.0, label_smoothing=0.1, clip_grad=None,
-              device="cpu", log_every=50)
 METHODS = {
     "dense": dict(method="dense"),
     # the reference's S2ViTE-Small ratios; ~12 topology updates over 1560 steps (t_end 0.8)
@@ -53,71 +42,21 @@ METHODS = {
     "s2vite_static": dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=10**6,
                           death_rate=0.5, decay_schedule="cosine", t_end=0.8, growth="gradient"),
 }
-# fields that decide a dense run's outcome (to reuse another experiment's dense baseline)
-_DENSE_KEYS = [k for k in RECIPE if k not in ("device", "log_every")] + ["method", "seed", "img_size", "patch_size",
-                                                                       "embed_dim", "depth", "num_heads"]
-
-
-def _complete(run: Path) -> bool:
-    ckpt = run / CHECKPOINT_NAME
-    if not ckpt.exists():
-        return False
-    return bool(load_checkpoint(ckpt).meta.get("complete"))
-
-
-def _reusable_dense(seed: int) -> Path | None:
-    run = SHARED_DENSE / f"dense_s{seed}"
-    cfg_file = run / "config.json"
-    if not cfg_file.exists() or not _complete(run):
-        return None
-    theirs = json.loads(cfg_file.read_text())
-    mine = TrainConfig(**RECIPE, **METHODS["dense"], seed=seed).to_dict()
-    defaults = {"train_size": 5000, "val_size": 1000}  # the demo set's sizes when not given
-    same = all((theirs.get(k) if theirs.get(k) is not None else defaults.get(k))
-               == (mine.get(k) if mine.get(k) is not None else defaults.get(k)) for k in _DENSE_KEYS)
-    return run if same else None
-
-
 DEFAULT_METHODS = ["dense", "s2vite"]  # s2vite_static on request (--methods dense s2vite s2vite_static)
 
 
 def run_all(seeds: list[int], methods: list[str]) -> None:
-    torch.set_num_threads(1)  # one thread: much faster than two on a shared, busy 2-core machine
     for seed in seeds:
-        for name, method in METHODS.items():
-            if name not in methods:
-                continue
-            run = RUNS / f"{name}_s{seed}"
-            if name == "dense" and _reusable_dense(seed) is not None:
-                print(f"[skip] {run.name}: reusing {SHARED_DENSE / f'dense_s{seed}'} (identical recipe)", flush=True)
-                continue
-            if _complete(run):
-                print(f"[skip] {run.name}: already complete", flush=True)
-                continue
-            resume = str(run) if (run / CHECKPOINT_NAME).exists() else None
-            cfg = TrainConfig(out=str(run), **RECIPE, **method, seed=seed, resume=resume)
-            t0 = time.perf_counter()
-            print(f"[run] {run.name} ({'resume' if resume else 'fresh'})", flush=True)
-            train(cfg, show_progress=False, echo_metrics=False)
-            wall = time.perf_counter() - t0
-            (run / "wall_s.txt").write_text(f"{wall:.1f}\n")
-            print(f"[done] {run.name}: {wall:.0f} s", flush=True)
-
-
-def _run_dir(name: str, seed: int) -> Path:
-    if name == "dense":
-        shared = _reusable_dense(seed)
-        if shared is not None:
-            return shared
-    return RUNS / f"{name}_s{seed}"
+        for name in methods:
+            train_run(EXPERIMENT, name, {**RECIPE, **METHODS[name]}, seed)
 
 
 def collect(seeds: list[int]) -> pd.DataFrame:
     rows = []
     for seed in seeds:
         for name in METHODS:
-            run = _run_dir(name, seed)
-            if not _complete(run):
+            run = find_run(EXPERIMENT, name, {**RECIPE, **METHODS[name]}, seed)
+            if not is_complete(run):
                 continue
             loaded = load_checkpoint(run / CHECKPOINT_NAME)
             metrics = loaded.meta.get("metrics", {})

@@ -6,8 +6,9 @@ same SViTE model without a selector, 3 seeds, CPU.
     nice -n 10 python scripts/exp_token_selector.py --base dense   # dense (+ selector) instead of SViTE
     nice -n 10 python scripts/exp_token_selector.py --only svite+selector-mlp   # leave the baseline to others
 
-Runs go through ``sparsity_core.train.train`` into ``runs/exp_token_selector/<name>_s<seed>``; a finished
-run is skipped, an interrupted one resumed. Every selector run is scored on the demo validation set:
+Runs go into ``runs/exp_token_selector/<name>_s<seed>`` (``scripts/_experiment.py``: the shared recipe; a
+finished run is skipped, an interrupted one resumed, an identical finished run of another demo experiment
+reused). Every selector run is scored on the demo validation set:
 object-patch recall of its keep maps (mean fraction of the object's patches kept; chance = keep ratio),
 against two baselines: the same measurement for an untrained selector, and the best *fixed* mask (the
 positions where objects fall most often in the training split), because the demo objects avoid the
@@ -17,48 +18,33 @@ borders and a content-blind central mask already scores high. Writes ``docs/toke
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from _experiment import RECIPE, SVITE, find_run, is_complete, train_run  # noqa: E402
 
-import sparsity_core  # noqa: E402,F401  (before timm)
 from sparsity_core.analysis.patches import object_patch_recall, positional_prior_recall  # noqa: E402
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.data import DemoShapes  # noqa: E402
 from sparsity_core.evaluate import count_flops  # noqa: E402
 from sparsity_core.models import build_model  # noqa: E402
-from sparsity_core.train import CHECKPOINT_NAME, TrainConfig, train  # noqa: E402
+from sparsity_core.train import CHECKPOINT_NAME  # noqa: E402
 
-RUNS = ROOT / "runs" / "exp_token_selector"
+EXPERIMENT = "exp_token_selector"
 RESULTS = ROOT / "docs" / "token_selector_results.md"
 COMMAND = "nice -n 10 python scripts/exp_token_selector.py"
 
-# The recipe, identical for every run and to scripts/exp_unstructured.py / exp_structured.py (2 warm-up epochs:
-# without them the tiny ViT sits at chance for a seed-dependent number of epochs).
-RECIPE = dict(model="vit_tiny_demo", data="demo", train_size=5000, val_size=1000, epochs=20, batch_size=64, lr=1e-3,
-              min_lr=1e-5, warmup_lr=1e-6, weight_decay=0.05, warmup_epochs=2.0, label_smoothing=0.1, clip_grad=None,
-              device="cpu", log_every=50)
-# Identical to scripts/exp_unstructured.py's SViTE (so its finished runs serve as our baseline).
-BASES = {
-    "svite": dict(method="svite", density=0.5, sparse_init="fixed_ERK", update_frequency=50, death_rate=0.5,
-                  decay_schedule="cosine", t_end=0.8, growth="gradient", death="magnitude", reset_moments=True),
-    "dense": dict(method="dense"),
-}
-# Finished runs of the other demo experiments with the identical recipe are reused as baselines.
-SHARED = [ROOT / "runs" / "exp_unstructured", ROOT / "runs" / "exp_structured"]
-_OUTCOME_KEYS = [k for k in TrainConfig().to_dict() if k not in ("out", "resume", "device", "log_every",
-                                                                 "checkpoint_every", "num_workers")]
+# The same SViTE as scripts/exp_unstructured.py's (so its finished runs serve as our baseline), or dense.
+BASES = {"svite": dict(SVITE), "dense": dict(method="dense")}
 SELECTOR = dict(keep_ratio=0.5, selector_block=0, selector_mode="gather")
-# The reference's linear scorer, and the MLP scorer (LayerNorm + timm Mlp): on raw block-0 tokens a
-# linear score cannot tell a saturated object of any hue from grey clutter.
-SCORERS = ["mlp"]  # --scorers mlp linear runs both
+# The MLP scorer (LayerNorm + timm Mlp) by default: on raw block-0 tokens the reference's linear score
+# cannot tell a saturated object of any hue from grey clutter. --scorers mlp linear runs both.
+SCORERS = ["mlp"]
 
 
 def configs(base: str) -> dict[str, dict]:
@@ -69,53 +55,11 @@ def configs(base: str) -> dict[str, dict]:
     return out
 
 
-def _complete(run: Path) -> bool:
-    ckpt = run / CHECKPOINT_NAME
-    return ckpt.exists() and bool(load_checkpoint(ckpt).meta.get("complete"))
-
-
-def _shared_run(name: str, fields: dict, seed: int) -> Path | None:
-    """A finished run of another experiment trained with exactly this config (same seed), if any."""
-    mine = TrainConfig(**fields, seed=seed).to_dict()
-    for root in SHARED:
-        run = root / f"{name}_s{seed}"
-        cfg_file = run / "config.json"
-        if not cfg_file.exists() or not _complete(run):
-            continue
-        theirs = json.loads(cfg_file.read_text())
-        if all(theirs.get(k) == mine.get(k) for k in _OUTCOME_KEYS):
-            return run
-    return None
-
-
-def run_dir(name: str, fields: dict, seed: int) -> Path:
-    own = RUNS / f"{name}_s{seed}"
-    if _complete(own):
-        return own
-    return _shared_run(name, fields, seed) or own
-
-
 def run_all(base: str, seeds: list[int], only: str | None = None) -> None:
-    torch.set_num_threads(1)  # one thread: results do not depend on the core count
     for seed in seeds:
         for name, fields in configs(base).items():
-            if only is not None and name != only:
-                continue
-            run = run_dir(name, fields, seed)
-            if run.parent != RUNS:
-                print(f"[skip] {name}_s{seed}: reusing {run.relative_to(ROOT)} (identical config)", flush=True)
-                continue
-            if _complete(run):
-                print(f"[skip] {run.name}: already complete", flush=True)
-                continue
-            resume = str(run) if (run / CHECKPOINT_NAME).exists() else None
-            cfg = TrainConfig(out=str(run), **fields, seed=seed, resume=resume)
-            print(f"[run] {run.name} ({'resume' if resume else 'fresh'})", flush=True)
-            t0 = time.perf_counter()
-            train(cfg, show_progress=False, echo_metrics=False)
-            wall = time.perf_counter() - t0
-            (run / "wall_s.txt").write_text(f"{wall:.1f}\n")
-            print(f"[done] {run.name}: {wall:.0f} s", flush=True)
+            if only is None or name == only:
+                train_run(EXPERIMENT, name, fields, seed)
 
 
 def collect(base: str, seeds: list[int]) -> pd.DataFrame:
@@ -123,8 +67,8 @@ def collect(base: str, seeds: list[int]) -> pd.DataFrame:
     for seed in seeds:
         val = DemoShapes("val", RECIPE["val_size"], seed=seed)
         for name, fields in configs(base).items():
-            run = run_dir(name, fields, seed)
-            if not _complete(run):
+            run = find_run(EXPERIMENT, name, fields, seed)
+            if not is_complete(run):
                 continue
             loaded = load_checkpoint(run / CHECKPOINT_NAME)
             metrics = loaded.meta.get("metrics", {})

@@ -29,8 +29,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
+
+from _experiment import EXPERIMENTS, is_complete, same_outcome  # noqa: E402
 
 import sparsity_core  # noqa: E402,F401  (before timm)
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
@@ -62,11 +65,6 @@ DEMOS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-EXPERIMENT_RUNS = ["exp_structured", "exp_unstructured", "exp_token_selector"]
-# config fields that do not change what a run computes
-_NOT_OUTCOME = {"out", "resume", "device", "log_every", "checkpoint_every", "num_workers"}
-
-
 def demo_config(name: str, epochs: int) -> dict:
     """The TrainConfig (as a dict) that `svite train` builds from this demo's flags."""
     args = build_parser().parse_args(["train", *COMMON, "--epochs", str(epochs), *DEMOS[name][1], "--out", "x"])
@@ -77,15 +75,10 @@ def demo_config(name: str, epochs: int) -> dict:
 def find_experiment_run(name: str, epochs: int) -> Path | None:
     """A finished experiment run (runs/exp_*/*_s0) whose training config equals this demo's, if any."""
     mine = demo_config(name, epochs)
-    for cfg_file in sorted((ROOT / "runs").glob("exp_*/*_s0/config.json")):
-        if cfg_file.parent.parent.name not in EXPERIMENT_RUNS:
-            continue
-        theirs = json.loads(cfg_file.read_text())
-        if any(theirs.get(k) != v for k, v in mine.items() if k not in _NOT_OUTCOME):
-            continue
-        ckpt = cfg_file.parent / "checkpoint.safetensors"
-        if ckpt.is_file() and load_checkpoint(ckpt).meta.get("complete"):
-            return ckpt
+    for experiment in EXPERIMENTS:
+        for cfg_file in sorted((ROOT / "runs" / experiment).glob("*_s0/config.json")):
+            if same_outcome(json.loads(cfg_file.read_text()), mine) and is_complete(cfg_file.parent):
+                return cfg_file.parent / "checkpoint.safetensors"
     return None
 
 
