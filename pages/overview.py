@@ -13,15 +13,15 @@ arch = doc["architecture"]
 metrics = doc.get("metrics") or {}
 ui.header("Overview", f"{doc['format']} checkpoint")
 
+sel = doc.get("token_selector")
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Method", doc["method"])
+c1.metric("Method", doc["method"] + (" + token selector" if sel else ""))
 c2.metric("Overall density", f"{doc['overall_density']:.3f}")
 top1 = metrics.get("val_top1")
 c3.metric("Val top-1", f"{top1:.1f}%" if isinstance(top1, (int, float)) else "n/a")
 c4.metric("Snapshots in history", len(doc["history"]))
 
 st.subheader("Model and settings")
-sel = doc.get("token_selector")
 model_rows = [
     ("model", doc["model"]), ("format", doc["format"]), ("method", doc["method"]),
     ("epoch", doc.get("epoch")), ("step", doc.get("step")), ("complete", doc.get("complete")),
@@ -47,7 +47,7 @@ def _integrity() -> None:
     else:
         st.error("Integrity check FAILED: the masks stored in this checkpoint do not describe its weights.")
     checks = pd.DataFrame(report.checks)
-    checks["passed"] = checks["passed"].map({True: "✅ yes", False: "❌ no"})
+    checks["passed"] = checks["passed"].map({True: "✔ yes", False: "✘ no"})
     ui.show_table(checks[["check", "passed", "detail"]], "integrity", key="integrity")
     if len(report.layers):
         with st.expander("Per-layer detail"):

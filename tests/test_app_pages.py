@@ -102,7 +102,7 @@ def test_overview_of_structured_and_selector_checkpoints():
     at = open_page("overview", "s2vite")
     checks = at.dataframe[1].value
     assert "masked heads/neurons have no effect" in list(checks["check"])
-    assert (checks["passed"] == "✅ yes").all()
+    assert (checks["passed"] == "✔ yes").all()
     at = open_page("overview", "svite-plus")
     table = dict(zip(at.dataframe[0].value["field"], at.dataframe[0].value["value"], strict=True))
     assert table["token selector"] == "keeps 32 of 64 patches"
