@@ -41,6 +41,8 @@ COMMAND = "nice -n 10 python scripts/exp_token_selector.py"
 
 # The same SViTE as scripts/exp_unstructured.py's (so its finished runs serve as our baseline), or dense.
 BASES = {"svite": dict(SVITE), "dense": dict(method="dense")}
+# what the baselines are called in the other experiments' run directories
+SHARED_NAMES = {"svite": "svite_uf200"}
 SELECTOR = dict(keep_ratio=0.5, selector_block=0, selector_mode="gather")
 # The MLP scorer (LayerNorm + timm Mlp) by default: on raw block-0 tokens the reference's linear score
 # cannot tell a saturated object of any hue from grey clutter. --scorers mlp linear runs both.
@@ -59,7 +61,7 @@ def run_all(base: str, seeds: list[int], only: str | None = None) -> None:
     for seed in seeds:
         for name, fields in configs(base).items():
             if only is None or name == only:
-                train_run(EXPERIMENT, name, fields, seed)
+                train_run(EXPERIMENT, name, fields, seed, SHARED_NAMES.get(name))
 
 
 def collect(base: str, seeds: list[int]) -> pd.DataFrame:
@@ -67,7 +69,7 @@ def collect(base: str, seeds: list[int]) -> pd.DataFrame:
     for seed in seeds:
         val = DemoShapes("val", RECIPE["val_size"], seed=seed)
         for name, fields in configs(base).items():
-            run = find_run(EXPERIMENT, name, fields, seed)
+            run = find_run(EXPERIMENT, name, fields, seed, SHARED_NAMES.get(name))
             if not is_complete(run):
                 continue
             loaded = load_checkpoint(run / CHECKPOINT_NAME)

@@ -50,14 +50,14 @@ MIN_SNAPSHOTS = 10
 COMMON = ["--model", "vit_tiny_demo", "--data", "demo", "--train-size", "5000", "--val-size", "1000",
           "--batch-size", "64", "--lr", "1e-3", "--warmup-epochs", "2", "--seed", "0", "--device", "cpu",
           "--log-every", "50"]
-# name -> (what it is, method flags). Topology updates until 80% of training (t_end): every 50 steps
+# name -> (what it is, method flags). Topology updates until 80% of training (t_end): every 200 steps
 # (unstructured), every 100 (structured), as in the experiments.
 DEMOS: dict[str, tuple[str, list[str]]] = {
     "dense": ("dense baseline", ["--method", "dense"]),
     "svite": ("SViTE, unstructured, density 0.5 (ERK)", ["--method", "svite", "--density", "0.5",
-                                                        "--update-frequency", "50"]),
+                                                        "--update-frequency", "200"]),
     "svite-plus": ("SViTE+, SViTE 0.5 with a token selector (MLP scorer) keeping 50% of the patches",
-                   ["--method", "svite", "--density", "0.5", "--update-frequency", "50", "--keep-ratio", "0.5",
+                   ["--method", "svite", "--density", "0.5", "--update-frequency", "200", "--keep-ratio", "0.5",
                     "--selector-scorer", "mlp"]),
     "s2vite": ("S²ViTE, structured: 70% of heads, 60% of MLP neurons",
                ["--method", "s2vite", "--atten-density", "0.7", "--other-density", "0.6",
