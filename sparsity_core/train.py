@@ -115,6 +115,7 @@ class TrainConfig:
     selector_block: int = 0
     selector_scorer: str = "linear"
     selector_mode: str = "gather"
+    selector_keep_warmup: float = 0.0  # fraction of training over which the kept tokens fall from all to k
 
     def model_config(self, num_classes: int) -> ModelConfig:
         selector = None
@@ -294,6 +295,8 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.token_number is None or cfg.token_number >= 1, f"--token-number must be >= 1, got {cfg.token_number}"),
         (cfg.keep_ratio is None or 0 < cfg.keep_ratio <= 1, f"--keep-ratio must be in (0, 1], got {cfg.keep_ratio}"),
         (cfg.token_number is None or cfg.keep_ratio is None, "give --token-number or --keep-ratio, not both"),
+        (0.0 <= cfg.selector_keep_warmup <= 1.0,
+         f"--selector-keep-warmup must be in [0, 1] (a fraction of training), got {cfg.selector_keep_warmup}"),
         (cfg.amp in ("auto", "bf16", "off"), f"--amp: unknown mode '{cfg.amp}' (auto, bf16, off)"),
         (cfg.num_workers >= 0, "--num-workers must be >= 0"),
     ]
@@ -448,7 +451,7 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
             if mixup is not None:
                 images, targets = mixup(images, targets)
             if selector is not None:
-                selector.set_progress(step / total_steps)
+                selector.set_progress(step / total_steps, cfg.selector_keep_warmup)
             with autocast():
                 loss = loss_fn(train_model(images), targets)
             if not _loss_is_finite(loss, ddp):

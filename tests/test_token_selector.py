@@ -15,7 +15,7 @@ from sparsity_core.errors import SviteError
 from sparsity_core.evaluate import count_flops
 from sparsity_core.masks import default_sparsifiable
 from sparsity_core.models import ModelConfig, SelectorConfig, build_model
-from sparsity_core.token_selector import TAU_END, TAU_START, TokenSelector, temperature_at
+from sparsity_core.token_selector import TAU_END, TAU_START, TokenSelector, keep_at, temperature_at
 from sparsity_core.train import TrainConfig, train
 
 
@@ -45,6 +45,31 @@ def test_module_layout_and_state_dict_keys():
     assert not [n for n in default_sparsifiable(model) if "token_selector" in n]  # never masked
     mlp = build_model(tiny_model_config(selector=SelectorConfig(keep=10, scorer="mlp")))
     assert mlp.token_selector.keep == 10 and mlp.token_selector(torch.randn(2, 65, 48)).shape == (2, 11, 48)
+
+
+def test_keep_warmup_falls_from_all_patches_to_k_in_training_only():
+    assert [keep_at(t, 16, 64, 0.5) for t in (0.0, 0.25, 0.5, 0.9)] == [64, 40, 16, 16]
+    assert keep_at(0.0, 16, 64, 0.0) == 16  # no warm-up: k from the start (the reference)
+    model = _pair()[0]
+    sel = model.token_selector
+    seen, _ = _tokens_seen(model, 1)
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    for t in (0.0, 0.15, 0.3, 0.6):
+        sel.set_progress(t, keep_warmup=0.3)
+        model(x)
+    model.eval()
+    sel.set_progress(0.0, keep_warmup=0.3)
+    model(x)  # evaluation always keeps k
+    assert [n for _, n, _ in seen] == [65, 49, 33, 33, 33]
+
+
+def test_keep_warmup_is_a_checked_training_flag(tmp_path, capsys):
+    code = main(["train", "--model", "vit_tiny_demo", "--data", "demo", "--keep-ratio", "0.5",
+                 "--selector-keep-warmup", "1.5", "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "--selector-keep-warmup must be in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("block", [0, 1])
