@@ -58,7 +58,7 @@ DEMOS: dict[str, tuple[str, list[str]]] = {
                                                         "--update-frequency", "200"]),
     "svite-plus": ("SViTE+, SViTE 0.5 with a token selector (MLP scorer) keeping 50% of the patches",
                    ["--method", "svite", "--density", "0.5", "--update-frequency", "200", "--keep-ratio", "0.5",
-                    "--selector-scorer", "mlp"]),
+                    "--selector-scorer", "mlp", "--selector-keep-warmup", "0.3"]),
     "s2vite": ("S²ViTE, structured: 70% of heads, 60% of MLP neurons",
                ["--method", "s2vite", "--atten-density", "0.7", "--other-density", "0.6",
                 "--update-frequency", "100"]),

@@ -90,8 +90,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--selector-block", type=int, default=d.selector_block, help="the selector runs before this block")
     g.add_argument("--selector-scorer", default=d.selector_scorer, choices=["linear", "mlp"])
     g.add_argument("--selector-keep-warmup", type=float, default=d.selector_keep_warmup, metavar="F",
-                   help="keep every patch at first, then fewer, down to k at F of training (0: k from the start, "
-                        "as the reference)")
+                   help="keep every patch at first, then fewer, down to k at F of training (default %(default)s; "
+                        "0: k from the start, as the reference)")
     g.add_argument("--selector-mode", default=d.selector_mode, choices=["gather", "zero"],
                    help="gather: drop tokens (saves compute); zero: the reference's zeroing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

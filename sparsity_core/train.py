@@ -115,7 +115,9 @@ class TrainConfig:
     selector_block: int = 0
     selector_scorer: str = "linear"
     selector_mode: str = "gather"
-    selector_keep_warmup: float = 0.0  # fraction of training over which the kept tokens fall from all to k
+    # fraction of training over which the kept tokens fall from all patches to k (0: k from step 0, as the
+    # reference; from scratch on a short schedule that never learned, see token_selector.py)
+    selector_keep_warmup: float = 0.3
 
     def model_config(self, num_classes: int) -> ModelConfig:
         selector = None
