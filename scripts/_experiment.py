@@ -51,9 +51,18 @@ def is_complete(run: Path) -> bool:
     return ckpt.exists() and bool(load_checkpoint(ckpt).meta.get("complete"))
 
 
+# fields added after some runs were made, with the value that reproduces how those runs behaved
+_LEGACY = {"selector_keep_warmup": 0.0}
+
+
 def same_outcome(theirs: dict, mine: dict) -> bool:
-    """Do two training configs (TrainConfig dicts) compute the same run?"""
-    return all(theirs.get(k) == v for k, v in mine.items() if k not in _NOT_OUTCOME)
+    """Do two training configs (TrainConfig dicts) compute the same run? The selector's settings only
+    count for runs with a token selector."""
+    theirs = {**_LEGACY, **theirs}
+    ignore = set(_NOT_OUTCOME)
+    if mine.get("token_number") is None and mine.get("keep_ratio") is None:
+        ignore |= {k for k in mine if k.startswith("selector_")}
+    return all(theirs.get(k) == v for k, v in mine.items() if k not in ignore)
 
 
 def find_run(experiment: str, name: str, fields: dict, seed: int, shared_name: str | None = None) -> Path:
