@@ -29,7 +29,7 @@ with ui.controls("Image and attribution"):
     source = st.radio("Image", ["Demo dataset", "Sample photos", "Upload"], horizontal=True, key="patch_source")
     if source == "Demo dataset":
         demo = loaders.demo_for(path)
-        ui.keep_valid("patch_demo_index", range(len(demo)), 7)
+        ui.keep_valid("patch_demo_index", range(len(demo)), 8)
         index = st.slider("Demo image (validation split)", 0, len(demo) - 1, key="patch_demo_index")
         sample = demo.sample(int(index))
         image, object_mask, truth = sample.image, sample.patch_mask, demo.class_names[sample.label]
