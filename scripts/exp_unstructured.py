@@ -39,6 +39,8 @@ METHODS = {
     "dense": dict(method="dense"),
     # our first setting: an update every 50 steps (24 updates, ~1.5 per epoch)
     "svite": dict(SVITE, update_frequency=50),
+    # ablation (--methods svite_dr01): a tenth of each layer's weights moved per update instead of half
+    "svite_dr01": dict(SVITE, death_rate=0.1),
     # ablation, not run by default (--methods svite_keep): the reference's stale AdamW moments
     "svite_keep": dict(SVITE, reset_moments=False),
 }
@@ -83,6 +85,7 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
              "SViTE (svite_uf200): " + ", ".join(f"{k}={v}" for k, v in METHODS["svite_uf200"].items()
                                                  if k not in ("method",) and k not in SPARSE) + ".",
              "svite: the same with update_frequency=50, our first setting (24 updates instead of 6).",
+             "svite_dr01 (ablation, if run): SViTE with death_rate=0.1 (a tenth of each layer moved per update).",
              "One-shot: dense for half the run, then per-layer magnitude prune to the same budgets, fine-tune.",
              "svite_keep (ablation, if run): SViTE with --no-reset-moments (the reference's stale AdamW moments).",
              "",
@@ -100,7 +103,8 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
     # generator), so per-seed differences are paired and far less noisy than differences of means.
     wide = df.pivot_table(index="seed", columns="method", values="top1")
     pairs = [(a, b) for a, b in (("svite_uf200", "dense"), ("svite_uf200", "static"), ("svite_uf200", "oneshot"),
-                                 ("static", "dense"), ("oneshot", "dense"), ("svite", "svite_uf200"),
+                                 ("static", "dense"), ("oneshot", "dense"), ("svite", "svite_uf200"), ("svite_dr01", "svite_uf200"),
+                                 ("svite_dr01", "static"),
                                  ("svite_keep", "svite_uf200"))
              if a in wide and b in wide]
     if pairs:
