@@ -44,7 +44,7 @@ METHODS = {
     # ablation, not run by default (--methods svite_keep): the reference's stale AdamW moments
     "svite_keep": dict(SVITE, reset_moments=False),
 }
-DEFAULT_METHODS = ["static", "oneshot", "svite_uf200", "svite", "dense"]
+DEFAULT_METHODS = ["static", "oneshot", "svite_uf200", "svite", "svite_dr01", "dense"]
 
 
 def run_all(seeds: list[int], methods: list[str]) -> None:
@@ -85,7 +85,7 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
              "SViTE (svite_uf200): " + ", ".join(f"{k}={v}" for k, v in METHODS["svite_uf200"].items()
                                                  if k not in ("method",) and k not in SPARSE) + ".",
              "svite: the same with update_frequency=50, our first setting (24 updates instead of 6).",
-             "svite_dr01 (ablation, if run): SViTE with death_rate=0.1 (a tenth of each layer moved per update).",
+             "svite_dr01 (ablation): SViTE with death_rate=0.1 (a tenth of each layer moved per update).",
              "One-shot: dense for half the run, then per-layer magnitude prune to the same budgets, fine-tune.",
              "svite_keep (ablation, if run): SViTE with --no-reset-moments (the reference's stale AdamW moments).",
              "",
