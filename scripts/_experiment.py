@@ -8,6 +8,7 @@ training config is identical in every field that decides the outcome is reused i
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -108,3 +109,19 @@ def train_seconds(run: Path) -> float:
         if rec.get("kind") == "epoch":
             per_epoch[rec["epoch"]] = rec["time_s"]
     return sum(per_epoch.values())
+
+
+def experiment_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags every experiment script has: --seeds, --table."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--table", action="store_true", help="only write the table from finished runs")
+    return parser
+
+
+def write_results(path: Path, lines: list[str]) -> str:
+    """Write a results table (markdown lines) and return its text."""
+    text = "\n".join(lines) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text

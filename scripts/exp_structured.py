@@ -12,7 +12,6 @@ Writes ``docs/structured_results.md``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import pandas as pd  # noqa: E402
-from _experiment import RECIPE, find_run, is_complete, train_run  # noqa: E402
+from _experiment import RECIPE, experiment_parser, find_run, is_complete, train_run, write_results  # noqa: E402
 
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.data import build_data, make_loader  # noqa: E402
@@ -121,17 +120,12 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
         for _, r in df[df["method"] != "dense"].iterrows():
             lines.append(f"| {r.method} {r.seed} | {int(r.alive_heads)} | {int(r.fired_heads)} | {int(r.alive_neurons)} | "
                          f"{int(r.fired_neurons)} |")
-    text = "\n".join(lines) + "\n"
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    return text
+    return write_results(RESULTS, lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
-    parser.add_argument("--table", action="store_true", help="only write the table from finished runs")
     args = parser.parse_args()
     if not args.table:
         run_all(args.seeds, args.methods)

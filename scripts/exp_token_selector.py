@@ -17,7 +17,6 @@ borders and a content-blind central mask already scores high. Writes ``docs/toke
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from _experiment import RECIPE, SVITE, find_run, is_complete, train_run  # noqa: E402
+from _experiment import RECIPE, SVITE, experiment_parser, find_run, is_complete, train_run, write_results  # noqa: E402
 
 from sparsity_core.analysis.patches import object_patch_recall, positional_prior_recall  # noqa: E402
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
@@ -137,21 +136,16 @@ def write_table(df: pd.DataFrame, base: str, seeds: list[int]) -> str:
         lines.append(f"| {r.config} | {r.seed} | {r.top1:.2f} | {r.top5:.2f} | {_fmt(r.density, '.3f')} | "
                      f"{_fmt(r.recall, '.3f')} | {_fmt(r.recall_untrained, '.3f')} | "
                      f"{_fmt(r.recall_fixed_mask, '.3f')} | {_fmt(r.wall_s, '.0f')} | `{r.run}` |")
-    text = "\n".join(lines) + "\n"
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    return text
+    return write_results(RESULTS, lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--base", default="svite", choices=sorted(BASES), help="the model the selector is added to")
     parser.add_argument("--only", default=None, help="train only this config (e.g. svite+selector-mlp, while the "
                         "baseline is still being trained by scripts/exp_unstructured.py)")
     parser.add_argument("--scorers", nargs="+", default=SCORERS, choices=["mlp", "linear"],
                         help="selector scorers to train (mlp: LayerNorm + timm Mlp; linear: the reference's)")
-    parser.add_argument("--table", action="store_true", help="only write the table from finished runs")
     args = parser.parse_args()
     SCORERS[:] = args.scorers
     if not args.table:

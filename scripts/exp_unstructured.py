@@ -11,7 +11,6 @@ reused). The dense baselines come last, since exp_structured.py trains the same 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,7 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import pandas as pd  # noqa: E402
-from _experiment import RECIPE, SVITE, find_run, is_complete, train_run, train_seconds  # noqa: E402
+from _experiment import (  # noqa: E402
+    RECIPE,
+    SVITE,
+    experiment_parser,
+    find_run,
+    is_complete,
+    train_run,
+    train_seconds,
+    write_results,
+)
 
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.train import CHECKPOINT_NAME  # noqa: E402
@@ -123,17 +131,12 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
     for _, r in df.iterrows():
         lines.append(f"| {r.method} | {r.seed} | {r.top1:.2f} | {r.top5:.2f} | {r.updates} | {r.fired:.3f} | "
                      f"{r.train_s:.0f} | `{r.run}` |")
-    text = "\n".join(lines) + "\n"
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    return text
+    return write_results(RESULTS, lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
-    parser.add_argument("--table", action="store_true", help="only write the table from finished runs")
     args = parser.parse_args()
     if not args.table:
         run_all(args.seeds, args.methods)
