@@ -125,3 +125,15 @@ def write_results(path: Path, lines: list[str]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
+
+
+def method_experiment_main(doc: str, methods: dict, default: list[str], run_all, collect, write_table) -> None:
+    """``main`` of an experiment over named methods: train what is missing (unless --table), then
+    write and print the table of the finished runs."""
+    parser = experiment_parser(doc)
+    parser.add_argument("--methods", nargs="+", default=default, choices=list(methods))
+    args = parser.parse_args()
+    if not args.table:
+        run_all(args.seeds, args.methods)
+    df = collect(args.seeds)
+    print("no finished runs yet" if df.empty else write_table(df, args.seeds))

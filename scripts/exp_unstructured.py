@@ -21,9 +21,9 @@ import pandas as pd  # noqa: E402
 from _experiment import (  # noqa: E402
     RECIPE,
     SVITE,
-    experiment_parser,
     find_run,
     is_complete,
+    method_experiment_main,
     train_run,
     train_seconds,
     write_results,
@@ -135,16 +135,7 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__)
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
-    args = parser.parse_args()
-    if not args.table:
-        run_all(args.seeds, args.methods)
-    df = collect(args.seeds)
-    if df.empty:
-        print("no finished runs yet")
-        return
-    print(write_table(df, args.seeds))
+    method_experiment_main(__doc__, METHODS, DEFAULT_METHODS, run_all, collect, write_table)
 
 
 if __name__ == "__main__":
