@@ -404,8 +404,9 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
             stale.unlink(missing_ok=True)
-        if resume_path is not None:
-            _truncate_metrics(out / METRICS_NAME, step)
+        # drop what a killed attempt logged after the checkpoint we start from; on a fresh start (step 0)
+        # that is every step line of an attempt killed before its first checkpoint, and any torn line
+        _truncate_metrics(out / METRICS_NAME, step)
         atomic_write_bytes(out / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2).encode())
         log.write({"kind": "start", "step": step, "epoch": start_epoch, "total_steps": total_steps,
                    "steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs, "method": cfg.method,
@@ -528,7 +529,7 @@ def _check_ranks_agree(engine: SparsityEngine, step: int, device: torch.device) 
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop metrics lines a killed attempt wrote after the checkpoint we resume from."""
+    """Drop metrics lines a killed attempt wrote after the step we (re)start from, and torn lines."""
     if not path.exists():
         return
     kept = []

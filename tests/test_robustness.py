@@ -148,3 +148,18 @@ def test_nan_loss_error_is_a_svite_error(tmp_path, monkeypatch):
     with pytest.raises(SviteError, match=r"at step 0 \(epoch 1\)"):
         train(tiny_train_config(tmp_path / "run"), show_progress=False, echo_metrics=False)
     assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_fresh_start_after_a_kill_before_the_first_checkpoint_cleans_the_metrics(tmp_path):
+    """A run killed before its first checkpoint leaves step lines (the last one maybe torn) and nothing to
+    resume; the fresh start that follows must not append to them (found by the 20-kill test)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"kind": "start", "step": 0}\n{"kind": "step", "step": 1, "loss": 2.3}\n'
+                                       '{"kind": "step", "step": 2, "lo')
+    train(tiny_train_config(out=str(out), epochs=1, max_steps=3, log_every=1), show_progress=False,
+          echo_metrics=False)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # no torn line left
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    assert steps == [1, 2, 3]
