@@ -38,7 +38,7 @@ RECIPE = dict(model="vit_tiny_demo", data="demo", train_size=5000, val_size=1000
 # SViTE at density 0.5 as the experiments and the demo checkpoints run it: an update every 200 steps (2.6
 # epochs) until 0.8 T: 6 updates, prune rate 0.5 -> ~0.35 (cosine). Our first setting, an update every 50
 # steps (24 updates, ~1.5 per epoch), left the network no time to recover from each prune-and-grow and
-# trained far worse (exp_unstructured.py keeps it as "svite_uf50"); the reference leaves ~6 epochs
+# trained far worse (exp_unstructured.py keeps it as "svite"); the reference leaves ~6 epochs
 # between its updates.
 SVITE = dict(method="svite", density=0.5, sparse_init="fixed_ERK", update_frequency=200, death_rate=0.5,
              decay_schedule="cosine", t_end=0.8, growth="gradient", death="magnitude", reset_moments=True)

@@ -37,9 +37,8 @@ from _experiment import EXPERIMENTS, is_complete, same_outcome  # noqa: E402
 
 import sparsity_core  # noqa: E402,F401  (before timm)
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
-from sparsity_core.cli import build_parser  # noqa: E402
+from sparsity_core.cli import build_parser, train_config  # noqa: E402
 from sparsity_core.report import inspect_checkpoint  # noqa: E402
-from sparsity_core.train import TrainConfig  # noqa: E402
 
 MAX_BYTES = 5 * 1024 * 1024
 MIN_SNAPSHOTS = 10
@@ -68,8 +67,7 @@ DEMOS: dict[str, tuple[str, list[str]]] = {
 def demo_config(name: str, epochs: int) -> dict:
     """The TrainConfig (as a dict) that `svite train` builds from this demo's flags."""
     args = build_parser().parse_args(["train", *COMMON, "--epochs", str(epochs), *DEMOS[name][1], "--out", "x"])
-    fields = {f for f in TrainConfig().to_dict()}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}).to_dict()
+    return train_config(args).to_dict()
 
 
 def find_experiment_run(name: str, epochs: int) -> Path | None:

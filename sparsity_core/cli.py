@@ -14,9 +14,12 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import SviteError
+
+if TYPE_CHECKING:  # train imports torch; the CLI imports it lazily, so --help and errors stay fast
+    from .train import TrainConfig
 
 EXIT_BAD_INPUT = 2
 
@@ -102,15 +105,22 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig that parsed ``svite train`` arguments stand for."""
+    from .train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from .train import train
 
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (the app's "cancel", a scheduler's preemption) ends the run like Ctrl-C: the lock is
         # released and the last checkpoint stays as it was.
         signal.signal(signal.SIGTERM, _interrupt)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    cfg = train_config(args)
     path = train(cfg, show_progress=not args.quiet, echo_metrics=not args.quiet)
     print(f"checkpoint: {path}", file=sys.stderr)
     return 0

@@ -47,21 +47,26 @@ class SparsityEngine:
     """Dense training: every hook is a no-op. Sparse methods subclass this."""
 
     method = "dense"
+    # The sparsity state a subclass keeps (weight masks, structured unit masks, ever-active masks);
+    # read through the properties below, so the loop and checkpoints see one interface.
+    _masks: MaskSet | None = None
+    _units: MaskSet | None = None
+    _fired: MaskSet | None = None
 
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
 
     @property
     def masks(self) -> MaskSet | None:
-        return None
+        return self._masks
 
     @property
     def units(self) -> MaskSet | None:
-        return None
+        return self._units
 
     @property
     def fired(self) -> MaskSet | None:
-        return None
+        return self._fired
 
     def after_backward(self, step: int) -> bool:
         return False

@@ -221,19 +221,7 @@ class StructuredEngine(SparsityEngine):
         self._masks.apply(self.model)
         self._arm(self.schedule.is_update_step(1))
 
-    # --- state ----------------------------------------------------------------------------------
-    @property
-    def masks(self) -> MaskSet:
-        return self._masks
-
-    @property
-    def units(self) -> MaskSet:
-        return self._units
-
-    @property
-    def fired(self) -> MaskSet:
-        return self._fired
-
+    # --- state (masks / units / fired: SparsityEngine's properties over _masks / _units / _fired) -----
     @property
     def armed(self) -> bool:
         """True while activation-capture hooks are registered (only before an update step)."""

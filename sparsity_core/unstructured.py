@@ -337,15 +337,7 @@ class UnstructuredEngine(SparsityEngine):
             masks[name] = m
         return MaskSet(masks), {"source": "init", "adjusted_layers": adjusted}
 
-    # --- interface ----------------------------------------------------------------------------
-    @property
-    def masks(self) -> MaskSet:
-        return self._masks
-
-    @property
-    def fired(self) -> MaskSet:
-        return self._fired
-
+    # --- interface (masks / fired: SparsityEngine's properties over _masks / _fired) --------------
     def after_optimizer_step(self, step: int) -> bool:
         """Zero masked weights (one fused multiply), then, on schedule, update the topology: the weights
         have just stepped and ``param.grad`` still holds this minibatch's dense gradient."""
@@ -477,14 +469,6 @@ class OneShotEngine(SparsityEngine):
         self.steps_done = 0
         self._masks = MaskSet.full(model, self.names)  # dense phase: every weight active
         self._fired = self._masks.clone()
-
-    @property
-    def masks(self) -> MaskSet:
-        return self._masks
-
-    @property
-    def fired(self) -> MaskSet:
-        return self._fired
 
     def after_optimizer_step(self, step: int) -> bool:
         self.steps_done = step + 1
