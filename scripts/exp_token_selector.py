@@ -41,11 +41,11 @@ COMMAND = "nice -n 10 python scripts/exp_token_selector.py"
 # The same SViTE as scripts/exp_unstructured.py's (so its finished runs serve as our baseline), or dense.
 BASES = {"svite": dict(SVITE), "dense": dict(method="dense")}
 # what the baselines are called in the other experiments' run directories
-SHARED_NAMES = {"svite": "svite_uf200"}
+SHARED_NAMES: dict[str, str] = {}
 # keep warm-up 0.3: every patch kept at first, down to 50% at 30% of training (without it the selector
 # drops the object at random while the backbone is still at chance, and the run never leaves it:
 # 13.6% top-1, recall 0.578 for seed 0; see sparsity_core/token_selector.py)
-SELECTOR = dict(keep_ratio=0.5, selector_block=0, selector_mode="gather", selector_keep_warmup=0.3)
+SELECTOR = dict(keep_ratio=0.5, selector_block=0, selector_mode="soft", selector_keep_warmup=0.3)
 # The MLP scorer (LayerNorm + timm Mlp) by default: on raw block-0 tokens the reference's linear score
 # cannot tell a saturated object of any hue from grey clutter. --scorers mlp linear runs both.
 SCORERS = ["mlp"]

@@ -79,8 +79,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--t-end", type=float, default=d.t_end, help="fraction of training after which topology is fixed")
     g.add_argument("--growth", default=d.growth, choices=["gradient", "random"])
     g.add_argument("--death", default=d.death, choices=["magnitude"])
-    g.add_argument("--no-reset-moments", dest="reset_moments", action="store_false",
-                   help="keep stale Adam moments of regrown weights (the reference's behaviour)")
+    g.add_argument("--grown-moments", default=d.grown_moments, choices=["keep", "zero-avg", "zero"],
+                   help="AdamW moments of grown weights: keep (default, the reference), zero-avg (first moment "
+                        "only), zero (both; harmful, for ablations)")
+    g.add_argument("--update-start", default=d.update_start, metavar="WHEN",
+                   help="no topology update before this: 'warmup' (default: the end of the LR warm-up), a number "
+                        "of steps (400) or of epochs (2.5ep)")
     g.add_argument("--include", action="append", default=[], help="glob of parameter names to sparsify (repeat)")
     g.add_argument("--exclude", action="append", default=[], help="glob of parameter names to keep dense (repeat)")
     g.add_argument("--oneshot-at", type=float, default=d.oneshot_at,
@@ -95,8 +99,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--selector-keep-warmup", type=float, default=d.selector_keep_warmup, metavar="F",
                    help="keep every patch at first, then fewer, down to k at F of training (default %(default)s; "
                         "0: k from the start, as the reference)")
-    g.add_argument("--selector-mode", default=d.selector_mode, choices=["gather", "zero"],
-                   help="gather: drop tokens (saves compute); zero: the reference's zeroing")
+    g.add_argument("--selector-mode", default=d.selector_mode, choices=["soft", "gather", "zero"],
+                   help="soft (default): train on every token with dropped ones masked out of attention, so each "
+                        "patch gets its own gradient; gather: drop tokens in training too (faster); zero: the "
+                        "reference's zeroing. Inference gathers the top-k in soft and gather modes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

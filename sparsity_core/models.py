@@ -34,7 +34,9 @@ class SelectorConfig:
     keep_ratio: float | None = None  # or a fraction of the patch tokens
     block_index: int = 0  # the selector runs right before this block
     scorer: str = "linear"  # "linear" (reference) or "mlp"
-    mode: str = "gather"  # "gather" (drops tokens, saves compute) or "zero" (reference behaviour)
+    # "soft" (train on all tokens, dropped ones masked out of attention; infer gathered), "gather" (drop
+    # tokens in training too) or "zero" (the reference: zeroed tokens stay in the sequence)
+    mode: str = "soft"
 
     def resolve_keep(self, num_patches: int) -> int:
         if self.keep is not None:

@@ -5,6 +5,12 @@ done (1-based after the step); an update runs when ``s % update_frequency == 0 a
 the prune ("death") rate follows CosineAnnealingLR from ``death_rate`` down to ``final_rate`` over
 the whole run, ``dr(s) = final + (initial - final) * (1 + cos(pi * s / T)) / 2``, or stays constant.
 
+Ours, as RigL has it: no update before ``start`` steps (``--update-start``, by default the end of the
+LR warm-up). The reference updates from step ``update_frequency`` on, while the model may still sit
+at chance; the scores that choose the topology are then noise (SVITE_REFERENCE.md, "where we go
+further"). Updates stay on multiples of ``update_frequency``: the first is the first multiple
+``>= start``.
+
 The reference steps a ``CosineAnnealingLR`` once per iteration and reads the rate after ``s``
 steps; the closed form above is that scheduler's value (tests compare the two), without carrying
 an SGD optimizer around just to hold a number.
@@ -29,6 +35,7 @@ class PruneSchedule:
     death_rate: float = 0.5
     final_rate: float = 0.005
     decay: str = "cosine"  # "cosine" | "constant"
+    start: int = 0  # no update before this many steps are done
 
     def __post_init__(self) -> None:
         if self.total_steps < 1:
@@ -41,13 +48,16 @@ class PruneSchedule:
             raise SviteError(f"--death-rate must be in [0, 1), got {self.death_rate}")
         if not 0 < self.t_end <= 1:
             raise SviteError(f"--t-end must be in (0, 1], got {self.t_end}")
+        if self.start < 0:
+            raise SviteError(f"--update-start must be >= 0 steps, got {self.start}")
 
     @classmethod
-    def from_config(cls, cfg: Any, total_steps: int) -> PruneSchedule:
+    def from_config(cls, cfg: Any, total_steps: int, steps_per_epoch: int) -> PruneSchedule:
         """The schedule a TrainConfig asks for (``update_frequency``, ``t_end``, ``death_rate``,
-        ``decay_schedule``) over ``total_steps`` steps."""
+        ``decay_schedule``, ``update_start``) over ``total_steps`` steps."""
+        start = resolve_update_start(cfg.update_start, steps_per_epoch, float(cfg.warmup_epochs))
         return cls(total_steps=int(total_steps), update_frequency=int(cfg.update_frequency), t_end=float(cfg.t_end),
-                   death_rate=float(cfg.death_rate), decay=str(cfg.decay_schedule))
+                   death_rate=float(cfg.death_rate), decay=str(cfg.decay_schedule), start=start)
 
     def rate(self, steps_done: int) -> float:
         """Fraction of each layer's active units to prune at an update after ``steps_done`` steps."""
@@ -58,7 +68,7 @@ class PruneSchedule:
 
     def is_update_step(self, steps_done: int) -> bool:
         """True when a topology update follows optimizer step number ``steps_done`` (1-based)."""
-        return (steps_done > 0 and steps_done % self.update_frequency == 0
+        return (steps_done > 0 and steps_done >= self.start and steps_done % self.update_frequency == 0
                 and steps_done < self.t_end * self.total_steps)
 
     def update_steps(self) -> list[int]:
@@ -79,4 +89,23 @@ class PruneSchedule:
         steps = self.update_steps()
         return {"total_steps": self.total_steps, "update_frequency": self.update_frequency, "t_end": self.t_end,
                 "death_rate": self.death_rate, "final_rate": self.final_rate, "decay_schedule": self.decay,
+                "update_start_step": self.start, "first_update_step": steps[0] if steps else None,
                 "num_updates": len(steps), "last_update_step": steps[-1] if steps else None}
+
+
+def resolve_update_start(spec: str | int, steps_per_epoch: int, warmup_epochs: float) -> int:
+    """``--update-start`` in steps: ``warmup`` (the default: the end of the LR warm-up), a number of
+    steps (``400``), or of epochs with an ``ep`` suffix (``2.5ep``)."""
+    text = str(spec).strip().lower()
+    try:
+        if text == "warmup":
+            value = float(warmup_epochs) * steps_per_epoch
+        elif text.endswith("ep"):
+            value = float(text[:-2]) * steps_per_epoch
+        else:
+            value = float(int(text))
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise SviteError(f"--update-start: expected 'warmup', a number of steps (400) or of epochs (2.5ep), got {spec!r}")
+    return int(round(value))

@@ -37,10 +37,9 @@ from .engine import EngineContext, SparsityEngine
 from .errors import SviteError
 from .masks import MaskSet, head_unit_name, neuron_unit_name
 from .models import ModelConfig
+from .neuron_shadow import INIT_STD, ShadowNeurons
+from .optim_state import check_policy, reset_grown_state
 from .schedules import PruneSchedule
-
-# std of timm's ViT Linear init (trunc_normal_(std=.02)); used for the fc1 rows of regrown neurons.
-_INIT_STD = 0.02
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,19 +167,20 @@ class StructuredEngine(SparsityEngine):
       because ``proj``'s columns stay alive.
     * **Prune neurons by magnitude** ``||W1[j,:]||_1 + ||W2[:,j]||_1``: a neuron's contribution is
       bounded by its in- and out-weights, and it is free (no activations needed).
-    * **Grow neurons by the same norm of the gradients** ``||G1[j,:]||_1 + ||G2[:,j]||_1`` (RigL).
-      Caveat (SVITE_REFERENCE §2): an inactive neuron with fc1 row, fc1 bias and fc2 column all zero
-      sits at a saddle: ``GELU(0) = 0`` and ``W2[:,j] = 0`` make both gradients *exactly* zero. Only
-      the neurons dropped at this very update (their gradients come from the last batch, when they
-      were alive) score above zero, so gradient growth re-selects them and neuron topology mostly
-      stays put, as in the reference (whose live fc1 bias gives a small ``GELU(b1)`` signal instead).
-      Ties among zero scores go to the lower index. ``--growth random`` explores instead.
+    * **Grow neurons by the gradient their fc2 column would get** ``||dL/dW2[:,j]||_1``, taken
+      through *shadow* fc1 weights kept for every inactive neuron (``neuron_shadow.py``). With the
+      fc1 row, bias and fc2 column all zero an inactive neuron's real gradient is exactly zero (the
+      reference's weakness, SVITE_REFERENCE §2), so plain gradient growth could only re-pick the
+      neurons it had just pruned. ``--growth random`` explores at random instead.
 
-    Regrown units start at zero weights (their Adam moments reset when ``reset_moments``), with one
-    deviation forced by that saddle: a newly grown *neuron* gets a fresh ``trunc_normal(0.02)`` fc1 row
-    (its fc2 column stays 0, so the model's output is unchanged at the moment of growth), otherwise it
-    could never learn. A grown head needs no such help: ``proj`` is alive, so its value rows get
-    gradient at once.
+    Grown units can learn and leave the output unchanged at the moment of growth:
+
+    * a grown **head** gets fresh q and k rows (timm's ``trunc_normal(0.02)``, biases 0) while its v
+      rows and bias stay 0, so it outputs exactly 0 until v moves. With q = k = 0, as pruning leaves
+      them, dL/dq and dL/dk would be exactly zero for ever: the head could only average all tokens;
+    * a grown **neuron** gets its shadow fc1 row and bias, its fc2 column stays 0.
+
+    Their optimizer moments follow ``--grown-moments`` (``optim_state.py``; default: kept).
 
     Activations are captured only for the forward/backward of a step that precedes an update (hooks
     are armed in ``after_optimizer_step`` of the step before), so ordinary steps pay nothing. Under
@@ -205,19 +205,21 @@ class StructuredEngine(SparsityEngine):
         self.num_heads = [_attention_of(b, i).num_heads for i, b in enumerate(self.blocks)]
         self.hidden = [_mlp_of(b, i).fc1.out_features for i, b in enumerate(self.blocks)]
         self.head_budget, self.neuron_budget = budgets(self.model, cfg.atten_density, cfg.other_density)
-        self.schedule = PruneSchedule(total_steps=ctx.total_steps, update_frequency=cfg.update_frequency,
-                                      t_end=cfg.t_end, death_rate=cfg.death_rate, decay=cfg.decay_schedule)
+        self.schedule = PruneSchedule.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch)
+        self.grown_moments = check_policy(str(cfg.grown_moments))
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         units = self._units_from_init(ctx.init_masks) if ctx.init_masks is not None else None
         if units is None:
             units = self._random_units()
         self._set_units(units)
+        self.shadow = ShadowNeurons([b.mlp for b in self.blocks], self.generator)  # before the masks zero fc1
         self._fired = MaskSet({n: m.clone() for n, m in units.items()})
         self.steps_done = 0
         self.updates = 0
         self.last_info: dict[str, Any] = {}
         self._hooks: list[Any] = []
         self._captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._captured_neurons: dict[int, torch.Tensor] = {}
         self._masks.apply(self.model)
         self._arm(self.schedule.is_update_step(1))
 
@@ -279,6 +281,7 @@ class StructuredEngine(SparsityEngine):
         if on and not self._hooks:
             for i, block in enumerate(self.blocks):
                 self._hooks.append(block.attn.norm.register_forward_hook(self._capture_hook(i)))
+                self._hooks.append(block.mlp.register_forward_hook(self._mlp_hook(i)))
         elif not on:
             for handle in self._hooks:
                 handle.remove()
@@ -307,6 +310,20 @@ class StructuredEngine(SparsityEngine):
 
         return forward_hook
 
+    def _mlp_hook(self, index: int) -> Callable[..., None]:
+        def forward_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if not (torch.is_grad_enabled() and output.requires_grad):
+                return
+            x = inputs[0].detach()
+            alive = self._units[neuron_unit_name(index)]
+
+            def grad_hook(grad: torch.Tensor) -> None:
+                self._captured_neurons[index] = self.shadow.grow_scores(index, x, grad.detach(), alive)
+
+            output.register_hook(grad_hook)
+
+        return forward_hook
+
     # --- hook points ----------------------------------------------------------------------------
     def after_optimizer_step(self, step: int) -> bool:
         self._masks.apply(self.model)
@@ -318,52 +335,46 @@ class StructuredEngine(SparsityEngine):
         self._arm(self.schedule.is_update_step(self.steps_done + 1))
         return changed
 
-    def _head_scores(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per block (taylor, grad-norm) of the last captured batch, averaged over DDP ranks.
-        A block with no capture (no armed forward ran) scores zeros: ties, resolved by index."""
+    def _scores(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Per block the heads' (taylor, grad-norm) and the neurons' growth scores of the last captured
+        batch, averaged over DDP ranks. A block with no capture (no armed forward ran) scores zeros:
+        ties, resolved by index."""
         device = next(self.model.parameters()).device
         parts = []
         for i in range(len(self.blocks)):
             t, g = self._captured.get(i, (torch.zeros(self.num_heads[i]), torch.zeros(self.num_heads[i])))
-            parts += [t.to(device, torch.float32), g.to(device, torch.float32)]
+            n = self._captured_neurons.get(i, torch.zeros(self.hidden[i]))
+            parts += [t.to(device, torch.float32), g.to(device, torch.float32), n.to(device, torch.float32)]
         flat = torch.cat(parts)
         if self.ctx.world_size > 1:
             import torch.distributed as dist
 
             dist.all_reduce(flat)
             flat = flat / self.ctx.world_size
-        flat = flat.cpu()
-        taylor, grad = [], []
-        offset = 0
-        for h in self.num_heads:
-            taylor.append(flat[offset:offset + h])
-            grad.append(flat[offset + h:offset + 2 * h])
-            offset += 2 * h
-        self._captured = {}
-        return taylor, grad
+        chunks = list(flat.cpu().split([size for h, n in zip(self.num_heads, self.hidden, strict=True)
+                                        for size in (h, h, n)]))
+        self._captured, self._captured_neurons = {}, {}
+        return chunks[0::3], chunks[1::3], chunks[2::3]
 
     @torch.no_grad()
-    def _neuron_scores(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _neuron_magnitude(self, i: int) -> torch.Tensor:
         mlp = self.blocks[i].mlp
-        w1, w2 = mlp.fc1.weight, mlp.fc2.weight
-        magnitude = w1.abs().sum(dim=1).float() + w2.abs().sum(dim=0).float()
-        g1 = w1.grad.abs().sum(dim=1).float() if w1.grad is not None else torch.zeros_like(magnitude)
-        g2 = w2.grad.abs().sum(dim=0).float() if w2.grad is not None else torch.zeros_like(magnitude)
-        return magnitude.cpu(), (g1 + g2).cpu()
+        return (mlp.fc1.weight.abs().sum(dim=1).float() + mlp.fc2.weight.abs().sum(dim=0).float()).cpu()
 
     @torch.no_grad()
     def _update(self, steps_done: int) -> None:
         rate = self.schedule.rate(steps_done)
-        taylor, head_grad = self._head_scores()
+        taylor, head_grad, neuron_grow = self._scores()
         random_growth = self.cfg.growth == "random"
         new_units = MaskSet()
         added: dict[str, torch.Tensor] = {}
+        removed: dict[str, torch.Tensor] = {}
         counts = dict(heads_pruned=0, heads_grown=0, heads_exchanged=0, neurons_pruned=0, neurons_grown=0,
                       neurons_exchanged=0)
         for i in range(len(self.blocks)):
-            magnitude, neuron_grad = self._neuron_scores(i)
             for kind, name, prune_s, grow_s in (("heads", head_unit_name(i), taylor[i], head_grad[i]),
-                                                ("neurons", neuron_unit_name(i), magnitude, neuron_grad)):
+                                                ("neurons", neuron_unit_name(i), self._neuron_magnitude(i),
+                                                 neuron_grow[i])):
                 old = self._units[name]
                 n = PruneSchedule.n_prune(rate, int(old.sum()))
                 if random_growth:
@@ -371,9 +382,12 @@ class StructuredEngine(SparsityEngine):
                 new, dropped, grown = prune_and_grow(old, prune_s, grow_s, n)
                 new_units[name] = new
                 added[name] = grown
+                removed[name] = dropped
                 counts[f"{kind}_pruned"] += int(dropped.sum())
                 counts[f"{kind}_grown"] += int(grown.sum())
                 counts[f"{kind}_exchanged"] += n
+        for i in range(len(self.blocks)):  # remember the input weights of neurons about to be masked
+            self.shadow.store(i, removed[neuron_unit_name(i)])
         self._set_units(new_units)
         self._check_budgets()
         self._masks.apply(self.model)  # dropped units -> exactly zero
@@ -392,41 +406,34 @@ class StructuredEngine(SparsityEngine):
 
     @torch.no_grad()
     def _init_grown(self, added: Mapping[str, torch.Tensor]) -> None:
-        """Newly active units start from zero weights (already zero: they were masked) with fresh
-        optimizer moments; a new neuron's fc1 row gets a small random init (see class docstring)."""
+        """Newly active units learn without changing the output at growth (class docstring): fresh q/k
+        rows for a head (v stays 0), the shadow fc1 row for a neuron (fc2 column stays 0)."""
         for i, block in enumerate(self.blocks):
             attn, mlp = block.attn, block.mlp
-            heads = added[head_unit_name(i)]
-            neurons = added[neuron_unit_name(i)]
-            if self.cfg.reset_moments and bool(heads.any()):
+            heads, neurons = added[head_unit_name(i)], added[neuron_unit_name(i)]
+            if bool(heads.any()):
+                self._fresh_query_key(attn, heads, self.head_dims[i])
                 rows = head_rows(heads, self.head_dims[i])
-                self._reset_moments(attn.qkv.weight, rows[:, None])
+                reset_grown_state(self.ctx.optimizer, attn.qkv.weight, rows[:, None], self.grown_moments)
                 if attn.qkv.bias is not None:
-                    self._reset_moments(attn.qkv.bias, rows)
+                    reset_grown_state(self.ctx.optimizer, attn.qkv.bias, rows, self.grown_moments)
             if bool(neurons.any()):
-                idx = neurons.nonzero().reshape(-1)
-                fresh = torch.empty(len(idx), mlp.fc1.in_features)
-                torch.nn.init.trunc_normal_(fresh, std=_INIT_STD, a=-2 * _INIT_STD, b=2 * _INIT_STD,
-                                            generator=self.generator)
-                w1 = mlp.fc1.weight
-                w1[idx.to(w1.device)] = fresh.to(w1.device, w1.dtype)
-                if self.cfg.reset_moments:
-                    self._reset_moments(w1, neurons[:, None])
-                    if mlp.fc1.bias is not None:
-                        self._reset_moments(mlp.fc1.bias, neurons)
-                    self._reset_moments(mlp.fc2.weight, neurons[None, :])
+                self.shadow.restore(i, neurons)
+                reset_grown_state(self.ctx.optimizer, mlp.fc1.weight, neurons[:, None], self.grown_moments)
+                if mlp.fc1.bias is not None:
+                    reset_grown_state(self.ctx.optimizer, mlp.fc1.bias, neurons, self.grown_moments)
+                reset_grown_state(self.ctx.optimizer, mlp.fc2.weight, neurons[None, :], self.grown_moments)
 
-    def _reset_moments(self, param: torch.Tensor, select: torch.Tensor) -> None:
-        """Zero the optimizer's per-entry state (Adam moments, SGD momentum) where ``select`` is True
-        (``select`` broadcasts to ``param``), so a regrown unit does not inherit stale moments."""
-        state = self.ctx.optimizer.state.get(param)
-        if not state:
-            return
-        select = select.to(param.device)
-        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
-            buf = state.get(key)
-            if isinstance(buf, torch.Tensor) and buf.shape == param.shape:
-                buf.masked_fill_(select, 0)
+    def _fresh_query_key(self, attn: Attention, heads: torch.Tensor, head_dim: int) -> None:
+        """timm's init (trunc_normal 0.02) for the q and k rows of ``heads``; their biases stay 0, as do
+        the v rows and bias (masked until now), so the heads output exactly 0 at growth."""
+        idx = heads.nonzero().reshape(-1)
+        rows = (idx[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
+        qk_rows = torch.cat([rows, rows + attn.num_heads * head_dim])  # q block, then k block
+        fresh = torch.empty(len(qk_rows), attn.qkv.in_features)
+        torch.nn.init.trunc_normal_(fresh, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD, generator=self.generator)
+        w = attn.qkv.weight
+        w[qk_rows.to(w.device)] = fresh.to(w.device, w.dtype)
 
     # --- reporting / resume ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -435,7 +442,10 @@ class StructuredEngine(SparsityEngine):
             "atten_density": cfg.atten_density, "other_density": cfg.other_density,
             "update_frequency": cfg.update_frequency, "death_rate": cfg.death_rate,
             "decay_schedule": cfg.decay_schedule, "t_end": cfg.t_end, "growth": cfg.growth,
-            "reset_moments": cfg.reset_moments, "head_prune": "taylor", "neuron_prune": "l1_magnitude",
+            "grown_moments": self.grown_moments, "head_prune": "taylor", "neuron_prune": "l1_magnitude",
+            "head_growth": "gradient_norm" if cfg.growth == "gradient" else "random", "grown_heads": "fresh_qk",
+            "neuron_growth": "shadow_gradient" if cfg.growth == "gradient" else "random",
+            "update_start": str(cfg.update_start), "update_start_step": self.schedule.start,
             "heads_per_block": self.head_budget, "neurons_per_block": self.neuron_budget,
             "num_updates": len(self.schedule.update_steps()), "total_steps": self.schedule.total_steps,
             "seed": int(cfg.seed)}}
@@ -459,7 +469,7 @@ class StructuredEngine(SparsityEngine):
         return {"units": {n: m.clone() for n, m in self._units.items()},
                 "fired": {n: m.clone() for n, m in self._fired.items()},
                 "steps_done": self.steps_done, "updates": self.updates, "generator": self.generator.get_state(),
-                "last_info": dict(self.last_info)}
+                "last_info": dict(self.last_info), "shadow": self.shadow.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         units = MaskSet({n: torch.as_tensor(m).to(torch.bool) for n, m in state["units"].items()})
@@ -472,7 +482,12 @@ class StructuredEngine(SparsityEngine):
         self.updates = int(state["updates"])
         self.generator.set_state(state["generator"])
         self.last_info = dict(state.get("last_info") or {})
-        self._captured = {}
+        if "shadow" in state:
+            try:
+                self.shadow.load_state_dict(state["shadow"])
+            except (KeyError, TypeError, ValueError):
+                raise SviteError("--resume: the saved S2ViTE shadow neuron weights do not fit this model") from None
+        self._captured, self._captured_neurons = {}, {}
         self._masks.apply(self.model)
         self._arm(self.schedule.is_update_step(self.steps_done + 1))
 

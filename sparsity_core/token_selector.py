@@ -5,13 +5,26 @@ Gumbel noise with a straight-through estimator, and then only *zeroes* the dropp
 in the sequence, so no compute is saved, and test-time selection is random. Here:
 
 * training: scores s (one per patch token), l = log_softmax(s), y_soft = softmax((l + G) / τ),
-  y_hard = one-hot top-k of y_soft, y = y_hard − sg(y_soft) + y_soft. In ``gather`` mode the k kept
-  patch tokens (plus the class/prefix tokens, always kept) are **gathered**, so the sequence really
-  becomes k + 1 long, and multiplied by their y (= 1 in value) so the straight-through gradient
-  reaches the scorer. ``zero`` mode reproduces the reference (sequence unchanged, x ⊙ y).
+  y_hard = one-hot top-k of y_soft, y = y_hard − sg(y_soft) + y_soft. Three ways to use y:
+
+  - ``soft`` (default): the sequence keeps every token, and every later block's attention gets the
+    additive key bias ``log(y + ε)``: a dropped token (y = 0) is invisible to every query (weight
+    ε, 1e-6, relative), so the class token computes what it computes from the gathered sequence, and
+    ``dL/dy_j`` is the change of the loss if patch j were let back in (the ε cancels in the chain
+    rule): **each dropped patch gets its own signal** (DynamicViT trains its attention masking the
+    same way). Needs class-token pooling (the dropped tokens' own outputs must not be pooled).
+  - ``gather``: the k kept patch tokens (plus the prefix tokens, always kept) are gathered, so the
+    sequence really becomes k + 1 long in training too, multiplied by their y (= 1 in value) so the
+    straight-through gradient reaches the scorer. Faster to train, but a dropped token is simply not
+    there: ``dL/dy_j = 0`` for all of them, and the softmax gives every dropped patch the same
+    gradient divided by its soft weight, so the scorer cannot tell a useful dropped patch from the
+    others.
+  - ``zero`` reproduces the reference (sequence unchanged, x ⊙ y; dropped tokens still attended to
+    as zero vectors, also at inference).
 * τ falls linearly 10 → 0.1 over training (``set_progress``); it only scales the gradient, since the
   top-k of y_soft is the top-k of l + G whatever τ is.
-* inference: hard top-k of the scores, no noise, so the same image always gives the same keep map.
+* inference: hard top-k of the scores, no noise, so the same image always gives the same keep map;
+  ``soft`` and ``gather`` both gather the kept tokens (the sequence shrinks, compute goes down).
 * keep warm-up (``set_progress(t, keep_warmup=w)``, ours, not the reference's): during the first w of
   training the number of tokens kept in training falls linearly from all patches to k (as EViT does
   with its keep rate). Trained from scratch for a short schedule, a selector that drops half the
@@ -41,7 +54,9 @@ __all__ = ["TAU_END", "TAU_START", "TokenSelector", "attach_token_selector", "gu
 TAU_START = 10.0
 TAU_END = 0.1
 SCORERS = ("linear", "mlp")
-MODES = ("gather", "zero")
+MODES = ("soft", "gather", "zero")
+# weight of a dropped token's key in soft mode, relative to a kept one (log: the additive attention bias)
+SOFT_EPS = 1e-6
 
 
 def temperature_at(t: float) -> float:
@@ -72,7 +87,7 @@ class TokenSelector(nn.Module):
     """
 
     def __init__(self, embed_dim: int, num_patches: int, keep: int, *, num_prefix_tokens: int = 1,
-                 scorer: str = "linear", mode: str = "gather", block_index: int = 0) -> None:
+                 scorer: str = "linear", mode: str = "soft", block_index: int = 0) -> None:
         super().__init__()
         if scorer not in SCORERS:
             raise SviteError(f"--selector-scorer: unknown scorer '{scorer}' (use {' or '.join(SCORERS)})")
@@ -98,6 +113,8 @@ class TokenSelector(nn.Module):
         self.train_keep = self.keep  # tokens kept in training now (the keep warm-up moves it; eval: self.keep)
         self.last_keep_indices: torch.Tensor | None = None
         self.last_scores: torch.Tensor | None = None
+        # soft mode, training: the key bias (B, 1, 1, P+N) every block from block_index on adds to attention
+        self.attn_bias: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
         return (f"keep={self.keep}, of={self.num_patches}, scorer={self.scorer_kind}, mode={self.mode}, "
@@ -147,6 +164,10 @@ class TokenSelector(nn.Module):
         idx, y = self.select(scores, gumbel)
         if not torch.compiler.is_compiling():
             self.last_keep_indices, self.last_scores = idx.detach(), scores.detach()
+        self.attn_bias = None
+        if self.mode == "soft" and y is not None:  # training: mask dropped tokens out of attention
+            self.attn_bias = soft_key_bias(y, p)
+            return x
         prefix, patches = x[:, :p], x[:, p:]
         if self.mode == "zero":  # the reference: x * y, dropped tokens stay (zeroed) in the sequence
             if y is None:
@@ -157,8 +178,25 @@ class TokenSelector(nn.Module):
             kept = kept * y.gather(1, idx).unsqueeze(-1).to(kept.dtype)
         return torch.cat([prefix, kept], dim=1)
 
-    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (self(args[0]), *args[1:])
+    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+                  ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return self._mask_hook(module, (self(args[0]), *args[1:]), kwargs)
+
+    def _mask_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+                   ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Blocks from ``block_index`` on: add the soft-mode key bias to the block's attention mask."""
+        if self.attn_bias is None:
+            return args, kwargs
+        bias = self.attn_bias.to(args[0].dtype)
+        given = kwargs.get("attn_mask")
+        return args, {**kwargs, "attn_mask": bias if given is None else given + bias}
+
+
+def soft_key_bias(y: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """The additive attention bias of soft mode, (B, 1, 1, P+N): 0 for prefix tokens, ``log(y + ε)``
+    for patch tokens (≈0 kept, log ε dropped), broadcast over heads and queries."""
+    prefix = torch.zeros(y.shape[0], num_prefix_tokens, dtype=y.dtype, device=y.device)
+    return torch.cat([prefix, torch.log(y + SOFT_EPS)], dim=1)[:, None, None, :]
 
 
 def attach_token_selector(model: nn.Module, config: SelectorConfig) -> None:
@@ -175,6 +213,9 @@ def attach_token_selector(model: nn.Module, config: SelectorConfig) -> None:
                          f"with {depth} blocks")
     if getattr(model, "dynamic_img_size", False):
         raise SviteError("the token selector needs a fixed image size (dynamic_img_size models are not supported)")
+    if config.mode == "soft" and getattr(model, "global_pool", "token") != "token":
+        raise SviteError(f"--selector-mode soft needs a class-token model (global_pool 'token', this one pools "
+                         f"'{model.global_pool}'): dropped tokens would be averaged in; use --selector-mode gather")
     n = num_patches(model)
     selector = TokenSelector(int(model.embed_dim), n, config.resolve_keep(n),
                              num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)), scorer=config.scorer,
@@ -183,4 +224,7 @@ def attach_token_selector(model: nn.Module, config: SelectorConfig) -> None:
     if p is not None:
         selector.to(device=p.device)
     model.token_selector = selector
-    blocks[int(config.block_index)].register_forward_pre_hook(selector._pre_hook)
+    first = int(config.block_index)
+    blocks[first].register_forward_pre_hook(selector._pre_hook, with_kwargs=True)
+    for block in list(blocks)[first + 1:]:  # soft mode: every later block masks the dropped tokens too
+        block.register_forward_pre_hook(selector._mask_hook, with_kwargs=True)

@@ -103,7 +103,10 @@ class TrainConfig:
     t_end: float = 0.8
     growth: str = "gradient"
     death: str = "magnitude"
-    reset_moments: bool = True
+    # the AdamW moments of grown entries (optim_state.py says why "keep", the reference's behaviour, is right)
+    grown_moments: str = "keep"
+    # no topology update before this: "warmup" (end of the LR warm-up), N steps, or "Xep" epochs
+    update_start: str = "warmup"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     oneshot_at: float = 0.5  # oneshot baseline: fraction of training done dense before pruning
@@ -114,7 +117,9 @@ class TrainConfig:
     keep_ratio: float | None = None
     selector_block: int = 0
     selector_scorer: str = "linear"
-    selector_mode: str = "gather"
+    # soft: train on the whole sequence with dropped tokens masked out of attention (a per-patch signal),
+    # infer gathered; gather: drop tokens in training too (faster, no per-patch signal); zero: the reference
+    selector_mode: str = "soft"
     # fraction of training over which the kept tokens fall from all patches to k (0: k from step 0, as the
     # reference; from scratch on a short schedule that never learned, see token_selector.py)
     selector_keep_warmup: float = 0.3

@@ -33,6 +33,7 @@ from torch import nn
 from .engine import EngineContext, SparsityEngine
 from .errors import SviteError
 from .masks import MaskSet, default_sparsifiable
+from .optim_state import check_policy, reset_grown_state
 from .schedules import PruneSchedule
 
 SPARSE_INITS = ("fixed_ERK", "ER", "uniform", "custom")
@@ -243,21 +244,6 @@ def exchange(weight: torch.Tensor, grad: torch.Tensor | None, mask: torch.Tensor
     return pruned, grown, revived
 
 
-@torch.no_grad()
-def _zero_state_at(optimizer: torch.optim.Optimizer, param: torch.Tensor, idx: torch.Tensor,
-                   keep: torch.Tensor | None = None) -> None:
-    """Zero every per-element optimizer buffer of ``param`` (AdamW exp_avg/exp_avg_sq, SGD momentum)
-    at ``idx``, except where ``keep`` (aligned with ``idx``) is True; scalar entries such as ``step``
-    are left alone."""
-    for value in optimizer.state.get(param, {}).values():
-        if isinstance(value, torch.Tensor) and value.shape == param.shape:
-            flat = _flat(value)
-            if keep is None:
-                flat.index_fill_(0, idx, 0)
-            else:
-                flat.index_copy_(0, idx, flat.index_select(0, idx).mul_(keep))
-
-
 def _seeded_generator(seed: int) -> torch.Generator:
     """A CPU generator private to the engine: identical on every rank, independent of the global
     stream that initialised the weights (same seed, different constant)."""
@@ -287,7 +273,7 @@ class UnstructuredEngine(SparsityEngine):
         self.method = "svite" if dynamic else "static"
         self.dynamic = dynamic
         self.growth = str(cfg.growth)
-        self.reset_moments = bool(cfg.reset_moments)
+        self.grown_moments = check_policy(str(cfg.grown_moments))
         model = ctx.model
         self.names = sparsifiable_names(model, cfg.include or (), cfg.exclude or ())
         params = dict(model.named_parameters())
@@ -296,7 +282,7 @@ class UnstructuredEngine(SparsityEngine):
         custom = load_custom_densities(cfg.mask_path, self.names) if cfg.sparse_init == "custom" else None
         self.init_densities = layer_densities(self.shapes, float(cfg.density), cfg.sparse_init, custom)
         self.budgets = layer_budgets(self.shapes, self.init_densities)
-        self.schedule = PruneSchedule.from_config(cfg, ctx.total_steps) if dynamic else None
+        self.schedule = PruneSchedule.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch) if dynamic else None
         self._generator = _seeded_generator(cfg.seed)
         self._masks, self.init_topology = self._initial_masks(ctx.init_masks)
         self._fired = self._masks.clone()
@@ -354,7 +340,7 @@ class UnstructuredEngine(SparsityEngine):
 
         A weight pruned and grown back in the same update (``revived``) simply stays: it keeps its value
         and its optimizer moments, as in the reference and RigL. Only new connections (inactive
-        before the update) start at zero and, with ``reset_moments``, get zeroed moments."""
+        before the update) start at zero, their moments as ``grown_moments`` says (optim_state.py)."""
         assert self.schedule is not None
         rate = self.schedule.rate(steps_done)
         pruned_n: dict[str, int] = {}
@@ -378,8 +364,8 @@ class UnstructuredEngine(SparsityEngine):
             grown_values = w.index_select(0, grown).mul_(revived)
             w.index_fill_(0, pruned, 0)  # pruned weights are zero now, not after the next step
             w.index_copy_(0, grown, grown_values)
-            if self.reset_moments:
-                _zero_state_at(optimizer, param, grown, keep=revived)
+            if self.grown_moments != "keep":
+                reset_grown_state(optimizer, param, grown[~revived], self.grown_moments)
             _flat(self._fired[name]).index_fill_(0, grown, True)
             revived_n[name] = int(torch.count_nonzero(revived))
             self._masks[name] = mask  # same tensor: re-setting it invalidates the fused-multiply cache
@@ -417,7 +403,8 @@ class UnstructuredEngine(SparsityEngine):
             assert self.schedule is not None
             settings.update({"update_frequency": int(cfg.update_frequency), "death_rate": float(cfg.death_rate),
                              "decay_schedule": cfg.decay_schedule, "t_end": float(cfg.t_end), "growth": self.growth,
-                             "death": cfg.death, "reset_moments": self.reset_moments,
+                             "death": cfg.death, "grown_moments": self.grown_moments,
+                             "update_start": str(cfg.update_start), "update_start_step": self.schedule.start,
                              "num_updates": self.schedule.num_updates()})
         return {"method": self.method, "settings": settings}
 

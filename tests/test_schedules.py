@@ -75,9 +75,30 @@ def test_n_prune_is_ceil_and_bounded():
 
 def test_from_config_reads_the_flags():
     cfg = TrainConfig(update_frequency=7, t_end=0.5, death_rate=0.4, decay_schedule="constant")
-    s = PruneSchedule.from_config(cfg, total_steps=70)
+    s = PruneSchedule.from_config(cfg, total_steps=70, steps_per_epoch=10)
     assert (s.update_frequency, s.t_end, s.death_rate, s.decay, s.total_steps) == (7, 0.5, 0.4, "constant", 70)
-    assert s.update_steps() == [7, 14, 21, 28]
+    assert s.update_steps() == [7, 14, 21, 28]  # no LR warm-up: updates may start at once
+
+
+@pytest.mark.parametrize("spec,start,first", [
+    ("warmup", 20, 21),  # 2 warm-up epochs of 10 steps: the first multiple of 7 from step 20 on
+    ("0", 0, 7), ("15", 15, 21), ("21", 21, 21), ("1.5ep", 15, 21), ("3EP", 30, 35),
+])
+def test_update_start_delays_the_first_update(spec, start, first):
+    cfg = TrainConfig(update_frequency=7, t_end=0.9, warmup_epochs=2.0, update_start=spec)
+    s = PruneSchedule.from_config(cfg, total_steps=100, steps_per_epoch=10)
+    assert s.start == start
+    assert s.update_steps()[0] == first
+    assert all(step >= start and step % 7 == 0 for step in s.update_steps())
+    assert not any(s.is_update_step(k) for k in range(1, first))
+    assert s.describe()["first_update_step"] == first
+
+
+@pytest.mark.parametrize("spec", ["soon", "-3", "-1ep", "nanep", "2.5", "infep", ""])
+def test_bad_update_start_names_the_flag(spec):
+    cfg = TrainConfig(update_start=spec)
+    with pytest.raises(SviteError, match="--update-start"):
+        PruneSchedule.from_config(cfg, total_steps=100, steps_per_epoch=10)
 
 
 @pytest.mark.parametrize("kwargs,flag", [

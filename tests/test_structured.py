@@ -239,27 +239,108 @@ def test_taylor_and_gradient_scores_match_a_per_head_gate():
         assert (taylor > 0).all() and (grad > 0).all()
 
 
-def test_grown_neurons_can_learn_and_start_without_moments():
-    model = _small_model(4, depth=1)
-    engine, opt = _engine(model, update_frequency=2, atten_density=0.5, other_density=0.5, growth="random",
-                          death_rate=0.9, decay_schedule="constant", t_end=1.0, seed=1)
-    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    before = engine.units[neuron_unit_name(0)].clone()
-    for step in range(2):
+def _train_steps(model, engine, opt, steps, start=0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(start, start + steps):
+        x = torch.randn(4, 3, 16, 16, generator=gen)
         opt.zero_grad()
         model(x).square().mean().backward()
         opt.step()
         engine.after_optimizer_step(step)
+
+
+def test_grown_neurons_get_their_shadow_row_and_can_learn():
+    model = _small_model(4, depth=1)
+    initial_fc1 = model.blocks[0].mlp.fc1.weight.detach().clone()
+    engine, opt = _engine(model, update_frequency=2, atten_density=0.5, other_density=0.5, growth="random",
+                          death_rate=0.9, decay_schedule="constant", t_end=1.0, seed=1, grown_moments="zero")
+    before = engine.units[neuron_unit_name(0)].clone()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    _train_steps(model, engine, opt, 2)
     grown = engine.units[neuron_unit_name(0)] & ~before
     assert grown.any()  # random growth explores
     mlp = model.blocks[0].mlp
-    assert (mlp.fc1.weight[grown] != 0).any(dim=1).all()  # fc1 row re-initialised: not stuck at the saddle
+    # never active before: the shadow row is the model's initial fc1 row, not the zeros pruning left
+    torch.testing.assert_close(mlp.fc1.weight[grown], initial_fc1[grown])
     assert not mlp.fc2.weight[:, grown].any()  # fc2 column zero: output unchanged at the moment of growth
-    assert not opt.state[mlp.fc1.weight]["exp_avg"][grown].any()
+    assert not opt.state[mlp.fc1.weight]["exp_avg"][grown].any()  # --grown-moments zero, as asked
     assert not opt.state[mlp.fc2.weight]["exp_avg_sq"][:, grown].any()
     opt.zero_grad()
     model(x).square().mean().backward()
     assert (mlp.fc2.weight.grad[:, grown] != 0).any(dim=0).all()  # it gets gradient: it can learn
+
+
+def test_a_never_active_neuron_is_grown_by_the_default_gradient_rule():
+    """Gradient growth (the default) scores inactive neurons through their shadow rows, so neurons outside
+    the initial random choice become active, and ever-active exceeds alive."""
+    model = _small_model(4, depth=2)
+    engine, opt = _engine(model, total_steps=40, update_frequency=5, atten_density=0.5, other_density=0.5,
+                          t_end=1.0, seed=3)
+    assert engine.cfg.growth == "gradient"
+    initial = {n: m.clone() for n, m in engine.units.items()}
+    _train_steps(model, engine, opt, 20)
+    assert engine.updates == 4
+    for i in range(2):
+        name = neuron_unit_name(i)
+        fired, alive = engine.fired[name], engine.units[name]
+        assert int(fired.sum()) > int(alive.sum())  # neurons moved
+        assert (alive & ~initial[name]).any()  # some alive now were never in the initial choice
+        assert int(alive.sum()) == engine.neuron_budget[i]
+
+
+def test_neuron_growth_scores_are_the_fc2_gradient_through_shadow_rows():
+    """For an alive neuron the score is exactly its real fc2 gradient norm; for an inactive one it is the
+    gradient its fc2 column would get with the shadow fc1 row opened (checked on a dense twin)."""
+    model = _small_model(4, depth=1)
+    _randomize(model, seed=4, std=0.1)
+    engine, _ = _engine(model, update_frequency=1, atten_density=1.0, other_density=0.5)
+    alive = engine.units[neuron_unit_name(0)]
+    shadow_w, shadow_b = engine.shadow.weight[0].clone(), engine.shadow.bias[0].clone()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():  # the dense twin: shadow rows in place, fc2 columns of inactive neurons at 0
+        twin.blocks[0].mlp.fc1.weight[~alive] = shadow_w[~alive]
+        twin.blocks[0].mlp.fc1.bias[~alive] = shadow_b[~alive]
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    model(x).square().mean().backward()
+    twin(x).square().mean().backward()
+    _, _, neuron_scores = engine._scores()
+    expected = twin.blocks[0].mlp.fc2.weight.grad.abs().sum(dim=0)
+    torch.testing.assert_close(neuron_scores[0], expected, rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(neuron_scores[0][alive], model.blocks[0].mlp.fc2.weight.grad.abs().sum(dim=0)[alive],
+                               rtol=1e-4, atol=1e-8)
+    assert (neuron_scores[0][~alive] > 0).all()  # inactive neurons are not stuck at zero
+    assert not model.blocks[0].mlp.fc2.weight.grad[:, ~alive].any()  # ... while their real gradient is
+
+
+def test_a_regrown_head_can_learn_to_attend():
+    """A grown head gets fresh q/k rows and zero v: the output is unchanged at growth, and once v has moved
+    its q and k receive gradient (with q = k = 0 they never would)."""
+    model = _small_model(4, depth=1)
+    engine, opt = _engine(model, total_steps=40, update_frequency=3, atten_density=0.5, other_density=1.0,
+                          t_end=1.0, death_rate=0.9, decay_schedule="constant", growth="random", seed=2)
+    before = engine.units[head_unit_name(0)].clone()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    _train_steps(model, engine, opt, 3)  # the update follows step 3
+    grown = engine.units[head_unit_name(0)] & ~before
+    assert grown.any()
+    attn = model.blocks[0].attn
+    d, h = attn.head_dim, attn.num_heads
+    w = attn.qkv.weight.detach().reshape(3, h, d, -1)
+    assert (w[0, grown] != 0).any() and (w[1, grown] != 0).any()  # fresh q and k
+    # v rows and bias stay 0: the grown heads output exactly 0, so growth leaves the model's output as it was
+    assert not w[2, grown].any() and not attn.qkv.bias.reshape(3, h, d)[2, grown].any()
+    opt.zero_grad()
+    loss = model(x).square().mean()
+    loss.backward()
+    grad = attn.qkv.weight.grad.reshape(3, h, d, -1)
+    assert (grad[2, grown] != 0).any()  # v learns first ...
+    opt.step()
+    engine.after_optimizer_step(3)
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    grad = attn.qkv.weight.grad.reshape(3, h, d, -1)
+    for g in (grad[0, grown], grad[1, grown]):  # ... then q and k get gradient: the head can attend
+        assert (g.abs().sum(dim=(1, 2)) > 0).all()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_module_layout_and_state_dict_keys():
     assert keys == ["token_selector.scorer.weight", "token_selector.scorer.bias"]
     assert tuple(sel.scorer.weight.shape) == (1, 48)
     assert not [n for n in default_sparsifiable(model) if "token_selector" in n]  # never masked
-    mlp = build_model(tiny_model_config(selector=SelectorConfig(keep=10, scorer="mlp")))
+    mlp = build_model(tiny_model_config(selector=SelectorConfig(keep=10, scorer="mlp", mode="gather")))
     assert mlp.token_selector.keep == 10 and mlp.token_selector(torch.randn(2, 65, 48)).shape == (2, 11, 48)
 
 
@@ -144,7 +144,8 @@ def test_inference_is_deterministic_and_draws_no_noise():
     assert torch.equal(out1, out2) and torch.equal(idx1, model.token_selector.last_keep_indices)
 
 
-@pytest.mark.parametrize("mode,scorer", [("gather", "linear"), ("gather", "mlp"), ("zero", "linear")])
+@pytest.mark.parametrize("mode,scorer", [("soft", "linear"), ("soft", "mlp"), ("gather", "linear"), ("gather", "mlp"),
+                                        ("zero", "linear")])
 def test_straight_through_gradient_reaches_the_scorer(mode, scorer):
     torch.manual_seed(0)
     model = build_model(tiny_model_config(selector=SelectorConfig(keep_ratio=0.5, mode=mode, scorer=scorer)))
@@ -155,6 +156,70 @@ def test_straight_through_gradient_reaches_the_scorer(mode, scorer):
     grads = [p.grad for p in model.token_selector.scorer.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert grads[0].abs().sum() > 0
+
+
+def _weight_gradients(mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dy (the straight-through keep weights) of one training step, and the kept mask."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(selector=SelectorConfig(keep_ratio=0.5, mode=mode)))
+    model.train()
+    sel = model.token_selector
+    sel.set_progress(0.5)
+    weights = []
+    select = sel.select
+
+    def spy(scores, gumbel=None):
+        idx, y = select(scores, gumbel)
+        y.retain_grad()
+        weights.append(y)
+        return idx, y
+
+    sel.select = spy
+    x = torch.randn(4, 3, 32, 32)
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
+    kept = torch.zeros_like(weights[0], dtype=torch.bool).scatter_(1, sel.last_keep_indices, True)
+    return weights[0].grad, kept
+
+
+def test_soft_mode_gives_each_dropped_patch_its_own_signal():
+    """Gather: a dropped patch is simply absent, dL/dy is exactly 0 for every one of them, and the scorer
+    cannot tell a useful dropped patch from the others. Soft: each dropped patch gets its own gradient."""
+    grad, kept = _weight_gradients("gather")
+    assert not grad[~kept].any()
+    grad, kept = _weight_gradients("soft")
+    dropped = grad[~kept].reshape(4, -1)
+    assert (dropped != 0).all()
+    assert (dropped.std(dim=1) > 1e-3 * dropped.abs().mean(dim=1)).all()  # distinct, not one shared value
+    assert len(torch.unique(dropped)) == dropped.numel()
+
+
+def test_soft_mode_masks_dropped_tokens_out_of_every_later_block():
+    """In soft training the class token sees exactly what it sees in the gathered sequence: its output
+    does not change when dropped tokens are changed."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(selector=SelectorConfig(keep_ratio=0.5, mode="soft", block_index=1)))
+    model.train()
+    sel = model.token_selector
+    sel.set_progress(0.9)
+    noise = torch.randn(1, 64)
+    sel.select = lambda scores, gumbel=None, s=sel.select: s(scores, noise.expand_as(scores))
+    feats = {}
+    model.blocks[-1].register_forward_hook(lambda m, i, o: feats.__setitem__("cls", o[:, 0].detach().clone()))
+    x = torch.randn(1, 3, 32, 32)
+    model(x)
+    first, kept = feats["cls"], sel.last_keep_indices[0]
+    dropped = torch.ones(64, dtype=torch.bool)
+    dropped[kept] = False
+
+    def perturb(module, args):  # change the dropped tokens as block 1 receives them
+        x = args[0].clone()
+        x[:, 1:][:, dropped] += 5.0
+        return (x, *args[1:])
+
+    handle = model.blocks[1].register_forward_pre_hook(perturb)
+    model(x)
+    handle.remove()
+    torch.testing.assert_close(feats["cls"], first, rtol=0, atol=1e-4)
 
 
 def test_training_forward_equals_inference_forward_for_the_same_kept_set():

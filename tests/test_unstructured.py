@@ -216,7 +216,8 @@ def scenarios(draw):
     return dict(shapes=draw(st.lists(SHAPES, min_size=1, max_size=4)), density=draw(st.floats(0.02, 1.0)),
                 sparse_init=draw(st.sampled_from(["fixed_ERK", "ER", "uniform"])),
                 growth=draw(st.sampled_from(["gradient", "random"])), death_rate=draw(st.floats(0.0, 0.99)),
-                decay=draw(st.sampled_from(["cosine", "constant"])), reset=draw(st.booleans()),
+                decay=draw(st.sampled_from(["cosine", "constant"])),
+                policy=draw(st.sampled_from(["keep", "zero-avg", "zero"])),
                 weights=draw(st.sampled_from(["random", "tied", "zero"])),
                 grads=draw(st.sampled_from(["random", "tied", "zero", "none"])), seed=draw(st.integers(0, 2**16)))
 
@@ -227,7 +228,7 @@ def _run_scenario(sc) -> int:
     total = UPDATES_PER_EXAMPLE + 1
     engine, opt = make_engine(model, total_steps=total, update_frequency=1, t_end=1.0, density=sc["density"],
                               sparse_init=sc["sparse_init"], growth=sc["growth"], death_rate=sc["death_rate"],
-                              decay_schedule=sc["decay"], reset_moments=sc["reset"], seed=sc["seed"])
+                              decay_schedule=sc["decay"], grown_moments=sc["policy"], seed=sc["seed"])
     params = named(model)
     assert_exact(engine, model)
     updates = 0
@@ -255,8 +256,9 @@ def _run_scenario(sc) -> int:
             assert engine.snapshot_info().get("pruned", {}).get(name, 0) == n
             state = opt.state.get(params[name], {})
             assert torch.count_nonzero(params[name].detach()[new]) == 0  # new connections start at zero
-            if sc["reset"] and state:
+            if sc["policy"] != "keep" and state:
                 assert torch.count_nonzero(state["exp_avg"][new]) == 0
+            if sc["policy"] == "zero" and state:
                 assert torch.count_nonzero(state["exp_avg_sq"][new]) == 0
     return updates
 
@@ -275,14 +277,14 @@ def test_budgets_stay_exact_over_1000_random_prune_grow_steps():
     assert done["updates"] >= 1000
 
 
-def _stepped_engine(reset_moments):
+def _stepped_engine(policy):
     """One 8x8 layer at density 0.5 whose AdamW moments are nonzero everywhere, then an update step
     with a gradient that is huge at three inactive positions."""
     torch.manual_seed(0)
     model = Layers([(8, 8)])
     p = model.w[0]
     engine, opt = make_engine(model, total_steps=20, update_frequency=2, sparse_init="uniform", density=0.5,
-                              reset_moments=reset_moments)
+                              grown_moments=policy, update_start="0")
     p.grad = torch.randn(8, 8)
     opt.step()
     assert not engine.after_optimizer_step(0)
@@ -296,8 +298,8 @@ def _stepped_engine(reset_moments):
     return engine, opt, p, targets, kept_before
 
 
-def test_regrown_weights_start_at_zero_with_zeroed_moments():
-    engine, opt, p, targets, before = _stepped_engine(reset_moments=True)
+def test_regrown_weights_start_at_zero_with_zeroed_moments_when_asked():
+    engine, opt, p, targets, before = _stepped_engine("zero")
     mask = engine.masks["w.0"].reshape(-1)
     assert bool(mask[targets].all())  # the largest gradients were grown
     new = (engine.masks["w.0"] & ~before).reshape(-1)
@@ -310,10 +312,19 @@ def test_regrown_weights_start_at_zero_with_zeroed_moments():
     assert torch.count_nonzero(p.detach().reshape(-1)[kept]) == int(kept.sum())  # survivors keep their values
 
 
-def test_no_reset_moments_keeps_stale_moments_like_the_reference():
-    engine, opt, p, targets, before = _stepped_engine(reset_moments=False)
+def test_default_keeps_the_moments_of_grown_weights_like_the_reference():
+    engine, opt, p, targets, before = _stepped_engine("keep")
     new = (engine.masks["w.0"] & ~before).reshape(-1)
     assert torch.count_nonzero(p.detach().reshape(-1)[new]) == 0  # still start at zero
+    assert torch.count_nonzero(opt.state[p]["exp_avg"].reshape(-1)[new]) == int(new.sum())
+    assert torch.count_nonzero(opt.state[p]["exp_avg_sq"].reshape(-1)[new]) == int(new.sum())
+    assert TrainConfig().grown_moments == "keep"
+
+
+def test_zero_avg_zeroes_only_the_first_moment_of_grown_weights():
+    engine, opt, p, targets, before = _stepped_engine("zero-avg")
+    new = (engine.masks["w.0"] & ~before).reshape(-1)
+    assert torch.count_nonzero(opt.state[p]["exp_avg"].reshape(-1)[new]) == 0
     assert torch.count_nonzero(opt.state[p]["exp_avg_sq"].reshape(-1)[new]) == int(new.sum())
 
 
@@ -508,5 +519,6 @@ def test_svite_engine_is_built_for_the_tiny_vit():
     assert engine.describe()["method"] == "svite"
     assert settings_["overall_density"] == pytest.approx(0.4, abs=0.01)
     assert set(settings_) >= {"density", "sparse_init", "update_frequency", "death_rate", "decay_schedule", "t_end",
-                              "growth", "death", "reset_moments", "layer_densities"}
+                              "growth", "death", "grown_moments", "update_start", "update_start_step",
+                              "layer_densities"}
     assert_exact(engine, model)
