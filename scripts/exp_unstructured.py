@@ -52,6 +52,7 @@ METHODS = {
     "svite_zero_avg": dict(SVITE, grown_moments="zero-avg"),
     "svite_start5ep": dict(SVITE, update_start="5ep"),
     "svite_dr02": dict(SVITE, death_rate=0.2),
+    "svite_momentum": dict(SVITE, growth="momentum"),
 }
 DEFAULT_METHODS = ["static", "oneshot", "svite", "dense"]
 
@@ -114,7 +115,8 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
     pairs = [(a, b) for a, b in (("svite", "dense"), ("svite", "static"), ("svite", "oneshot"),
                                  ("static", "dense"), ("oneshot", "dense"), ("svite_zero", "svite"),
                                  ("svite_zero_avg", "svite"), ("svite_start5ep", "svite"), ("svite_dr02", "svite"),
-                                 ("svite_start5ep", "static"), ("svite_dr02", "static"))
+                                 ("svite_start5ep", "static"), ("svite_dr02", "static"),
+                                 ("svite_momentum", "svite"), ("svite_momentum", "static"))
              if a in wide and b in wide]
     if pairs:
         lines += ["", "Paired differences (same seed = same data and initial weights), top-1 points:", "",

@@ -77,7 +77,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--death-rate", type=float, default=d.death_rate, help="initial prune rate")
     g.add_argument("--decay-schedule", default=d.decay_schedule, choices=["cosine", "constant"])
     g.add_argument("--t-end", type=float, default=d.t_end, help="fraction of training after which topology is fixed")
-    g.add_argument("--growth", default=d.growth, choices=["gradient", "random"])
+    g.add_argument("--growth", default=d.growth, choices=["gradient", "momentum", "random"],
+                   help="gradient: |grad| of the last minibatch (RigL, the reference); momentum: |AdamW first "
+                        "moment| (SViTE only); random: SET")
     g.add_argument("--death", default=d.death, choices=["magnitude"])
     g.add_argument("--grown-moments", default=d.grown_moments, choices=["keep", "zero-avg", "zero"],
                    help="AdamW moments of grown weights: keep (default, the reference), zero-avg (first moment "

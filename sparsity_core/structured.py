@@ -199,7 +199,7 @@ class StructuredEngine(SparsityEngine):
             raise SviteError("--include/--exclude choose weights for unstructured methods; --method s2vite "
                              "masks whole heads and neurons")
         if cfg.growth not in ("gradient", "random"):
-            raise SviteError(f"--growth: unknown mode '{cfg.growth}' (gradient or random)")
+            raise SviteError(f"--growth {cfg.growth}: S2ViTE grows heads and neurons by gradient or at random")
         self.blocks = list(self.model.blocks)
         self.head_dims = [_attention_of(b, i).head_dim for i, b in enumerate(self.blocks)]
         self.num_heads = [_attention_of(b, i).num_heads for i, b in enumerate(self.blocks)]

@@ -8,7 +8,8 @@ A method is a composition of small parts (ARCHITECTURE.md, "Sparse training as e
 * **distribution** -- how much each layer keeps: :func:`layer_densities` (``fixed_ERK``, ``ER``,
   ``uniform``, ``custom``) turned into integer budgets by :func:`layer_budgets`;
 * **schedule** -- when and how much changes: :class:`~sparsity_core.schedules.PruneSchedule`;
-* **scorers** -- magnitude prune, gradient (RigL) or random (SET) growth: :func:`exchange`.
+* **scorers** -- magnitude prune; gradient (RigL), momentum (the optimizer's first moment, as Sparse
+  Momentum) or random (SET) growth: :func:`exchange`.
 
 Every choice is a ``torch.topk`` over scores in which ineligible positions can never win, never a
 threshold comparison, so ties in magnitudes and all-zero gradients cannot change a count: each
@@ -37,7 +38,7 @@ from .optim_state import check_policy, reset_grown_state
 from .schedules import PruneSchedule
 
 SPARSE_INITS = ("fixed_ERK", "ER", "uniform", "custom")
-GROWTHS = ("gradient", "random")
+GROWTHS = ("gradient", "momentum", "random")
 DEATHS = ("magnitude",)
 UNSTRUCTURED_METHODS = ("svite", "static", "oneshot")
 
@@ -359,7 +360,7 @@ class UnstructuredEngine(SparsityEngine):
             # moments. Gathering the grown positions' values (zeroed unless revived) before pruning and
             # writing them back afterwards restores the revived ones and starts new connections at exactly
             # 0, without set arithmetic (nonzero) over the index lists.
-            pruned, grown, revived = exchange(param, param.grad, mask, n, self.growth, self._generator,
+            pruned, grown, revived = exchange(param, self._growth_signal(param), mask, n, self.growth, self._generator,
                                               active=budget, scratch=self._scratch)
             grown_values = w.index_select(0, grown).mul_(revived)
             w.index_fill_(0, pruned, 0)  # pruned weights are zero now, not after the next step
@@ -374,6 +375,18 @@ class UnstructuredEngine(SparsityEngine):
         self._last = {"step": int(steps_done), "rate": float(rate), "pruned": pruned_n, "grown": dict(pruned_n),
                       "revived": revived_n}
         return self._last
+
+    def _growth_signal(self, param: torch.Tensor) -> torch.Tensor | None:
+        """What gradient growth ranks by |.|: this minibatch's gradient (RigL, the reference), or for
+        ``momentum`` the optimizer's running mean of the gradients (AdamW ``exp_avg``, SGD
+        ``momentum_buffer``): masked weights get real gradients at every step (the forward is dense),
+        so it averages ~1/(1-beta1) minibatches instead of trusting one."""
+        if self.growth == "momentum":
+            state = self.ctx.optimizer.state.get(param, {})
+            for key in ("exp_avg", "momentum_buffer"):
+                if isinstance(state.get(key), torch.Tensor) and state[key].shape == param.shape:
+                    return state[key]
+        return param.grad
 
     def snapshot_info(self) -> dict[str, Any]:
         """The rate of the last update, and its per-layer pruned/grown/revived counts when this snapshot

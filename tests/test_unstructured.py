@@ -321,6 +321,27 @@ def test_default_keeps_the_moments_of_grown_weights_like_the_reference():
     assert TrainConfig().grown_moments == "keep"
 
 
+def test_momentum_growth_ranks_by_the_optimizers_first_moment():
+    """--growth momentum grows where |exp_avg| is largest, not where the last minibatch's |grad| is."""
+    torch.manual_seed(0)
+    model = Layers([(8, 8)])
+    p = model.w[0]
+    engine, opt = make_engine(model, total_steps=20, update_frequency=1, sparse_init="uniform", density=0.5,
+                              growth="momentum", death_rate=0.1, decay_schedule="constant")
+    inactive = (~engine.masks["w.0"]).reshape(-1).nonzero().squeeze(1)
+    by_moment, by_grad = inactive[:4], inactive[4:8]
+    p.grad = torch.zeros(8, 8)
+    opt.step()  # creates the AdamW state
+    with torch.no_grad():
+        opt.state[p]["exp_avg"].zero_()
+        opt.state[p]["exp_avg"].view(-1)[by_moment] = 50.0
+    p.grad = torch.zeros(8, 8)
+    p.grad.view(-1)[by_grad] = 100.0
+    engine.update(1)
+    grown = engine.masks["w.0"].reshape(-1)
+    assert bool(grown[by_moment].all()) and not bool(grown[by_grad].any())
+
+
 def test_zero_avg_zeroes_only_the_first_moment_of_grown_weights():
     engine, opt, p, targets, before = _stepped_engine("zero-avg")
     new = (engine.masks["w.0"] & ~before).reshape(-1)
