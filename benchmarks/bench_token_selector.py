@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="timed forward passes per model")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--mode", default="gather", choices=["gather", "zero"])
+    parser.add_argument("--mode", default="gather", choices=["soft", "gather", "zero"],
+                        help="soft and gather both gather the kept tokens at inference (what is timed here)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

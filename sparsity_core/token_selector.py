@@ -121,6 +121,11 @@ class TokenSelector(nn.Module):
                 f"block_index={self.block_index}")
 
     @property
+    def gathers_at_inference(self) -> bool:
+        """True when inference drops tokens from the sequence (soft and gather modes; zero keeps them)."""
+        return self.mode != "zero"
+
+    @property
     def temperature(self) -> float:
         return float(self.tau)
 

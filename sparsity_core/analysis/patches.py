@@ -436,7 +436,7 @@ def attention_rollout(model: Any, image: np.ndarray | torch.Tensor, head_fusion:
     n = prefix + grid_size(model)[0] * grid_size(model)[1]
     selector = getattr(model, "token_selector", None)
     positions = None
-    if selector is not None and selector.mode == "gather":
+    if selector is not None and selector.gathers_at_inference:
         idx = selector.last_keep_indices[0].to(torch.long).cpu()
         positions = torch.cat([torch.arange(prefix), prefix + idx])
     rollout = torch.eye(n, dtype=torch.float64)
