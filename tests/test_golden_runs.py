@@ -44,7 +44,7 @@ GOLDEN = {
 }
 
 
-def _update(digest: "hashlib._Hash", tensors: dict[str, torch.Tensor] | None) -> None:
+def _update(digest: hashlib._Hash, tensors: dict[str, torch.Tensor] | None) -> None:
     for name in sorted(tensors or {}):
         t = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
