@@ -36,10 +36,10 @@ from reference_port import ReferenceMasking  # noqa: E402
 from torch import nn  # noqa: E402
 
 import sparsity_core  # noqa: E402,F401  (before timm)
-from sparsity_core.engine import EngineContext  # noqa: E402
+from sparsity_core.dst import EngineContext  # noqa: E402
+from sparsity_core.dst.unstructured import SViTEEngine  # noqa: E402
 from sparsity_core.models import ModelConfig, build_model  # noqa: E402
 from sparsity_core.train import TrainConfig  # noqa: E402
-from sparsity_core.unstructured import UnstructuredEngine  # noqa: E402
 
 REFERENCE_UPDATE_FREQUENCY = 15000  # cmd/ scripts, DeiT-Tiny/Small (§6)
 
@@ -71,11 +71,11 @@ def load() -> str:
 
 
 def svite_engine(model: nn.Module, optimizer: torch.optim.Optimizer, density: float, total_steps: int,
-                 update_frequency: int) -> UnstructuredEngine:
+                 update_frequency: int) -> SViTEEngine:
     cfg = TrainConfig(method="svite", density=density, update_frequency=update_frequency, seed=0)
     ctx = EngineContext(model=model, optimizer=optimizer, total_steps=total_steps, steps_per_epoch=total_steps,
                         config=cfg)
-    return UnstructuredEngine(ctx, dynamic=True)
+    return SViTEEngine(ctx)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,7 +107,6 @@ def bench_step(args: argparse.Namespace) -> None:
         with Timer() as t:
             sparse_opt.zero_grad(set_to_none=True)
             loss_fn(sparse_model(x), y).backward()
-            engine.after_backward(step_index["sparse"])
             sparse_opt.step()
             with Timer() as hook:
                 engine.after_optimizer_step(step_index["sparse"])  # fused mask multiply (no update here)

@@ -29,9 +29,9 @@ from _experiment import (  # noqa: E402
 )
 
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
+from sparsity_core.compact import compact, max_logit_diff  # noqa: E402
 from sparsity_core.data import build_data, make_loader  # noqa: E402
 from sparsity_core.evaluate import count_flops, count_parameters, evaluate_accuracy  # noqa: E402
-from sparsity_core.structured import compact, max_logit_diff  # noqa: E402
 from sparsity_core.train import CHECKPOINT_NAME  # noqa: E402
 
 EXPERIMENT = "exp_structured"

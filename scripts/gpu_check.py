@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from sparsity_core.engine import EngineContext, build_engine  # noqa: E402
+from sparsity_core.dst import EngineContext, build_engine  # noqa: E402
 from sparsity_core.models import ModelConfig, build_model, input_geometry  # noqa: E402
 from sparsity_core.train import TrainConfig  # noqa: E402
 
@@ -50,7 +50,6 @@ def make_runner(method: str, args: argparse.Namespace, device: torch.device, tot
             loss = torch.nn.functional.cross_entropy(train_model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        engine.after_backward(state["step"])
         optimizer.step()
         engine.after_optimizer_step(state["step"])
         state["step"] += 1

@@ -181,11 +181,8 @@ def _add_compact(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from . import structured
+    from .report import compact_file
 
-    compact_file = getattr(structured, "compact_file", None)
-    if compact_file is None:
-        raise SviteError("compact: not available yet in this build")
     _emit(compact_file(args.path, args.out), args.json)
     return 0
 

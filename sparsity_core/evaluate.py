@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .masks import MaskSet, head_unit_name
+from .models import input_shape
 
 
 @torch.no_grad()
@@ -62,11 +63,6 @@ def count_parameters(model: nn.Module, masks: MaskSet | None = None) -> dict[str
     return {"params": total, "nonzeros": nonzeros}
 
 
-def _input_size(model: nn.Module) -> tuple[int, int, int]:
-    pe = model.patch_embed
-    return (int(pe.proj.in_channels), int(pe.img_size[0]), int(pe.img_size[1]))
-
-
 @torch.no_grad()
 def count_flops(model: nn.Module, masks: MaskSet | None = None, units: MaskSet | None = None,
                 batch_size: int = 1) -> dict[str, Any]:
@@ -83,7 +79,7 @@ def count_flops(model: nn.Module, masks: MaskSet | None = None, units: MaskSet |
             module.fused_attn = False
     try:
         device = next(model.parameters()).device
-        x = torch.zeros((batch_size, *_input_size(model)), device=device)
+        x = torch.zeros((batch_size, *input_shape(model)), device=device)
         with FlopCounterMode(display=False) as counter:
             model(x)
     finally:
@@ -136,7 +132,7 @@ def measure_throughput(model: nn.Module, batch_sizes: Iterable[int] = (32,), *, 
     device = torch.device(device)
     results = []
     for bs in batch_sizes:
-        x = torch.randn((bs, *_input_size(model)), device=device)
+        x = torch.randn((bs, *input_shape(model)), device=device)
         times = []
         for i in range(warmup + iters):
             if device.type == "cuda":

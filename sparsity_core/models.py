@@ -2,15 +2,20 @@
 
 Everything a checkpoint needs to rebuild a model lives in :class:`ModelConfig` (a plain dataclass that
 round-trips through JSON), so a model is never described by hidden state. Weights are never
-downloaded: ``pretrained`` weights come from a local file only (``checkpoint_path``).
+downloaded: they come from local files only (``checkpoint.py``).
+
+This module sits at the bottom of the core and imports nothing else of ours. What a config asks for
+beyond timm's own model (a token selector, the per-block sizes of a compacted S2ViTE model) is added
+by the modules that own it, which register a build step here (:func:`register_extension`); the
+package's ``__init__`` imports them, so every ``build_model`` call sees them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -113,11 +118,19 @@ def available_models() -> list[str]:
     return [TINY_DEMO] + [n for n in timm.list_models() if _is_vision_transformer_name(n)]
 
 
-def build_model(config: ModelConfig, checkpoint_path: str | Path | None = None) -> nn.Module:
-    """Build a timm VisionTransformer (never downloading), optionally with a token selector attached.
+# build steps of the modules that extend a timm model (token_selector.py, compact.py), in import order
+_EXTENSIONS: list[Callable[[nn.Module, ModelConfig], None]] = []
 
-    ``checkpoint_path`` loads local weights through timm's own loader (``.pth``/``.safetensors``).
-    """
+
+def register_extension(step: Callable[[nn.Module, ModelConfig], None]) -> Callable[[nn.Module, ModelConfig], None]:
+    """Decorator: ``step(model, config)`` runs on every model :func:`build_model` builds."""
+    _EXTENSIONS.append(step)
+    return step
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Build a timm VisionTransformer (never downloading) with what ``config`` adds to it (a token
+    selector, per-block sizes of a compacted model)."""
     name, kwargs = config.timm_name_and_kwargs()
     if not is_vit_name(config.name):
         raise SviteError(f"unknown model '{config.name}': use a timm ViT/DeiT name (e.g. deit_small_patch16_224) "
@@ -126,22 +139,8 @@ def build_model(config: ModelConfig, checkpoint_path: str | Path | None = None) 
         model = timm.create_model(name, pretrained=False, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as err:
         raise SviteError(f"cannot build model '{config.name}' with {kwargs}: {err}") from None
-    if config.block_heads is not None or config.block_hidden is not None:
-        from .structured import reshape_blocks  # compacted S2ViTE models have per-block sizes
-
-        reshape_blocks(model, config.block_heads, config.block_hidden)
-    if config.selector is not None:
-        from .token_selector import attach_token_selector
-
-        attach_token_selector(model, config.selector)
-    if checkpoint_path is not None:
-        from .checkpoint import load_state_dict_file
-
-        state = load_state_dict_file(checkpoint_path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if not k.startswith("token_selector.")]:
-            raise SviteError(f"{checkpoint_path}: weights do not fit '{config.name}' "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for extend in _EXTENSIONS:
+        extend(model, config)
     return model
 
 
@@ -155,6 +154,12 @@ def grid_size(model: nn.Module) -> tuple[int, int]:
 
 def model_input_size(model: nn.Module) -> int:
     return int(model.patch_embed.img_size[0])
+
+
+def input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(channels, height, width) of one input image."""
+    pe = model.patch_embed
+    return (int(pe.proj.in_channels), int(pe.img_size[0]), int(pe.img_size[1]))
 
 
 def describe_model(model: nn.Module) -> dict[str, Any]:

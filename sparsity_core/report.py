@@ -1,17 +1,22 @@
-"""What ``svite inspect`` and ``svite eval`` report: plain dicts (the ``--json`` contract of CLI.md)."""
+"""What ``svite inspect``, ``svite eval`` and ``svite compact`` report: plain dicts (the ``--json``
+contract of CLI.md)."""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import LoadedCheckpoint
+from .checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from .compact import compact, max_logit_diff
 from .data import build_data, make_loader
 from .errors import SviteError
 from .evaluate import count_flops, count_parameters, evaluate_accuracy, measure_throughput
 from .masks import MaskSet, default_sparsifiable, head_unit_name, neuron_unit_name
 from .models import describe_model, num_patches
+from .units import unit_weight_masks
 
 
 def layer_rows(loaded: LoadedCheckpoint) -> list[dict[str, Any]]:
@@ -137,3 +142,50 @@ def selector_metrics(loaded: LoadedCheckpoint, demo_val: Any = None, batch_size:
 
         recall = object_patch_recall(loaded.model, demo_val, batch_size=batch_size)
     return {"keep_ratio": selector.keep / selector.num_patches, "object_patch_recall": recall}
+
+
+_META_DROP = ("format", "format_version", "model_config", "versions", "resume_file", "mask_shapes", "unit_shapes",
+              "fired_shapes", "history")
+
+
+def compact_file(path: str | Path, out: str | Path) -> dict[str, Any]:
+    """``svite compact PATH OUT``: load, compact, save (method ``s2vite-compact``), verify the saved file.
+
+    Returns what the CLI prints: parameters, heads/hidden per block, FLOPs before/after and the max
+    logit difference between the masked source and the reloaded compacted model on random inputs.
+    """
+    path, out = Path(path), Path(out)
+    if out.exists() and (out.is_dir() or out.resolve() == path.resolve()):
+        raise SviteError(f"{out}: output is the input or a directory; choose another OUT")
+    if out.exists():
+        raise SviteError(f"{out}: already exists; choose another OUT (compact never overwrites a file)")
+    loaded = load_checkpoint(path)
+    small, config = compact(loaded)
+    masked = copy.deepcopy(loaded.model).float().cpu().eval()
+    reference_masks = loaded.masks if loaded.masks is not None else unit_weight_masks(masked, loaded.units)
+    reference_masks.apply(masked)
+    heads_before = [int(b.attn.num_heads) for b in masked.blocks]
+    hidden_before = [int(b.mlp.fc1.out_features) for b in masked.blocks]
+    meta = {k: v for k, v in loaded.meta.items() if k not in _META_DROP}
+    meta.update({"method": "s2vite-compact", "source_method": loaded.method, "source": str(path),
+                 "source_format": loaded.format,
+                 "compacted_from": {"num_heads": heads_before, "mlp_hidden": hidden_before,
+                                    "heads_alive": [[int(v) for v in loaded.units[head_unit_name(i)].nonzero()
+                                                     .reshape(-1)] if head_unit_name(i) in loaded.units else None
+                                                    for i in range(len(heads_before))]}})
+    save_checkpoint(out, small, config, meta=meta)
+    reloaded = load_checkpoint(out).model
+    before = count_parameters(masked, reference_masks)
+    after = count_parameters(reloaded)
+    flops_before = count_flops(masked, reference_masks, loaded.units)
+    flops_after = count_flops(reloaded)
+    return {
+        "path": str(path), "out": str(out), "source_method": loaded.method,
+        "params_before": before["params"], "nonzeros_before": before["nonzeros"], "params_after": after["params"],
+        "flops_dense": flops_before["dense"], "flops_masked": flops_before["sparse"], "flops_after": flops_after["dense"],
+        "max_abs_logit_diff": max_logit_diff(masked, reloaded),
+        "blocks": [{"block": i, "heads_before": heads_before[i], "heads_after": int(b.attn.num_heads),
+                    "hidden_before": hidden_before[i], "hidden_after": int(b.mlp.fc1.out_features)}
+                   for i, b in enumerate(reloaded.blocks)],
+    }
+

@@ -46,7 +46,7 @@ from timm.layers import Mlp
 from torch import nn
 
 from .errors import SviteError
-from .models import SelectorConfig, num_patches
+from .models import ModelConfig, SelectorConfig, num_patches, register_extension
 
 __all__ = ["TAU_END", "TAU_START", "TokenSelector", "attach_token_selector", "gumbel_noise", "keep_at",
            "temperature_at"]
@@ -204,9 +204,16 @@ def soft_key_bias(y: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
     return torch.cat([prefix, torch.log(y + SOFT_EPS)], dim=1)[:, None, None, :]
 
 
+@register_extension
+def _selector_step(model: nn.Module, config: ModelConfig) -> None:
+    """``build_model`` step: a token selector when the config asks for one."""
+    if config.selector is not None:
+        attach_token_selector(model, config.selector)
+
+
 def attach_token_selector(model: nn.Module, config: SelectorConfig) -> None:
     """Give a timm VisionTransformer a ``token_selector`` that runs right before
-    ``blocks[config.block_index]`` (called by ``models.build_model`` when ``ModelConfig.selector`` is set)."""
+    ``blocks[config.block_index]`` (``models.build_model`` does, when ``ModelConfig.selector`` is set)."""
     if hasattr(model, "token_selector"):
         raise SviteError("the model already has a token selector")
     blocks = getattr(model, "blocks", None)

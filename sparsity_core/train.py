@@ -43,7 +43,7 @@ from .checkpoint import (
     save_resume_state,
 )
 from .data import build_data, make_loader
-from .engine import EngineContext, SparsityEngine, build_engine
+from .dst import EngineContext, SparsityEngine, build_engine
 from .errors import SviteError
 from .evaluate import evaluate_accuracy
 from .masks import Snapshot
@@ -467,11 +467,10 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
                                  f"the last good checkpoint {checkpoint} was left untouched")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            changed = engine.after_backward(step)
             if cfg.clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
-            changed = engine.after_optimizer_step(step) or changed
+            changed = engine.after_optimizer_step(step)
             step += 1
             scheduler.step_update(num_updates=step)
             if changed:
@@ -494,7 +493,6 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
             if ddp.is_main:
                 save(epoch_done, complete=False)
             break
-        engine.on_epoch_end(epoch, step)
         val = evaluate_accuracy(model, val_loader, device, autocast=autocast)
         train_loss = reduce_mean({"train_loss": running / max(seen, 1)}, ddp, device)
         val = reduce_mean(val, ddp, device) if ddp.world_size > 1 else val

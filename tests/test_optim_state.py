@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import sparsity_core  # noqa: F401  (before timm)
-from sparsity_core.engine import EngineContext, build_engine
-from sparsity_core.optim_state import GROWN_MOMENTS, reset_grown_state
+from sparsity_core.dst import EngineContext, build_engine
+from sparsity_core.dst.optim_state import GROWN_MOMENTS, reset_grown_state
 from sparsity_core.train import TrainConfig
 
 LR = 1e-3

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from sparsity_core.dst.schedule import PruneSchedule
 from sparsity_core.errors import SviteError
-from sparsity_core.schedules import PruneSchedule
 from sparsity_core.train import TrainConfig
 
 

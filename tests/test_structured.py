@@ -15,20 +15,15 @@ from timm.models.vision_transformer import Attention
 
 from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
 from sparsity_core.cli import main
-from sparsity_core.engine import EngineContext, build_engine
+from sparsity_core.compact import compact_model, max_logit_diff, reshape_blocks
+from sparsity_core.dst import EngineContext, build_engine
+from sparsity_core.dst.select import select_units as select_top
+from sparsity_core.dst.structured import prune_and_grow
 from sparsity_core.errors import SviteError
 from sparsity_core.masks import MaskSet, head_unit_name, neuron_unit_name
 from sparsity_core.models import ModelConfig, build_model
-from sparsity_core.structured import (
-    compact_model,
-    head_rows,
-    max_logit_diff,
-    prune_and_grow,
-    reshape_blocks,
-    select_top,
-    unit_weight_masks,
-)
 from sparsity_core.train import TrainConfig, train
+from sparsity_core.units import head_rows, unit_weight_masks
 
 
 def _engine(model, total_steps=12, optimizer=None, **overrides):

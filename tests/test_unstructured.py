@@ -14,21 +14,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sparsity_core.checkpoint import load_checkpoint
-from sparsity_core.engine import EngineContext, build_engine
+from sparsity_core.dst import EngineContext, build_engine
+from sparsity_core.dst.budgets import layer_budgets, layer_densities
+from sparsity_core.dst.schedule import PruneSchedule
+from sparsity_core.dst.scorers import WEIGHT_GROWTH
+from sparsity_core.dst.unstructured import OneShotEngine, SViTEEngine, exchange, validate_config
 from sparsity_core.errors import SviteError
 from sparsity_core.masks import MaskSet
 from sparsity_core.models import ModelConfig, build_model
-from sparsity_core.schedules import PruneSchedule
 from sparsity_core.train import TrainConfig, train
-from sparsity_core.unstructured import (
-    OneShotEngine,
-    UnstructuredEngine,
-    exchange,
-    layer_budgets,
-    layer_densities,
-    sparsifiable_names,
-    validate_config,
-)
+from sparsity_core.units import sparsifiable_names
 
 
 class Layers(nn.Module):
@@ -156,10 +151,10 @@ def test_selection_rule_and_include_exclude(tiny_model):
 # ----------------------------------------------------------------------------------------------
 # scorers
 def test_exchange_prunes_smallest_magnitude_and_grows_largest_gradient():
-    w = torch.tensor([5.0, -1.0, 3.0, 0.0, 0.0, 2.0])
+    w = torch.tensor([5.0, -1.0, 3.0, 0.0, 0.0, 2.0], requires_grad=True)
     mask = torch.tensor([1, 1, 1, 0, 0, 1], dtype=torch.bool)
-    g = torch.tensor([0.0, 9.0, 0.0, 1.0, 7.0, 0.0])
-    pruned, grown, revived = exchange(w, g, mask, 2)
+    w.grad = torch.tensor([0.0, 9.0, 0.0, 1.0, 7.0, 0.0])
+    pruned, grown, revived = exchange(w, mask, 2, WEIGHT_GROWTH["gradient"])
     assert sorted(pruned.tolist()) == [1, 5]  # |-1| and |2|
     assert sorted(grown.tolist()) == [1, 4]  # just-pruned 1 comes straight back; 3 (|g|=1) loses to 4
     assert dict(zip(grown.tolist(), revived.tolist(), strict=True)) == {1: True, 4: False}
@@ -169,12 +164,12 @@ def test_exchange_prunes_smallest_magnitude_and_grows_largest_gradient():
 @pytest.mark.parametrize("growth", ["gradient", "random"])
 @pytest.mark.parametrize("grad", ["zero", "none"])
 def test_exchange_is_exact_with_ties_and_zero_gradients(growth, grad):
-    w = torch.ones(50)  # every active magnitude tied
+    w = torch.ones(50, requires_grad=True)  # every active magnitude tied
+    w.grad = torch.zeros(50) if grad == "zero" else None
     mask = torch.zeros(50, dtype=torch.bool)
     mask[::2] = True
     before = mask.clone()
-    pruned, grown, revived = exchange(w, torch.zeros(50) if grad == "zero" else None, mask, 7, growth,
-                                      torch.Generator().manual_seed(0))
+    pruned, grown, revived = exchange(w, mask, 7, WEIGHT_GROWTH[growth], None, torch.Generator().manual_seed(0))
     assert len(set(pruned.tolist())) == 7 and all(before[pruned])
     eligible = ~before
     eligible[pruned] = True
@@ -194,8 +189,8 @@ def test_revived_weights_keep_their_value_and_moments():
         p.copy_(torch.arange(1.0, 9.0).view(1, 8))
     active = engine.masks["w.0"].view(-1).nonzero().squeeze(1)
     smallest = int(active[0])  # arange: the lowest active index has the smallest magnitude
-    grad = torch.zeros(1, 8)
-    grad.view(-1)[smallest] = 50.0  # and by far the largest gradient
+    grad = (~engine.masks["w.0"]).float() * 0.1  # the inactive weights beat the other pruned one (0) ...
+    grad.view(-1)[smallest] = 50.0  # ... and the smallest active weight has by far the largest gradient
     p.grad = grad
     moments = {k: opt.state[p][k].clone() for k in ("exp_avg", "exp_avg_sq")}
     assert engine.after_optimizer_step(0)
@@ -422,7 +417,7 @@ def test_static_masks_never_change_and_oneshot_prunes_once():
     torch.manual_seed(0)
     model = Layers([(16, 16), (8, 32)])
     static, opt = make_engine(model, method="static", total_steps=10, update_frequency=1, density=0.3)
-    assert isinstance(static, UnstructuredEngine) and static.schedule is None
+    assert isinstance(static, SViTEEngine) and static.schedule is None
     init = static.masks.clone()
     for step in range(5):
         for p in model.parameters():
@@ -454,7 +449,7 @@ def test_static_masks_never_change_and_oneshot_prunes_once():
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(method="oneshot", oneshot_at=1.0), "--oneshot-at"),
-    (dict(growth="momentum"), "--growth"),
+    (dict(growth="lottery"), "--growth"),
     (dict(death="SET"), "--death"),
     (dict(sparse_init="snip"), "--sparse-init"),
     (dict(include=["nothing.*"]), "--include"),

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import LoadedCheckpoint
+from ..compact import compact
 from ..errors import SviteError
 from ..evaluate import count_flops, measure_throughput
 from ..masks import MaskSet, PackedMasks, Snapshot, default_sparsifiable, head_unit_name, neuron_unit_name
@@ -582,10 +583,7 @@ def _compacted(loaded: LoadedCheckpoint) -> nn.Module | None:
     units = loaded.units
     if units is None or not any(n.endswith((".attn.heads", ".mlp.neurons")) for n in units):
         return None
-    from .. import structured
-
-    compact = getattr(structured, "compact", None)
-    return compact(loaded)[0].eval() if compact is not None else None
+    return compact(loaded)[0].eval()
 
 
 def speed_comparison(loaded: LoadedCheckpoint, batch_size: int = 32, iters: int = 5) -> pd.DataFrame:

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SviteError
+from ..errors import SviteError
 
 DECAYS = ("cosine", "constant")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import SviteError
+from ..errors import SviteError
 
 GROWN_MOMENTS = ("keep", "zero-avg", "zero")
 _FIRST_MOMENTS = ("exp_avg", "momentum_buffer")

@@ -1,0 +1,53 @@
+"""One selection primitive for every prune and grow decision, weights, heads and neurons alike.
+
+A choice is always "the k eligible entries with the largest (or smallest) score", with one rule for
+ties: **the lower index wins**. It is a ``torch.topk``, never a ``score > threshold`` comparison (the
+reference's, whose counts drift with ties), so exactly k entries are chosen whatever the scores are,
+all-zero gradients and tied magnitudes included. ``topk`` alone leaves the order of ties to the kernel;
+the boundary check below makes the result the same on every device type, so DDP ranks with identical
+inputs take identical decisions without a broadcast. It costs one comparison pass over the scores
+when nothing is tied at the boundary (the usual case for float scores).
+
+Scores of ineligible entries must be a value that can never be chosen (``+inf`` when choosing the
+smallest, a value below every eligible score when choosing the largest); :func:`select_units` builds
+such a score from an eligibility mask, maps NaN to ``-inf`` (pruned first, grown last) and never asks
+for more entries than are eligible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def choose(score: torch.Tensor, k: int, *, largest: bool, eligible: torch.Tensor | None = None) -> torch.Tensor:
+    """Flat indices of the ``k`` entries of the 1-D ``score`` with the largest (or smallest) values; among
+    entries tied at the boundary, the lower indices. With ``eligible``, only those entries count, even when
+    an ineligible entry's sentinel score equals an eligible one's (``-inf`` for a NaN, say); ``k`` must not
+    exceed what is eligible. The order of the indices is unspecified."""
+    if k <= 0:
+        return torch.empty(0, dtype=torch.long, device=score.device)
+    top = torch.topk(score, k, largest=largest, sorted=False)
+    boundary = top.values.min() if largest else top.values.max()
+    at_boundary = score == boundary
+    if eligible is None and int(torch.count_nonzero(at_boundary)) == int(torch.count_nonzero(top.values == boundary)):
+        return top.indices  # every entry at the boundary value was taken: no tie to resolve
+    better = (score > boundary) if largest else (score < boundary)
+    if eligible is not None:
+        better &= eligible
+        at_boundary &= eligible
+    chosen = better.nonzero().reshape(-1)
+    return torch.cat([chosen, at_boundary.nonzero().reshape(-1)[: k - chosen.numel()]])
+
+
+def select_units(score: torch.Tensor, eligible: torch.Tensor, k: int, *, largest: bool) -> torch.Tensor:
+    """bool mask of the ``min(k, #eligible)`` eligible entries with the largest (or smallest) ``score``
+    (lower index first among ties, NaN counted as ``-inf``: pruned first, grown last)."""
+    score = torch.nan_to_num(score.detach().to("cpu", torch.float64).reshape(-1), nan=-math.inf)
+    eligible = eligible.to("cpu", torch.bool).reshape(-1)
+    k = max(0, min(int(k), int(eligible.sum())))
+    chosen = torch.zeros_like(eligible)
+    masked = score.masked_fill(~eligible, -math.inf if largest else math.inf)
+    chosen[choose(masked, k, largest=largest, eligible=eligible)] = True
+    return chosen

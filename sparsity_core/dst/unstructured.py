@@ -1,0 +1,402 @@
+"""SViTE: unstructured dynamic sparse training at a fixed per-layer budget, and the ``static`` and
+``oneshot`` baselines that share its constructor.
+
+A method is a composition (ARCHITECTURE.md, "Sparse training as explicit state"):
+
+* **units** -- single weights of the sparsified parameters (:func:`units.sparsifiable_names`: the
+  reference's rule, or ``--include`` / ``--exclude`` globs);
+* **distribution** -- how much each layer keeps (:mod:`.budgets`: ``fixed_ERK``, ``ER``, ``uniform``,
+  ``custom``, as exact counts);
+* **schedule** -- when and how much changes (:class:`.schedule.PruneSchedule`);
+* **scorers** -- magnitude prune; gradient, momentum or random growth (:mod:`.scorers`);
+* **selection** -- one top-k with one tie rule (:func:`.select.choose`): each layer holds exactly its
+  budget after initialisation and after every update (checked by the base class);
+* **optimizer state** of grown weights (:mod:`.optim_state`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import SviteError
+from ..masks import MaskSet
+from ..units import sparsifiable_names
+from .budgets import SPARSE_INITS, layer_budgets, layer_densities, load_custom_densities
+from .engine import EngineContext, SparsityEngine, register
+from .optim_state import check_policy, reset_grown_state
+from .schedule import PruneSchedule
+from .scorers import WEIGHT_GROWTH, WeightScorer, magnitude_into
+from .select import choose
+
+DEATHS = ("magnitude",)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view sharing storage (in-place edits must reach the parameter / optimizer state)."""
+    if not t.is_contiguous():
+        raise ValueError("sparsity engine needs contiguous tensors")
+    return t.view(-1)
+
+
+def random_mask(shape: Sequence[int], k: int, generator: torch.Generator, device: torch.device | str = "cpu"
+                ) -> torch.Tensor:
+    """Exactly ``k`` active positions, uniformly at random (a seeded permutation, so ranks agree)."""
+    n = math.prod(shape)
+    idx = torch.randperm(n, generator=generator)[:k]
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[idx] = True
+    return mask.view(tuple(shape)).to(device)
+
+
+class Scratch:
+    """Reusable flat buffers for :func:`exchange`, so an update allocates nothing the size of a layer
+    (fresh multi-megabyte tensors cost page faults on every use; on a busy CPU that dominates)."""
+
+    def __init__(self) -> None:
+        self._float: torch.Tensor | None = None
+        self._flags: torch.Tensor | None = None  # all False between calls
+
+    def get(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._float is None or self._float.numel() < n or self._float.device != device:
+            self._float = torch.empty(n, device=device)
+            self._flags = torch.zeros(n, dtype=torch.bool, device=device)
+        assert self._flags is not None
+        return self._float[:n], self._flags[:n]
+
+
+def _seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator private to the engine: identical on every rank, independent of the global
+    stream that initialised the weights (same seed, different constant)."""
+    return torch.Generator().manual_seed((int(seed) * 0x9E3779B1 + 0x5EED) % (2**63))
+
+
+def _masks_state(masks: MaskSet) -> dict[str, torch.Tensor]:
+    return {n: m.detach().to("cpu").clone() for n, m in masks.items()}
+
+
+def _masks_from_state(state: Mapping[str, torch.Tensor], names: Sequence[str], params: Sequence[torch.Tensor]
+                      ) -> MaskSet:
+    """Own copies on the parameters' devices (updates edit masks in place; the state must not change)."""
+    return MaskSet({n: state[n].to(device=p.device, dtype=torch.bool).clone().contiguous()
+                    for n, p in zip(names, params, strict=True)})
+
+
+
+@torch.no_grad()
+def exchange(weight: torch.Tensor, mask: torch.Tensor, n: int, grow: WeightScorer,
+             optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None,
+             active: int | None = None, scratch: Scratch | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's prune-and-grow, applied to ``mask`` in place; returns flat indices ``(pruned, grown)``,
+    each of length ``n``, and ``revived`` (bool, aligned with ``grown``: grown straight back after being
+    pruned in this same call).
+
+    Prune: the ``n`` active weights of smallest |w|. Grow: ``n`` positions inactive *after* pruning
+    (so a just-pruned weight may come straight back, as in the reference) with the largest ``grow``
+    score. Ineligible positions get a score that can never be selected (+inf for pruning, -1 below
+    every |grad| or uniform draw for growth), so exactly ``n`` go and ``n`` come whatever the ties.
+    ``active`` (the layer's budget, when the caller knows it) saves a count over the mask.
+    """
+    m = _flat(mask)
+    if active is None:
+        active = int(torch.count_nonzero(m))
+    if not 0 <= n <= active:
+        raise ValueError(f"cannot prune {n} of {active} active weights")
+    buf, flags = (scratch or Scratch()).get(m.numel(), m.device)
+    magnitude_into(buf, weight, m)
+    pruned = choose(buf, n, largest=False)
+    m.index_fill_(0, pruned, False)  # the mask after pruning: growth candidates are where it is False
+    grow(buf, weight, optimizer, generator)
+    buf.masked_fill_(m, -1.0)
+    grown = choose(buf, n, largest=True)
+    flags.index_fill_(0, pruned, True)
+    revived = flags.index_select(0, grown)
+    flags.index_fill_(0, pruned, False)
+    m.index_fill_(0, grown, True)
+    return pruned, grown, revived
+
+
+class WeightEngine(SparsityEngine):
+    """What the weight-level methods share: the sparsified parameters and their exact per-layer budgets
+    (the same for svite, static and oneshot, so the three differ only in how the topology is chosen)."""
+
+    def __init__(self, ctx: EngineContext) -> None:
+        super().__init__(ctx)
+        cfg = ctx.config
+        validate_config(cfg)
+        self.names = sparsifiable_names(ctx.model, cfg.include or (), cfg.exclude or ())
+        params = dict(ctx.model.named_parameters())
+        self._params = [params[n] for n in self.names]
+        self.shapes = {n: tuple(p.shape) for n, p in zip(self.names, self._params, strict=True)}
+        custom = load_custom_densities(cfg.mask_path, self.names) if cfg.sparse_init == "custom" else None
+        self.densities = layer_densities(self.shapes, float(cfg.density), cfg.sparse_init, custom)
+        self.budgets = layer_budgets(self.shapes, self.densities)
+        self.steps_done = 0
+
+    def budgets_of(self) -> tuple[MaskSet | None, Mapping[str, int]]:
+        return self._masks, self.budgets
+
+    def _budget_settings(self) -> dict[str, Any]:
+        cfg = self.ctx.config
+        total = sum(math.prod(s) for s in self.shapes.values())
+        return {"density": float(cfg.density), "sparse_init": cfg.sparse_init, "mask_path": cfg.mask_path,
+                "include": list(cfg.include or []), "exclude": list(cfg.exclude or []),
+                "overall_density": sum(self.budgets.values()) / total,
+                "layer_densities": {n: self.budgets[n] / math.prod(self.shapes[n]) for n in self.names},
+                "layer_budgets": dict(self.budgets)}
+
+
+@register("svite")
+class SViTEEngine(WeightEngine):
+    """``svite``: prune-and-grow on the schedule. Masks are re-applied after every optimizer step in one
+    fused multiply. :class:`StaticEngine` is the same with no update."""
+
+    method = "svite"
+    dynamic = True
+
+    def __init__(self, ctx: EngineContext) -> None:
+        super().__init__(ctx)
+        cfg = ctx.config
+        self._grow = WEIGHT_GROWTH[str(cfg.growth)]
+        self.grown_moments = check_policy(str(cfg.grown_moments))
+        self.schedule = PruneSchedule.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch) if self.dynamic else None
+        self._generator = _seeded_generator(cfg.seed)
+        self._masks, self.init_topology = self._initial_masks(ctx.init_masks)
+        self._fired = self._masks.clone()
+        self.updates_done = 0
+        self._last: dict[str, Any] = {}
+        self._scratch = Scratch()
+        self._masks.apply_to(self._params)
+
+    def _initial_masks(self, init_masks: MaskSet | None) -> tuple[MaskSet, dict[str, Any]]:
+        if init_masks is None or not len(init_masks):
+            masks = MaskSet({n: random_mask(self.shapes[n], self.budgets[n], self._generator, p.device)
+                             for n, p in zip(self.names, self._params, strict=True)})
+            return masks, {"source": "random"}
+        missing = [n for n in self.names if n not in init_masks]
+        if missing:
+            raise SviteError(f"--init: its masks do not cover '{missing[0]}' (sparsified here); train from its weights "
+                             "with a checkpoint without masks, or match --include/--exclude")
+        wrong = [n for n in self.names if tuple(init_masks[n].shape) != self.shapes[n]]
+        if wrong:
+            raise SviteError(f"--init: mask of '{wrong[0]}' has shape {tuple(init_masks[wrong[0]].shape)}, the model's "
+                             f"weight has {self.shapes[wrong[0]]}")
+        masks, adjusted = {}, []
+        for name, p in zip(self.names, self._params, strict=True):
+            m = init_masks[name].to(device=p.device, dtype=torch.bool).clone().contiguous()
+            have, want = int(m.sum()), self.budgets[name]
+            if have > want:  # keep the largest |w| among the active
+                score = p.detach().abs().reshape(-1).masked_fill(~_flat(m), -1.0)
+                keep = torch.topk(score, want, sorted=False).indices
+                m = torch.zeros_like(m)
+                _flat(m)[keep] = True
+                adjusted.append(name)
+            elif have < want:  # add random inactive positions (their weights are zero: no magnitude to rank)
+                score = torch.rand(m.numel(), generator=self._generator).to(p.device).masked_fill_(_flat(m), -1.0)
+                _flat(m)[torch.topk(score, want - have, sorted=False).indices] = True
+                adjusted.append(name)
+            masks[name] = m
+        return MaskSet(masks), {"source": "init", "adjusted_layers": adjusted}
+
+    def after_optimizer_step(self, step: int) -> bool:
+        """Zero masked weights (one fused multiply), then, on schedule, update the topology: the weights
+        have just stepped and ``param.grad`` still holds this minibatch's dense gradient."""
+        self._masks.apply_to(self._params)
+        self.steps_done = step + 1
+        if self.dynamic and self.schedule.is_update_step(step + 1):
+            self.update(step + 1)
+            return True
+        return False
+
+    @torch.no_grad()
+    def update(self, steps_done: int) -> dict[str, Any]:
+        """One prune-and-grow update of every layer (fully dense layers are skipped).
+
+        A weight pruned and grown back in the same update (``revived``) simply stays: it keeps its value
+        and its optimizer moments, as in the reference and RigL. Only new connections (inactive
+        before the update) start at zero, their moments as ``grown_moments`` says (optim_state.py)."""
+        assert self.schedule is not None
+        rate = self.schedule.rate(steps_done)
+        pruned_n: dict[str, int] = {}
+        revived_n: dict[str, int] = {}
+        optimizer = self.ctx.optimizer
+        for name, param in zip(self.names, self._params, strict=True):
+            budget = self.budgets[name]
+            if budget >= param.numel():
+                continue
+            n = PruneSchedule.n_prune(rate, budget)
+            if n == 0:
+                continue
+            mask = self._masks[name]
+            w = _flat(param.data)
+            # A position grown straight back after pruning ("revived") simply stays: it keeps its value and
+            # moments. Gathering the grown positions' values (zeroed unless revived) before pruning and
+            # writing them back afterwards restores the revived ones and starts new connections at exactly
+            # 0, without set arithmetic (nonzero) over the index lists.
+            pruned, grown, revived = exchange(param, mask, n, self._grow, optimizer, self._generator,
+                                              active=budget, scratch=self._scratch)
+            grown_values = w.index_select(0, grown).mul_(revived)
+            w.index_fill_(0, pruned, 0)  # pruned weights are zero now, not after the next step
+            w.index_copy_(0, grown, grown_values)
+            if self.grown_moments != "keep":
+                reset_grown_state(optimizer, param, grown[~revived], self.grown_moments)
+            _flat(self._fired[name]).index_fill_(0, grown, True)
+            revived_n[name] = int(torch.count_nonzero(revived))
+            self._masks[name] = mask  # same tensor: re-setting it invalidates the fused-multiply cache
+            pruned_n[name] = n
+        self.updates_done += 1
+        self.assert_budgets()
+        self._last = {"step": int(steps_done), "rate": float(rate), "pruned": pruned_n, "grown": dict(pruned_n),
+                      "revived": revived_n}
+        return self._last
+
+    def snapshot_info(self) -> dict[str, Any]:
+        """The rate of the last update, and its per-layer pruned/grown/revived counts when this snapshot
+        is taken at that update's step (so an epoch snapshot does not repeat older counts)."""
+        if not self.dynamic:
+            return {}
+        info: dict[str, Any] = {"updates": self.updates_done,
+                                "fired_density": round(self._fired.overall_density(), 6)}
+        if self._last:
+            info["rate"] = self._last["rate"]
+            info["last_update_step"] = self._last["step"]
+            if self._last["step"] == self.steps_done:
+                info.update(pruned=self._last["pruned"], grown=self._last["grown"], revived=self._last["revived"])
+        return info
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.ctx.config
+        settings = {**self._budget_settings(), "init_topology": self.init_topology, "seed": int(cfg.seed)}
+        if self.dynamic:
+            assert self.schedule is not None
+            settings.update({"update_frequency": int(cfg.update_frequency), "death_rate": float(cfg.death_rate),
+                             "decay_schedule": cfg.decay_schedule, "t_end": float(cfg.t_end), "growth": str(cfg.growth),
+                             "death": cfg.death, "grown_moments": self.grown_moments,
+                             "update_start": str(cfg.update_start), "update_start_step": self.schedule.start,
+                             "num_updates": self.schedule.num_updates()})
+        return {"method": self.method, "settings": settings}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "names": list(self.names), "budgets": dict(self.budgets),
+                "masks": _masks_state(self._masks), "fired": _masks_state(self._fired),
+                "generator": self._generator.get_state(), "updates_done": self.updates_done,
+                "steps_done": self.steps_done, "last": dict(self._last)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("method") != self.method or list(state.get("names", [])) != self.names:
+            raise SviteError(f"--resume: the saved {state.get('method')} engine does not match this --method "
+                             f"{self.method} (different method or sparsified parameters)")
+        if dict(state["budgets"]) != self.budgets:
+            raise SviteError("--resume: the saved layer budgets differ from this run's (--density / --sparse-init "
+                             "changed?)")
+        self._masks = _masks_from_state(state["masks"], self.names, self._params)
+        self._fired = _masks_from_state(state["fired"], self.names, self._params)
+        self._generator.set_state(state["generator"])
+        self.updates_done = int(state["updates_done"])
+        self.steps_done = int(state["steps_done"])
+        self._last = dict(state.get("last") or {})
+        self._masks.apply_to(self._params)
+
+
+@register("static")
+class StaticEngine(SViTEEngine):
+    """``static``: SViTE's initial masks (the same per-layer budgets), never updated."""
+
+    method = "static"
+    dynamic = False
+
+
+@register("oneshot")
+class OneShotEngine(WeightEngine):
+    """Baseline: train dense until ``oneshot_at * T`` steps, then magnitude-prune each layer to the same
+    per-layer budget SViTE and static use (``--sparse-init``, fixed_ERK by default) and fine-tune
+    with the masks fixed. Per-layer rather than global magnitude, so that the three baselines keep
+    exactly the same number of weights in every layer and differ only in *how* the topology is chosen."""
+
+    method = "oneshot"
+
+    def __init__(self, ctx: EngineContext) -> None:
+        super().__init__(ctx)
+        self.prune_step = max(1, round(float(ctx.config.oneshot_at) * ctx.total_steps))
+        self.pruned = False
+        self._masks = MaskSet.full(ctx.model, self.names)  # dense phase: every weight active
+        self._fired = self._masks.clone()
+
+    def budgets_of(self) -> tuple[MaskSet | None, Mapping[str, int]]:
+        return (self._masks, self.budgets) if self.pruned else (None, {})
+
+    def after_optimizer_step(self, step: int) -> bool:
+        self.steps_done = step + 1
+        if self.pruned:
+            self._masks.apply_to(self._params)
+            return False
+        if step + 1 >= self.prune_step:
+            self.prune()
+            self.assert_budgets()
+            return True
+        return False
+
+    @torch.no_grad()
+    def prune(self) -> None:
+        """Keep the ``budget`` largest |w| of every layer; zero the rest."""
+        masks = {}
+        for name, param in zip(self.names, self._params, strict=True):
+            keep = torch.topk(param.detach().abs().reshape(-1), self.budgets[name], sorted=False).indices
+            m = torch.zeros(param.numel(), dtype=torch.bool, device=param.device)
+            m[keep] = True
+            masks[name] = m.view(param.shape)
+        self._masks = MaskSet(masks)
+        self._masks.apply_to(self._params)
+        self.pruned = True
+
+    def snapshot_info(self) -> dict[str, Any]:
+        if not self.pruned:
+            return {"pruned": False}
+        info: dict[str, Any] = {"pruned": True, "prune_step": self.prune_step}
+        if self.steps_done == self.prune_step:
+            info["removed"] = {n: math.prod(self.shapes[n]) - self.budgets[n] for n in self.names}
+        return info
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.ctx.config
+        return {"method": self.method, "settings": {
+            **self._budget_settings(), "oneshot_at": float(cfg.oneshot_at), "prune_step": self.prune_step,
+            "prune_scope": "per-layer magnitude", "pruned": self.pruned}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "names": list(self.names), "pruned": self.pruned,
+                "steps_done": self.steps_done, "masks": _masks_state(self._masks)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("method") != self.method or list(state.get("names", [])) != self.names:
+            raise SviteError(f"--resume: the saved {state.get('method')} engine does not match this --method oneshot")
+        self.pruned = bool(state["pruned"])
+        self.steps_done = int(state["steps_done"])
+        self._masks = _masks_from_state(state["masks"], self.names, self._params)
+        if self.pruned:
+            self._masks.apply_to(self._params)
+
+
+def validate_config(cfg: Any) -> None:
+    """Reject bad unstructured-method flags with one line naming the flag. Needs only the config, so the
+    training loop can call it before it creates anything on disk."""
+    if cfg.sparse_init not in SPARSE_INITS:
+        raise SviteError(f"--sparse-init: unknown mode '{cfg.sparse_init}' (choose {', '.join(SPARSE_INITS)})")
+    if cfg.sparse_init == "custom" and not cfg.mask_path:
+        raise SviteError("--sparse-init custom needs --mask-path FILE (a JSON object {param_name: density})")
+    if cfg.sparse_init == "custom" and not Path(cfg.mask_path).is_file():
+        raise SviteError(f"--mask-path {cfg.mask_path}: no such file")
+    if cfg.growth not in WEIGHT_GROWTH:
+        raise SviteError(f"--growth: unknown mode '{cfg.growth}' (choose {', '.join(WEIGHT_GROWTH)})")
+    if cfg.death not in DEATHS:
+        raise SviteError(f"--death: unknown mode '{cfg.death}' (only magnitude)")
+    if not 0 < float(cfg.density) <= 1:
+        raise SviteError(f"--density must be in (0, 1], got {cfg.density}")
+    if cfg.method == "oneshot" and not 0 < float(cfg.oneshot_at) < 1:
+        raise SviteError(f"--oneshot-at must be in (0, 1), got {cfg.oneshot_at}")
+
