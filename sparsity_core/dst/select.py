@@ -25,15 +25,25 @@ def choose(score: torch.Tensor, k: int, *, largest: bool, eligible: torch.Tensor
     """Flat indices of the ``k`` entries of the 1-D ``score`` with the largest (or smallest) values; among
     entries tied at the boundary, the lower indices. With ``eligible``, only those entries count, even when
     an ineligible entry's sentinel score equals an eligible one's (``-inf`` for a NaN, say); ``k`` must not
-    exceed what is eligible. The order of the indices is unspecified."""
+    exceed what is eligible. The order of the indices is unspecified.
+
+    The top ``k + 1`` tell whether a tie crosses the boundary (the k-th and the (k+1)-th values equal):
+    when none does, the top k are the answer whatever the tie rule, at the cost of one ``topk``."""
+    n = score.numel()
     if k <= 0:
         return torch.empty(0, dtype=torch.long, device=score.device)
+    if eligible is None and k < n:
+        top = torch.topk(score, k + 1, largest=largest, sorted=False)
+        last = top.values.argmin() if largest else top.values.argmax()  # the (k+1)-th entry
+        outside = top.values[last]
+        if int(torch.count_nonzero(top.values == outside)) == 1:  # nothing tied with it: unique top k
+            keep = torch.ones(k + 1, dtype=torch.bool, device=score.device)
+            keep[last] = False
+            return top.indices[keep]
     top = torch.topk(score, k, largest=largest, sorted=False)
     boundary = top.values.min() if largest else top.values.max()
-    at_boundary = score == boundary
-    if eligible is None and int(torch.count_nonzero(at_boundary)) == int(torch.count_nonzero(top.values == boundary)):
-        return top.indices  # every entry at the boundary value was taken: no tie to resolve
     better = (score > boundary) if largest else (score < boundary)
+    at_boundary = score == boundary
     if eligible is not None:
         better &= eligible
         at_boundary &= eligible
