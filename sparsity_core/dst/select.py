@@ -37,9 +37,9 @@ def choose(score: torch.Tensor, k: int, *, largest: bool, eligible: torch.Tensor
         last = top.values.argmin() if largest else top.values.argmax()  # the (k+1)-th entry
         outside = top.values[last]
         if int(torch.count_nonzero(top.values == outside)) == 1:  # nothing tied with it: unique top k
-            keep = torch.ones(k + 1, dtype=torch.bool, device=score.device)
-            keep[last] = False
-            return top.indices[keep]
+            indices = top.indices
+            indices[last] = indices[k]  # drop the (k+1)-th: move the final entry into its place
+            return indices[:k]
     top = torch.topk(score, k, largest=largest, sorted=False)
     boundary = top.values.min() if largest else top.values.max()
     better = (score > boundary) if largest else (score < boundary)
