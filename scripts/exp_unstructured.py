@@ -53,6 +53,11 @@ METHODS = {
     "svite_start5ep": dict(SVITE, update_start="5ep"),
     "svite_dr02": dict(SVITE, death_rate=0.2),
     "svite_momentum": dict(SVITE, growth="momentum"),
+    # a longer schedule (--methods dense_40ep static_40ep svite_40ep): 40 epochs, SViTE's schedule stretched
+    # with it (an update every 400 steps: the same 6 updates at the same fractions of training)
+    "dense_40ep": dict(method="dense", epochs=40),
+    "static_40ep": dict(method="static", **SPARSE, epochs=40),
+    "svite_40ep": dict(SVITE, update_frequency=400, epochs=40),
 }
 DEFAULT_METHODS = ["static", "oneshot", "svite", "dense"]
 
@@ -116,7 +121,8 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
                                  ("static", "dense"), ("oneshot", "dense"), ("svite_zero", "svite"),
                                  ("svite_zero_avg", "svite"), ("svite_start5ep", "svite"), ("svite_dr02", "svite"),
                                  ("svite_start5ep", "static"), ("svite_dr02", "static"),
-                                 ("svite_momentum", "svite"), ("svite_momentum", "static"))
+                                 ("svite_momentum", "svite"), ("svite_momentum", "static"),
+                                 ("svite_40ep", "static_40ep"), ("svite_40ep", "dense_40ep"), ("static_40ep", "dense_40ep"))
              if a in wide and b in wide]
     if pairs:
         lines += ["", "Paired differences (same seed = same data and initial weights), top-1 points:", "",
