@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from . import validate
 from .errors import CheckpointError, SviteError
 from .masks import MaskSet, PackedMasks, Snapshot, default_sparsifiable, head_unit_name, neuron_unit_name
-from .models import ModelConfig, SelectorConfig, build_model, infer_config_from_state_dict
+from .models import ModelConfig, SelectorConfig, infer_config_from_state_dict
 
 FORMAT = "svite-explorer"
 FORMAT_VERSION = 1
@@ -197,20 +197,8 @@ def _looks_like_safetensors(path: Path) -> bool:
     return 0 < n < path.stat().st_size and head[8:9] == b"{"
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no items())
-    except Exception as err:  # safetensors raises its own error types for torn/garbage files
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(err)}); "
-                              "the file may be truncated or corrupt") from None
-    return tensors, meta
-
-
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
+    return validate.one_line(err)
 
 
 def _torch_load_safe(path: Path) -> Any:
@@ -243,11 +231,12 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     _check_file(path)
     if _looks_like_safetensors(path):
-        tensors, meta = _read_safetensors(path)
+        tensors, meta = validate.read_safetensors(path)
         if "svite_explorer" in meta:
             return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
         return tensors
     obj = _torch_load_safe(path)
+    validate.check_tensor_budget(path, obj, path.stat().st_size)
     return _unwrap_state_dict(path, obj)
 
 
@@ -269,94 +258,71 @@ def load_checkpoint(path: str | Path, *, num_heads: int | None = None) -> Loaded
     """Load any supported checkpoint into one :class:`LoadedCheckpoint` (model on CPU, eval mode).
 
     ``num_heads`` overrides the head count for plain state dicts, whose weights do not reveal it.
-    Raises :class:`CheckpointError` with a one-line message naming the file for anything unreadable.
+    Everything the file declares is checked before it is built (see :mod:`validate`), and nothing
+    stays memory-mapped to the file. Raises :class:`CheckpointError` with a one-line message naming
+    the file for anything unreadable.
     """
     path = Path(path)
-    _check_file(path)
-    if _looks_like_safetensors(path):
-        tensors, meta = _read_safetensors(path)
-        if "svite_explorer" in meta:
-            loaded = _load_ours(path, tensors, meta["svite_explorer"])
-        else:
-            loaded = _load_plain(path, tensors, num_heads=num_heads)
-    else:
-        obj = _torch_load_safe(path)
-        if isinstance(obj, dict) and "model" in obj and any(k in obj for k in ("mask", "atten_mask", "other_mask")):
-            loaded = _load_official(path, obj, num_heads=num_heads)
-        else:
-            loaded = _load_plain(path, _unwrap_state_dict(path, obj), num_heads=num_heads)
+    try:
+        loaded = _load_any(path, num_heads)
+    except CheckpointError:
+        raise
+    except SviteError as err:  # e.g. from inferring a plain state dict's architecture
+        raise CheckpointError(f"{path}: {err}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError, OverflowError) as err:
+        # A safety net under the checks in validate.py: data from an untrusted file that still trips
+        # the code building from it is the file's problem, reported as such (the type aids a bug report).
+        raise CheckpointError(f"{path}: the checkpoint is damaged ({type(err).__name__}: {_one_line(err)})") from None
     loaded.model.eval()
     return loaded
 
 
-def _load_weights(path: Path, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    own = model.state_dict()
-    unknown = sorted(set(state) - set(own))
-    missing = sorted(set(own) - set(state))
-    if unknown or missing:
-        raise CheckpointError(f"{path}: weights do not match the architecture "
-                              f"(unknown keys {unknown[:3]}, missing keys {missing[:3]})")
-    bad = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if state[k].shape != own[k].shape]
-    if bad:
-        k, got, want = bad[0]
-        raise CheckpointError(f"{path}: shape mismatch for {k}: file has {list(got)}, model needs {list(want)}")
-    model.load_state_dict(state, strict=True)
-
-
-def _unpack_group(path: Path, tensors: Mapping[str, torch.Tensor], prefix: str,
-                  shapes: Mapping[str, list[int]] | None) -> MaskSet | None:
-    if shapes is None:
-        return None
-    try:
-        return PackedMasks({n: tensors[f"{prefix}/{n}"] for n in shapes},
-                           {n: tuple(s) for n, s in shapes.items()}).unpack()
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: mask group '{prefix}' is damaged ({_one_line(err)})") from None
+def _load_any(path: Path, num_heads: int | None) -> LoadedCheckpoint:
+    _check_file(path)
+    if _looks_like_safetensors(path):
+        tensors, meta = validate.read_safetensors(path)
+        if "svite_explorer" in meta:
+            return _load_ours(path, tensors, meta["svite_explorer"])
+        return _load_plain(path, tensors, num_heads=num_heads)
+    obj = _torch_load_safe(path)
+    validate.check_tensor_budget(path, obj, path.stat().st_size)
+    if isinstance(obj, dict) and "model" in obj and any(k in obj for k in ("mask", "atten_mask", "other_mask")):
+        return _load_official(path, obj, num_heads=num_heads)
+    return _load_plain(path, _unwrap_state_dict(path, obj), num_heads=num_heads)
 
 
 def _load_ours(path: Path, tensors: dict[str, torch.Tensor], header_json: str) -> LoadedCheckpoint:
-    try:
-        header = json.loads(header_json)
-        config = ModelConfig.from_dict(header["model_config"])
-    except (json.JSONDecodeError, KeyError, TypeError, SviteError) as err:
-        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({_one_line(err)})") from None
-    if int(header.get("format_version", 0)) > FORMAT_VERSION:
+    header = validate.parse_header(path, header_json)
+    if header.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer SViTE Explorer (format {header['format_version']})")
-    try:
-        model = build_model(config)
-    except SviteError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    _load_weights(path, model, {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
-    history = []
-    for i, entry in enumerate(header.get("history", [])):
-        try:
-            masks = PackedMasks({n: tensors[f"history/{i}/mask/{n}"] for n in entry["mask_shapes"]},
-                                {n: tuple(s) for n, s in entry["mask_shapes"].items()})
-            units = PackedMasks({n: tensors[f"history/{i}/unit/{n}"] for n in entry["unit_shapes"]},
-                                {n: tuple(s) for n, s in entry["unit_shapes"].items()})
-            state = {n: tensors[f"history/{i}/state/{n}"] for n in entry.get("state", [])}
-        except KeyError as err:
-            raise CheckpointError(f"{path}: mask history entry {i} is damaged (missing {err.args[0]})") from None
-        history.append(Snapshot(step=int(entry["step"]), epoch=float(entry["epoch"]), masks=masks, units=units,
-                                state=state, info=dict(entry.get("info", {}))))
+    config = validate.model_config(path, header["model_config"])
+    model = validate.build_checked(path, config, {k[len("model/"):]: v for k, v in tensors.items()
+                                                  if k.startswith("model/")})
+    params, units = validate.parameter_shapes(model), validate.unit_shapes(model)
+    groups = {group: validate.packed_group(path, tensors, group, header.get(f"{group}_shapes"),
+                                           units if group == "unit" else params)
+              for group in ("mask", "unit", "fired")}
+    history = validate.history_entries(path, tensors, header.get("history") or [], model)
     meta = {k: v for k, v in header.items() if k not in ("mask_shapes", "unit_shapes", "fired_shapes", "history")}
-    return LoadedCheckpoint(path=path, format=FORMAT, model=model, model_config=config,
-                            masks=_unpack_group(path, tensors, "mask", header.get("mask_shapes")),
-                            units=_unpack_group(path, tensors, "unit", header.get("unit_shapes")),
-                            fired=_unpack_group(path, tensors, "fired", header.get("fired_shapes")),
-                            history=history, meta=meta)
+    masks, units_, fired = (g.unpack() if g is not None else None for g in groups.values())
+    return LoadedCheckpoint(path=path, format=FORMAT, model=model, model_config=config, masks=masks, units=units_,
+                            fired=fired, history=history, meta=meta)
 
 
 def _load_plain(path: Path, state: dict[str, torch.Tensor], *, num_heads: int | None) -> LoadedCheckpoint:
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    validate.check_block_keys(path, state)
     config = infer_config_from_state_dict(state, num_heads=num_heads)
-    model = build_model(config)
-    _load_weights(path, model, state)
+    model = validate.build_checked(path, config, state, _inferred_name)
     masks = MaskSet.from_weights(model, default_sparsifiable(model))
     if masks.overall_density() == 1.0:
         masks = None  # a dense model: no masks to speak of
     meta = {"method": "dense" if masks is None else "unknown", "source_format": "timm"}
     return LoadedCheckpoint(path=path, format="timm", model=model, model_config=config, masks=masks, meta=meta)
+
+
+def _inferred_name(field: str) -> str:
+    return "--num-heads" if field == "num_heads" else f"the {field} its weights imply"
 
 
 def _official_mask_name(key: str) -> str:
@@ -366,36 +332,38 @@ def _official_mask_name(key: str) -> str:
     return base if idx.isdigit() else name
 
 
+def _structured_mask_name(key: str) -> str:
+    """``module.blocks.0.attn.qkv.weight_mask`` -> ``blocks.0.attn.qkv.weight`` (SVITE_REFERENCE §4)."""
+    name = key[len("module."):] if key.startswith("module.") else key
+    return name[:-len("_mask")] if name.endswith("_mask") else name
+
+
 def _load_official(path: Path, ckpt: dict[str, Any], *, num_heads: int | None) -> LoadedCheckpoint:
     state = _unwrap_state_dict(path, ckpt["model"])
     args = ckpt.get("args")
     args_dict = vars(args) if isinstance(args, argparse.Namespace) else (args if isinstance(args, dict) else {})
     selector_state = {k: state.pop(k) for k in list(state) if k.startswith("gumbel.")}
     model_name = str(args_dict.get("model", "")).replace("_gumbel", "") or None
+    validate.check_block_keys(path, state)
     config = infer_config_from_state_dict(state, name_hint=model_name,
-                                          num_heads=num_heads or args_dict.get("atten_head"))
+                                          num_heads=num_heads or validate.official_int(path, args_dict, "atten_head"))
     if selector_state:
-        config.selector = SelectorConfig(keep=min(int(args_dict.get("token_number") or 0) or (
-            (config.img_size // config.patch_size) ** 2 // 2), (config.img_size // config.patch_size) ** 2))
+        patches = (config.img_size // config.patch_size) ** 2
+        config.selector = SelectorConfig(keep=min(validate.official_int(path, args_dict, "token_number") or
+                                                  patches // 2, patches))
         state.update({"token_selector.scorer." + k[len("gumbel."):]: v for k, v in selector_state.items()})
-    try:
-        model = build_model(config)
-    except SviteError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    _load_weights(path, model, state)
+    model = validate.build_checked(path, config, state, _inferred_name)
     params = dict(model.named_parameters())
     pruning_type = str(args_dict.get("pruning_type", ""))
     units = None
-    raw_mask = ckpt.get("mask") or {}
-    if raw_mask:
-        masks = MaskSet()
-        for key, value in raw_mask.items():
-            name = _official_mask_name(key)
-            if name not in params:
-                raise CheckpointError(f"{path}: mask '{key}' names no parameter of the model")
-            masks[name] = value.to("cpu") != 0
+    if ckpt.get("mask"):
+        masks = MaskSet(validate.official_masks(path, ckpt["mask"], params, _official_mask_name, "mask"))
     elif ckpt.get("atten_mask") or ckpt.get("other_mask"):
-        masks, units = _official_structured(path, model, ckpt.get("atten_mask") or {}, ckpt.get("other_mask") or {})
+        atten = validate.official_masks(path, ckpt.get("atten_mask") or {}, params, _structured_mask_name,
+                                        "atten_mask")
+        other = validate.official_masks(path, ckpt.get("other_mask") or {}, params, _structured_mask_name,
+                                        "other_mask")
+        masks, units = _official_structured(model, atten, other)
     else:
         masks = MaskSet.from_weights(model, default_sparsifiable(model))  # saved right after a masked step
     method = {"unstructure": "svite", "structure_new": "s2vite"}.get(pruning_type)
@@ -404,29 +372,31 @@ def _load_official(path: Path, ckpt: dict[str, Any], *, num_heads: int | None) -
     if selector_state:
         method += "+"
     fired = None
-    if isinstance(ckpt.get("fired_mask"), dict) and ckpt["fired_mask"]:
-        fired = MaskSet({_official_mask_name(k): v.to("cpu") != 0 for k, v in ckpt["fired_mask"].items()})
+    if ckpt.get("fired_mask"):
+        fired = MaskSet(validate.official_masks(path, ckpt["fired_mask"], params, _official_mask_name, "fired_mask"))
     meta = {"method": method, "source_format": "svite-official", "epoch": ckpt.get("epoch"),
             "settings": {k: v for k, v in args_dict.items() if isinstance(v, (int, float, str, bool, type(None)))}}
     return LoadedCheckpoint(path=path, format="svite-official", model=model, model_config=config, masks=masks,
                             units=units, fired=fired, meta=meta)
 
 
-def _official_structured(path: Path, model: nn.Module, atten: Mapping[str, torch.Tensor],
+def _official_structured(model: nn.Module, atten: Mapping[str, torch.Tensor],
                          other: Mapping[str, torch.Tensor]) -> tuple[MaskSet, MaskSet]:
+    """Weight and unit masks from the official structured masks (already checked against the
+    parameters' shapes and keyed by parameter name); a missing mask is recovered from exact zeros."""
     masks, units = MaskSet(), MaskSet()
     params = dict(model.named_parameters())
     for i, block in enumerate(model.blocks):
         heads, dim = block.attn.num_heads, block.attn.head_dim
         qkv_name = f"blocks.{i}.attn.qkv.weight"
-        m = atten.get(f"module.{qkv_name}_mask", atten.get(f"{qkv_name}_mask"))
-        m = (m != 0) if m is not None else (params[qkv_name].detach() != 0)
+        m = atten.get(qkv_name)
+        m = m if m is not None else (params[qkv_name].detach() != 0)
         rows = m.any(dim=1).reshape(3, heads, dim)
         units[head_unit_name(i)] = rows.any(dim=2).any(dim=0)
         masks[qkv_name] = m
         for fc in ("fc1", "fc2"):
             name = f"blocks.{i}.mlp.{fc}.weight"
-            mm = other.get(f"module.{name}_mask", other.get(f"{name}_mask"))
-            masks[name] = (mm != 0) if mm is not None else (params[name].detach() != 0)
+            mm = other.get(name)
+            masks[name] = mm if mm is not None else (params[name].detach() != 0)
         units[neuron_unit_name(i)] = masks[f"blocks.{i}.mlp.fc1.weight"].any(dim=1)
     return masks, units

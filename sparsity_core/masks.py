@@ -8,6 +8,7 @@ byte, so a DeiT-S topology costs ~2.7 MB per snapshot.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,12 +24,43 @@ def pack_bool(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.packbits(flat))
 
 
+def packed_nbytes(shape: Iterable[int]) -> int:
+    """Bytes that :func:`pack_bool` writes for a mask of ``shape`` (eight bits a byte, zero-padded)."""
+    return (math.prod(int(s) for s in shape) + 7) // 8
+
+
+def check_packed(packed: torch.Tensor, shape: Iterable[int]) -> tuple[int, ...]:
+    """Check that ``packed`` is exactly what :func:`pack_bool` writes for a mask of ``shape``.
+
+    ``np.unpackbits(count=n)`` pads a short buffer with zeros and ignores surplus bytes, so without this
+    a truncated or padded mask would be read as a different mask without any error. Checked: a 1-D
+    uint8 tensor, non-negative dimensions, exactly ceil(n / 8) bytes, and zero padding bits. Cheap (no
+    unpacking), so loaders can call it on every stored mask, history entries included. Raises
+    ValueError with a one-line reason; returns the shape as a tuple of ints.
+    """
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                       for s in shape):
+        raise ValueError(f"mask shape {shape!r} is not a list of integers")
+    if any(s < 0 for s in shape):
+        raise ValueError(f"mask shape {list(shape)} has a negative dimension")
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.ndim != 1:
+        what = f"{packed.dtype} tensor of shape {list(packed.shape)}" if isinstance(packed, torch.Tensor) else \
+            type(packed).__name__
+        raise ValueError(f"packed mask is a {what}, expected 1-D uint8 bits")
+    need = packed_nbytes(shape)
+    if packed.numel() != need:
+        raise ValueError(f"packed mask holds {packed.numel()} bytes, shape {list(shape)} needs exactly {need}")
+    spare = need * 8 - math.prod(shape)
+    if spare and int(packed[-1]) & ((1 << spare) - 1):
+        raise ValueError(f"packed mask of shape {list(shape)} has bits set past its end")
+    return tuple(shape)
+
+
 def unpack_bool(packed: torch.Tensor, shape: Iterable[int]) -> torch.Tensor:
-    shape = tuple(int(s) for s in shape)
-    n = int(np.prod(shape)) if shape else 1
-    bits = np.unpackbits(packed.to("cpu", torch.uint8).numpy(), count=n)
-    if bits.size != n:
-        raise ValueError(f"packed mask holds {bits.size} bits, shape {shape} needs {n}")
+    """Inverse of :func:`pack_bool`; refuses (ValueError) anything :func:`check_packed` refuses."""
+    shape = check_packed(packed, list(shape) if not isinstance(shape, (list, tuple)) else shape)
+    n = math.prod(shape)
+    bits = np.unpackbits(packed.to("cpu").numpy(), count=n)
     return torch.from_numpy(bits.astype(bool)).reshape(shape)
 
 
