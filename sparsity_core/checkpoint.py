@@ -70,8 +70,20 @@ class LoadedCheckpoint:
 # ----------------------------------------------------------------------------------------------
 # small file helpers
 def atomic_write_bytes(path: str | Path, payload: bytes | Callable[[io.BufferedWriter], None]) -> Path:
-    """Write to a temp file beside ``path``, fsync, then rename over it (never a torn file)."""
+    """Write to a temp file beside ``path``, fsync, then rename over it (never a torn file).
+
+    A filesystem failure (no space, read-only, a path under a file) is the environment's, not a bug:
+    it raises SviteError naming ``path``, and the previous version of the file stays as it was."""
     path = Path(path)
+    try:
+        return _atomic_write(path, payload)
+    except OSError as err:
+        raise SviteError(f"{path}: cannot write ({err.strerror or err}); "
+                         f"{'the previous version was left as it was' if path.exists() else 'nothing was written'}"
+                         ) from None
+
+
+def _atomic_write(path: Path, payload: bytes | Callable[[io.BufferedWriter], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

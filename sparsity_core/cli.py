@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -172,6 +171,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="validate a checkpoint: exit 0 if every loader check passes, else 2",
+                       description="Load a checkpoint with every check the loader makes (sizes, masks, history, "
+                       "metadata) and print one line. The app runs this on uploads, in a separate process.")
+    p.add_argument("path")
+    p.add_argument("--num-heads", type=int, default=None, help="head count for plain state dicts (not in the weights)")
+    p.set_defaults(func=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(args.path, num_heads=args.num_heads)
+    print(f"ok: {args.path}: {loaded.format}, {loaded.model_config.name}, {loaded.method}, "
+          f"{len(loaded.history)} snapshots")
+    return 0
+
+
 def _add_compact(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compact", help="structured checkpoint -> physically smaller model (S2ViTE)")
     p.add_argument("path")
@@ -189,7 +206,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def _emit(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result, indent=2, default=str))
+        from .report import to_json
+
+        print(to_json(result))
         return
     for key, value in result.items():
         if isinstance(value, list) and value and isinstance(value[0], dict):
@@ -214,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_inspect(sub)
+    _add_check(sub)
     _add_compact(sub)
     return parser
 
@@ -227,14 +247,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SviteError as err:
-        print(f"svite {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _bad_input(args.command, _one_line(err))
+    except OSError as err:  # the filesystem said no (missing, read-only, full, not a directory): not a bug
+        where = f"{err.filename}: " if err.filename else ""
+        return _bad_input(args.command, f"{where}{err.strerror or _one_line(err)}")
+    except MemoryError:
+        return _bad_input(args.command, "out of memory; use smaller sizes (--batch-size, --train-size, --img-size)")
     except KeyboardInterrupt:
         print(f"svite {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # an internal error: still one line unless asked for the traceback
+        if type(err).__name__ == "OutOfMemoryError":  # torch's, for the accelerator: sizes the user chose
+            return _bad_input(args.command, "out of GPU memory; use a smaller --batch-size")
         if os.environ.get("SVITE_DEBUG"):
             traceback.print_exc()
         print(f"svite {args.command}: internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
               " (set SVITE_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
+
+
+def _bad_input(command: str, message: str) -> int:
+    print(f"svite {command}: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line. A DataLoader worker re-raises a SviteError with the worker's
+    traceback in its message; the original message is its last line."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and any("Traceback" in ln for ln in lines):
+        last = lines[-1]
+        prefix, _, rest = last.partition(": ")
+        return rest if prefix.endswith("Error") and rest else last
+    return " ".join(lines) or type(err).__name__

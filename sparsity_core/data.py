@@ -22,6 +22,7 @@ from PIL import Image
 
 # Importing this module runs sparsity_core/__init__, which makes ``import timm`` safe on CPU torch.
 from sparsity_core.errors import SviteError
+from sparsity_core.imagefiles import ImageFiles, class_folders, read_image_bytes, scan_images
 
 __all__ = [
     "DEMO_MEAN",
@@ -34,6 +35,7 @@ __all__ = [
     "image_to_input",
     "make_loader",
     "patch_mask_from_pixels",
+    "read_image_bytes",
     "sample_images",
 ]
 
@@ -363,16 +365,11 @@ class DataBundle:
 
 
 class _CheckedImageDataset(torch.utils.data.Dataset):
-    """A timm ImageDataset (optionally a subset of it) that fails loudly on a broken image file.
+    """Image files (optionally a subset of them) that fail loudly, naming the file, on an unreadable,
+    non-regular or oversized image (see ``imagefiles``) instead of quietly using another one."""
 
-    timm logs a warning and silently substitutes the *next* image for one it cannot decode; for a
-    user's own folder we would rather stop with the file's name than train on quietly shifted data.
-    """
-
-    def __init__(self, base: Any, indices: Sequence[int] | None = None) -> None:
+    def __init__(self, base: ImageFiles, indices: Sequence[int] | None = None) -> None:
         self.base = base
-        # Private in timm: the number of consecutive unreadable files it skips over before giving up.
-        base._max_retries = 1
         self.indices = list(indices) if indices is not None else None
 
     def __len__(self) -> int:
@@ -385,31 +382,16 @@ class _CheckedImageDataset(torch.utils.data.Dataset):
 
     def filename(self, i: int) -> str:
         """Absolute path of sample i (for error messages and the app)."""
-        return str(self.base.filename(self._base_index(i), absolute=True))
+        return self.base.filename(self._base_index(i))
 
     @property
     def targets(self) -> list[int]:
-        samples = self.base.reader.samples
+        samples = self.base.samples
         idx = self.indices if self.indices is not None else range(len(samples))
         return [int(samples[j][1]) for j in idx]
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        j = self._base_index(i)
-        try:
-            return self.base[j]
-        except (OSError, RuntimeError, ValueError, SyntaxError) as err:
-            path = str(self.base.filename(j, absolute=True))
-            raise SviteError(f"{path}: cannot read image ({_why_unreadable(path, err)})") from err
-
-
-def _why_unreadable(path: str, err: BaseException) -> str:
-    """The decoder's own complaint about a file (timm's retry error hides it)."""
-    try:
-        with Image.open(path) as im:
-            im.convert("RGB")
-    except Exception as probe:  # any decoder failure is the answer we want
-        err = probe
-    return str(err).replace(f"'{path}'", "").replace(path, "").strip() or type(err).__name__
+        return self.base[self._base_index(i)]
 
 
 def _natural_key(name: str) -> Any:
@@ -418,32 +400,22 @@ def _natural_key(name: str) -> Any:
     return natural_key(name)
 
 
-def _class_folders(path: Path) -> list[str]:
-    return sorted(
-        (p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=_natural_key,
-    )
-
-
-def _scan_split(path: Path) -> tuple[Any, list[str]]:
-    """Index path/<class>/* with timm's folder reader; returns (reader, class names that hold images)."""
+def _scan_split(path: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """(image file, class index) of path/<class>/*; returns the samples and the classes that hold images."""
     from timm.data.readers import get_img_extensions
-    from timm.data.readers.reader_image_folder import ReaderImageFolder
 
-    folders = _class_folders(path)
+    folders = class_folders(path, _natural_key)
     if not folders:
         raise SviteError(f"{path}: no class folders (expected {path}/<class>/<image files>)")
-    try:
-        reader = ReaderImageFolder(str(path), class_map={name: k for k, name in enumerate(folders)})
-    except RuntimeError as err:
-        exts = " ".join(sorted(get_img_extensions(as_set=True)))
-        raise SviteError(f"{path}: no images found in its class folders (looked for {exts})") from err
-    present = sorted({target for _, target in reader.samples})
+    exts = get_img_extensions(as_set=True)
+    samples = scan_images(path, folders, exts, _natural_key)
+    if not samples:
+        raise SviteError(f"{path}: no images found in its class folders (looked for {' '.join(sorted(exts))})")
+    present = sorted({target for _, target in samples})
     if len(present) != len(folders):  # drop empty class folders, keep indices contiguous
         remap = {old: new for new, old in enumerate(present)}
-        reader.samples = [(f, remap[t]) for f, t in reader.samples]
-        reader.class_to_idx = {folders[old]: new for old, new in remap.items()}
-    return reader, [folders[k] for k in present]
+        samples = [(f, remap[t]) for f, t in samples]
+    return samples, [folders[k] for k in present]
 
 
 def _subset(n_total: int, n_keep: int | None, seed: int, tag: str) -> list[int] | None:
@@ -458,7 +430,7 @@ def _build_folder(
     root: Path, img_size: int, seed: int, train_size: int | None, val_size: int | None,
     auto_augment: str | None = None,
 ) -> DataBundle:
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageDataset, create_transform
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 
     mean = tuple(float(m) for m in IMAGENET_DEFAULT_MEAN)
     std = tuple(float(s) for s in IMAGENET_DEFAULT_STD)
@@ -474,8 +446,8 @@ def _build_folder(
         raise SviteError(f"{root}: has a {have}/ folder but no {missing}/ folder (need both, or neither)")
 
     if train_dir.is_dir():
-        train_reader, classes = _scan_split(train_dir)
-        val_reader, val_classes = _scan_split(val_dir)
+        train_samples, classes = _scan_split(train_dir)
+        val_samples, val_classes = _scan_split(val_dir)
         if classes != val_classes:
             only_train = sorted(set(classes) - set(val_classes))[:5]
             only_val = sorted(set(val_classes) - set(classes))[:5]
@@ -483,15 +455,15 @@ def _build_folder(
                 f"{root}: train/ and val/ have different classes "
                 f"(only in train: {only_train or '-'}, only in val: {only_val or '-'})"
             )
-        train_base = ImageDataset(str(train_dir), reader=train_reader, transform=train_tf)
-        val_base = ImageDataset(str(val_dir), reader=val_reader, transform=val_tf)
+        train_base = ImageFiles(train_samples, train_tf)
+        val_base = ImageFiles(val_samples, val_tf)
         train_idx = _subset(len(train_base), train_size, seed, "train-subset")
         val_idx = _subset(len(val_base), val_size, seed, "val-subset")
     else:
-        reader, classes = _scan_split(root)
+        samples, classes = _scan_split(root)
         # Deterministic stratified 90/10 split, so every class with >= 2 images appears in both halves.
         rng = np.random.default_rng([seed, _split_key("folder-split")])
-        targets = np.array([t for _, t in reader.samples], dtype=np.int64)
+        targets = np.array([t for _, t in samples], dtype=np.int64)
         train_all: list[int] = []
         val_all: list[int] = []
         for c in range(len(classes)):
@@ -505,8 +477,8 @@ def _build_folder(
             raise SviteError(f"{root}: too few images to split into train and val (need >= 2 in some class)")
         train_all.sort()
         val_all.sort()
-        train_base = ImageDataset(str(root), reader=reader, transform=train_tf)
-        val_base = ImageDataset(str(root), reader=reader, transform=val_tf)
+        train_base = ImageFiles(samples, train_tf)
+        val_base = ImageFiles(samples, val_tf)
         train_sub = _subset(len(train_all), train_size, seed, "train-subset")
         val_sub = _subset(len(val_all), val_size, seed, "val-subset")
         train_idx = train_all if train_sub is None else [train_all[k] for k in train_sub]

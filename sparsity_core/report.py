@@ -4,6 +4,8 @@ contract of CLI.md)."""
 from __future__ import annotations
 
 import copy
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from .compact import compact, max_logit_diff
 from .data import build_data, make_loader
 from .errors import SviteError
 from .evaluate import count_flops, count_parameters, evaluate_accuracy, measure_throughput
+from .limits import check_eval_flags, model_dims
 from .masks import MaskSet, default_sparsifiable, head_unit_name, neuron_unit_name
 from .models import describe_model, num_patches
 from .units import unit_weight_masks
@@ -101,17 +104,17 @@ def inspect_checkpoint(loaded: LoadedCheckpoint) -> dict[str, Any]:
 def evaluate_checkpoint(loaded: LoadedCheckpoint, data: str | None = None, batch_size: int = 64,
                         val_size: int | None = None, throughput_batch: int = 32) -> dict[str, Any]:
     """The ``svite eval --json`` document: accuracy on the validation split, size, FLOPs, speed."""
-    if batch_size < 1 or throughput_batch < 1:
-        raise SviteError("--batch-size and --throughput-batch must be >= 1")
     model = loaded.model
+    source = data or (loaded.meta.get("data") or {}).get("source") or "demo"
+    train_cfg = loaded.meta.get("train_config") or {}
+    val_size = val_size or train_cfg.get("val_size")
+    check_eval_flags(model_dims(model), source == "demo", batch_size, val_size, throughput_batch)
     if loaded.masks is not None:
         loaded.masks.apply(model)  # the sparse model is weights * masks, whatever the file held
     arch = describe_model(model)
-    source = data or loaded.meta.get("data", {}).get("source") or "demo"
-    train_cfg = loaded.meta.get("train_config", {})
     bundle = build_data(source, img_size=arch["img_size"], patch_size=arch["patch_size"],
                         seed=int(train_cfg.get("seed", 0)), train_size=1 if source == "demo" else None,
-                        val_size=val_size or train_cfg.get("val_size"))
+                        val_size=val_size)
     if bundle.num_classes > arch["num_classes"]:
         raise SviteError(f"--data {source}: {bundle.num_classes} classes, but the model has {arch['num_classes']} outputs")
     acc = evaluate_accuracy(model, make_loader(bundle.val, batch_size, shuffle=False, seed=0))
@@ -189,3 +192,20 @@ def compact_file(path: str | Path, out: str | Path) -> dict[str, Any]:
                    for i, b in enumerate(reloaded.blocks)],
     }
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float as None: JSON has no NaN (``json.dumps`` would write a bare
+    ``NaN`` that strict parsers reject), and an empty validation set gives a NaN loss."""
+    if getattr(obj, "ndim", None) == 0 and hasattr(obj, "item"):  # numpy / torch scalars
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def to_json(document: dict[str, Any]) -> str:
+    """The ``--json`` output of inspect/eval/compact: strict JSON, null for NaN/inf."""
+    return json.dumps(json_safe(document), indent=2, default=str, allow_nan=False)

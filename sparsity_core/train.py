@@ -46,8 +46,10 @@ from .data import build_data, make_loader
 from .dst import EngineContext, SparsityEngine, build_engine
 from .errors import SviteError
 from .evaluate import evaluate_accuracy
+from .limits import check_train_flags
 from .masks import Snapshot
 from .models import ModelConfig, SelectorConfig, build_model, input_geometry, is_vit_name
+from .rundir import check_out_dir, remove_unstarted
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -312,6 +314,7 @@ def validate_config(cfg: TrainConfig) -> None:
             raise SviteError(message)
     if not is_vit_name(cfg.model):
         raise SviteError(f"--model: unknown model '{cfg.model}' (a timm ViT/DeiT name, or vit_tiny_demo)")
+    check_train_flags(cfg)  # size caps, the model checked on the meta device, a memory estimate
 
 
 def _loss_is_finite(loss: torch.Tensor, ddp: Dist) -> bool:
@@ -336,9 +339,14 @@ def train(cfg: TrainConfig, *, show_progress: bool = True, echo_metrics: bool = 
     if resume_path is None and ddp.is_main and (out / CHECKPOINT_NAME).exists():
         raise SviteError(f"{out}: already holds a run (checkpoint.safetensors); pass --resume {out} to continue it "
                          "or choose another --out")
-    lock = RunLock(out) if ddp.is_main else nullcontext()
-    with lock:
-        return _train(cfg, out, ddp, device, resume_path, show_progress, echo_metrics)
+    created = check_out_dir(out) if ddp.is_main else None
+    try:
+        with RunLock(out) if ddp.is_main else nullcontext():
+            return _train(cfg, out, ddp, device, resume_path, show_progress, echo_metrics)
+    except (SviteError, OSError):
+        if created is not None:
+            remove_unstarted(created, out)
+        raise
 
 
 def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_path: Path | None,
@@ -364,6 +372,10 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
     init_masks = None
     if cfg.init and resume_path is None:
         init = load_checkpoint(cfg.init)
+        bad = next((k for k, v in init.model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()),
+                   None)
+        if bad is not None:
+            raise SviteError(f"--init {cfg.init}: weight {bad} holds NaN or infinite values; refusing to start from it")
         try:
             model.load_state_dict(init.model.state_dict(), strict=True)
         except RuntimeError as err:
@@ -399,7 +411,7 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
     # state: fresh or resumed ------------------------------------------------------------------
     step, start_epoch, history = 0, 0, []
     if resume_path is not None:
-        step, start_epoch, history = _resume(resume_path, model, optimizer, scheduler, engine, device)
+        step, start_epoch, history = _resume(resume_path, model, optimizer, scheduler, engine, device, steps_per_epoch)
     meta_base = {"data": {"source": data.source, "img_size": data.img_size, "mean": list(data.mean),
                           "std": list(data.std), "class_names": data.class_names},
                  "train_config": cfg.to_dict(), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
@@ -407,11 +419,11 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
     log = MetricsLog(out / METRICS_NAME if ddp.is_main else None, echo=echo_metrics and ddp.is_main)
     if ddp.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
-            stale.unlink(missing_ok=True)
         # drop what a killed attempt logged after the checkpoint we start from; on a fresh start (step 0)
         # that is every step line of an attempt killed before its first checkpoint, and any torn line
         _truncate_metrics(out / METRICS_NAME, step)
+        for stale in out.glob(".*.tmp"):  # half-written files of a killed run (we hold the lock)
+            stale.unlink(missing_ok=True)
         atomic_write_bytes(out / CONFIG_NAME, json.dumps(cfg.to_dict(), indent=2).encode())
         log.write({"kind": "start", "step": step, "epoch": start_epoch, "total_steps": total_steps,
                    "steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs, "method": cfg.method,
@@ -463,8 +475,9 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
             with autocast():
                 loss = loss_fn(train_model(images), targets)
             if not _loss_is_finite(loss, ddp):
-                raise SviteError(f"training diverged: loss is {loss.item()} at step {step} (epoch {epoch + 1}); "
-                                 f"the last good checkpoint {checkpoint} was left untouched")
+                kept = (f"the last good checkpoint {checkpoint} was left untouched" if checkpoint.exists() else
+                        "no checkpoint had been written yet" + (f" (check --init {cfg.init})" if cfg.init else ""))
+                raise SviteError(f"training diverged: loss is {loss.item()} at step {step} (epoch {epoch + 1}); {kept}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad is not None:
@@ -532,28 +545,60 @@ def _check_ranks_agree(engine: SparsityEngine, step: int, device: torch.device) 
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics lines a killed attempt wrote after the step we (re)start from, and torn lines."""
+    """Drop metrics lines a killed attempt wrote after the step we (re)start from, and torn lines.
+
+    A line that is JSON but no metrics record, or a file that is not text, is somebody's edit, not a
+    kill: refused (naming the line) before anything is written, rather than silently dropped."""
     if not path.exists():
         return
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SviteError(f"{path}: not UTF-8 text (bad byte at offset {err.start}); fix or remove the file "
+                         "to continue this run") from None
     kept = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line torn by the kill
-        if record.get("kind") in ("start", "end") or int(record.get("step", 0)) <= step:
+        except RecursionError:
+            record = None
+        at = record.get("step", 0) if isinstance(record, dict) else None
+        if isinstance(at, bool) or not isinstance(at, (int, float)):
+            raise SviteError(f"{path}: line {number} is not a metrics record ({line[:40]!r}); fix or remove it "
+                             "to continue this run")
+        if record.get("kind") in ("start", "end") or at <= step:
             kept.append(line)
     atomic_write_bytes(path, ("\n".join(kept) + "\n").encode() if kept else b"")
 
 
 def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-            engine: SparsityEngine, device: torch.device) -> tuple[int, int, list[Snapshot]]:
-    """Restore weights, masks, history, optimizer, schedule, engine and RNG from a run directory."""
+            engine: SparsityEngine, device: torch.device, steps_per_epoch: int) -> tuple[int, int, list[Snapshot]]:
+    """Restore weights, masks, history, optimizer, schedule, engine and RNG from a run directory.
+
+    Runs before anything in the run directory is written. A failure while restoring comes from the
+    files (a damaged or hand-edited resume state) or from flags that no longer fit them, so it is
+    reported as ``--resume`` naming the file, not as an internal error."""
     loaded = load_checkpoint(path)
     sidecar = path.parent / str(loaded.meta.get("resume_file", ""))
     if not loaded.meta.get("resume_file") or not sidecar.is_file():
         raise SviteError(f"--resume {path}: its resume state ({sidecar.name or 'resume-*.pt'}) is missing")
+    if loaded.meta.get("steps_per_epoch") != steps_per_epoch:
+        raise SviteError(f"--resume {path}: the run had {loaded.meta.get('steps_per_epoch')} steps per epoch, these "
+                         f"flags give {steps_per_epoch}; resume with the run's --batch-size, --train-size and data")
     state = load_resume_state(sidecar)
+    try:
+        return _restore(path, loaded, state, model, optimizer, scheduler, engine, device, steps_per_epoch)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        raise SviteError(f"--resume {path}: the resume state {sidecar} is damaged or does not fit this run "
+                         f"({type(err).__name__}: {first})") from None
+
+
+def _restore(path: Path, loaded: Any, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: Any, engine: SparsityEngine, device: torch.device,
+             steps_per_epoch: int) -> tuple[int, int, list[Snapshot]]:
     if int(state["step"]) != int(loaded.meta.get("step", -1)):
         raise SviteError(f"--resume {path}: resume state is for step {state['step']}, checkpoint for "
                          f"step {loaded.meta.get('step')}")
@@ -568,5 +613,4 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sche
     set_rng_state(state["rng"])
     step = int(state["step"])
     scheduler.step_update(num_updates=step)
-    steps_per_epoch = int(loaded.meta["steps_per_epoch"])
     return step, step // steps_per_epoch, loaded.history

@@ -17,7 +17,7 @@ from sparsity_core.checkpoint import (
     save_checkpoint,
     save_resume_state,
 )
-from sparsity_core.errors import CheckpointError
+from sparsity_core.errors import CheckpointError, SviteError
 from sparsity_core.masks import MaskSet, Snapshot, default_sparsifiable, head_unit_name, neuron_unit_name
 from sparsity_core.models import build_model
 
@@ -64,7 +64,7 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         fh.write(b"half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(SviteError, match=r"ckpt.bin: cannot write \(disk full\); the previous version was left as it"):
         atomic_write_bytes(target, explode)
     assert target.read_bytes() == b"good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.bin"]  # no temp file left behind
