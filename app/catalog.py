@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparsity_core.checkpoint import atomic_write_bytes, load_checkpoint
+from sparsity_core import validate
 from sparsity_core.errors import CheckpointError, SviteError
 
 from .settings import CHECKPOINT_SUFFIXES, checkpoints_dir, runs_dir, uploads_dir
 
 #: Shipped demo checkpoints, in the order the picker lists them (file stems of checkpoints/).
 DEMO_ORDER = ("svite-plus", "svite", "s2vite", "dense")
+#: Hidden folder of the uploads folder where uploads wait for their check (never listed).
+QUARANTINE = ".quarantine"
+CHECK_TIMEOUT_S = 180
 
 
 @dataclass(frozen=True)
@@ -67,10 +76,13 @@ def _safe_name(name: str) -> str:
 
 
 def save_upload(name: str, data: bytes, limit_mb: int) -> Path:
-    """Keep an uploaded checkpoint if the loader can read it; raise a one-line SviteError if not.
+    """Keep an uploaded checkpoint only if it passes the loader's checks; raise a one-line SviteError if not.
 
-    The file is named by its content hash (an upload of the same bytes is stored once) and removed
-    again when it cannot be read, so the picker never lists a broken upload.
+    The bytes go to a hidden quarantine folder first and are checked there by ``svite check`` in a
+    separate process under a memory limit, so a hostile file can at worst kill that process, never
+    the app. Only a file that passed is moved where the picker looks (named by its content hash, so
+    the same bytes are stored once); a file that failed or whose check was killed is deleted, and a
+    quarantine left over by a crash is never listed.
     """
     suffix = Path(name).suffix.lower()
     if suffix not in CHECKPOINT_SUFFIXES:
@@ -80,17 +92,68 @@ def save_upload(name: str, data: bytes, limit_mb: int) -> Path:
     if len(data) > limit_mb * 1024 * 1024:
         raise SviteError(f"{name}: {len(data) / 2**20:.0f} MB is over the {limit_mb} MB upload limit")
     digest = hashlib.sha256(data).hexdigest()[:12]
-    path = uploads_dir() / f"{digest}-{_safe_name(name)}"
-    if not path.exists():
-        atomic_write_bytes(path, data)
+    final = uploads_dir() / f"{digest}-{_safe_name(name)}"
+    quarantine = uploads_dir() / QUARANTINE
+    quarantine.mkdir(parents=True, exist_ok=True)
+    _sweep(quarantine)
+    fd, tmp = tempfile.mkstemp(prefix=f"{digest}-", suffix=suffix, dir=quarantine)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
     try:
-        load_checkpoint(path)
-    except SviteError as err:
-        path.unlink(missing_ok=True)
-        msg = str(err).replace(str(path), name)
-        raise CheckpointError(msg) from None
-    except Exception as err:  # anything else the loader trips over is still "cannot read this file"
-        path.unlink(missing_ok=True)
-        raise CheckpointError(f"{name}: cannot be read as a checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
-    return path
+        try:
+            validate.sniff(Path(tmp))  # garbage and torn files are refused here at once
+        except SviteError as err:
+            raise CheckpointError(str(err).replace(tmp, name)) from None
+        check_checkpoint(Path(tmp), name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        final.unlink(missing_ok=True)  # an earlier copy of the same bytes is no better
+        raise
+    os.replace(tmp, final)
+    return final
+
+
+def check_checkpoint(path: Path, name: str) -> None:
+    """Run ``svite check`` on ``path`` in a child process with at most ``check_memory_mb`` of memory;
+    raise CheckpointError with one sentence about ``name`` unless it passed."""
+    limit = check_memory_mb(path.stat().st_size)
+    code = ("import resource, sys; from sparsity_core.cli import main; "
+            f"resource.setrlimit(resource.RLIMIT_AS, ({limit} << 20, {limit} << 20)); "
+            f"sys.exit(main(['check', sys.argv[1]]))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
+                              timeout=CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise CheckpointError(f"{name}: the check did not finish within {CHECK_TIMEOUT_S} s; not kept") from None
+    if proc.returncode == 0:
+        return
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    if proc.returncode == 2 and last.startswith("svite check: error: "):
+        raise CheckpointError(last[len("svite check: error: "):].replace(str(path), name))
+    if proc.returncode < 0:
+        why = signal.Signals(-proc.returncode).name
+        raise CheckpointError(f"{name}: the check was killed ({why}, probably out of memory); not kept")
+    if "MemoryError" in last or "allocate memory" in last or "out of memory" in last:
+        raise CheckpointError(f"{name}: the check ran out of its {check_memory_mb(path.stat().st_size)} MB of "
+                              "memory; not kept")
+    raise CheckpointError(f"{name}: cannot be read as a checkpoint (the check failed: "
+                          f"{last.replace(str(path), name)[:160] or f'exit code {proc.returncode}'})")
+
+
+def check_memory_mb(file_size: int) -> int:
+    """Address-space limit of the check process: the interpreter with torch and timm (~1 GB of
+    mappings) plus room for a load, which validation bounds by a few times the file's size."""
+    return 1536 + 8 * file_size // 2**20
+
+
+def _sweep(quarantine: Path) -> None:
+    """Remove quarantined files older than the longest check (left by an app killed mid-check)."""
+    cutoff = time.time() - 2 * CHECK_TIMEOUT_S
+    for p in quarantine.iterdir():
+        try:
+            if p.stat().st_mtime < cutoff:
+                p.unlink()
+        except OSError:
+            pass

@@ -134,7 +134,8 @@ def _upload(box: Any) -> None:
         if st.session_state.get("_upload_id") != up.file_id:
             st.session_state["_upload_id"] = up.file_id
             try:
-                path = catalog.save_upload(up.name, up.getvalue(), limit)
+                with st.spinner(f"Checking {up.name} (in a separate process)…"):
+                    path = catalog.save_upload(up.name, up.getvalue(), limit)
             except SviteError as err:
                 st.session_state["_upload_msg"] = ("error", f"Cannot use this upload: {err}")
             else:

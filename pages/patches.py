@@ -3,15 +3,13 @@ much the two agree, how the keep map changed over training, and how often each p
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import streamlit as st
-from PIL import Image, UnidentifiedImageError
 
 from app import figures, loaders, ui
 from app.settings import IMAGE_SUFFIXES, IMAGE_UPLOAD_MB
 from sparsity_core import analysis
+from sparsity_core.data import read_image_bytes
+from sparsity_core.errors import SviteError
 
 METHODS = {"integrated_gradients": "Integrated gradients (captum)", "occlusion": "Occlusion, patch by patch (captum)",
            "input_x_gradient": "Input × gradient (captum)", "attention_rollout": "Attention rollout"}
@@ -47,9 +45,9 @@ with ui.controls("Image and attribution"):
             st.warning(f"{up.name}: {up.size / 2**20:.0f} MB is over the {IMAGE_UPLOAD_MB} MB image limit")
             st.stop()
         try:
-            image = np.array(Image.open(io.BytesIO(up.getvalue())).convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            st.warning(f"{up.name}: not a readable image ({type(err).__name__})")
+            image = read_image_bytes(up.getvalue(), up.name)  # bombs and broken files: one sentence
+        except SviteError as err:
+            st.warning(str(err))
             st.stop()
     method = st.selectbox("Attribution", list(METHODS), format_func=METHODS.get, key="patch_method")
 

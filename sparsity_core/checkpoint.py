@@ -22,7 +22,6 @@ import json
 import os
 import pickle
 import platform
-import struct
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
@@ -41,7 +40,7 @@ from .models import ModelConfig, SelectorConfig, infer_config_from_state_dict
 
 FORMAT = "svite-explorer"
 FORMAT_VERSION = 1
-MAX_CHECKPOINT_BYTES = 4 * 1024**3
+MAX_CHECKPOINT_BYTES = validate.MAX_CHECKPOINT_BYTES
 
 
 @dataclass
@@ -187,28 +186,6 @@ def load_resume_state(path: str | Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------
 # loading: file level
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path}: file is empty")
-    if size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path}: file is {size / 1e9:.1f} GB, larger than the {MAX_CHECKPOINT_BYTES / 1e9:.0f} GB "
-                              "limit")
-
-
-def _looks_like_safetensors(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    if len(head) < 9:
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return 0 < n < path.stat().st_size and head[8:9] == b"{"
-
-
 def _one_line(err: BaseException) -> str:
     return validate.one_line(err)
 
@@ -241,8 +218,8 @@ def _torch_load_safe(path: Path) -> Any:
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A plain weight dict from ``.safetensors``/``.pth``/``.bin`` (bare or under model/state_dict)."""
     path = Path(path)
-    _check_file(path)
-    if _looks_like_safetensors(path):
+    validate.check_file(path)
+    if validate.looks_like_safetensors(path):
         tensors, meta = validate.read_safetensors(path)
         if "svite_explorer" in meta:
             return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
@@ -290,8 +267,8 @@ def load_checkpoint(path: str | Path, *, num_heads: int | None = None) -> Loaded
 
 
 def _load_any(path: Path, num_heads: int | None) -> LoadedCheckpoint:
-    _check_file(path)
-    if _looks_like_safetensors(path):
+    validate.check_file(path)
+    if validate.looks_like_safetensors(path):
         tensors, meta = validate.read_safetensors(path)
         if "svite_explorer" in meta:
             return _load_ours(path, tensors, meta["svite_explorer"])
@@ -311,9 +288,9 @@ def _load_ours(path: Path, tensors: dict[str, torch.Tensor], header_json: str) -
     model = validate.build_checked(path, config, {k[len("model/"):]: v for k, v in tensors.items()
                                                   if k.startswith("model/")})
     params, units = validate.parameter_shapes(model), validate.unit_shapes(model)
-    groups = {group: validate.packed_group(path, tensors, group, header.get(f"{group}_shapes"),
-                                           units if group == "unit" else params)
-              for group in ("mask", "unit", "fired")}
+    expected = {"mask": params, "unit": units, "fired": {**params, **units}}  # S2ViTE's fired holds units too
+    groups = {group: validate.packed_group(path, tensors, group, header.get(f"{group}_shapes"), want)
+              for group, want in expected.items()}
     history = validate.history_entries(path, tensors, header.get("history") or [], model)
     meta = {k: v for k, v in header.items() if k not in ("mask_shapes", "unit_shapes", "fired_shapes", "history")}
     masks, units_, fired = (g.unpack() if g is not None else None for g in groups.values())

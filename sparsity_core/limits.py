@@ -15,6 +15,7 @@ exact for any timm name and override and allocates nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -126,9 +127,15 @@ def skeleton(config: ModelConfig, name: Namer = flag_name) -> nn.Module:
     check_model_config(config, name)
     try:
         with torch.device("meta"):
-            return build_model(config)
+            return build_model(without_init(config))
     except (ArithmeticError, IndexError, KeyError) as err:  # timm's arithmetic on a bad combination of sizes
         raise SviteError(f"cannot build model '{config.name}': {type(err).__name__}: {err}") from None
+
+
+def without_init(config: ModelConfig) -> ModelConfig:
+    """``config`` for a model whose weights are about to be overwritten: timm skips its init pass
+    (trunc_normal_ over every weight, most of the build time), which loading would undo anyway."""
+    return dataclasses.replace(config, extra={**config.extra, "weight_init": "skip"})
 
 
 # ----------------------------------------------------------------------------------------------

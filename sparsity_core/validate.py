@@ -27,15 +27,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 import torch
 from torch import nn
 
 from .errors import CheckpointError, SviteError
-from .limits import human_bytes, skeleton
+from .limits import human_bytes, skeleton, without_init
 from .masks import PackedMasks, Snapshot, check_packed, head_unit_name, neuron_unit_name
 from .models import ModelConfig, build_model
 
+MAX_CHECKPOINT_BYTES = 4 * 1024**3
 MAX_HISTORY = 10_000  # snapshots in one checkpoint (a long ImageNet run with frequent updates has ~4000)
 MAX_METADATA_CHARS = 64 * 2**20
 _NUMBER = (int, float)
@@ -60,6 +62,49 @@ def one_line(err: BaseException) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # 1. bytes
+def check_file(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    if not path.is_file():  # a FIFO would block the first read forever
+        raise CheckpointError(f"{path}: not a regular file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: file is empty")
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: file is {size / 1e9:.1f} GB, larger than the {MAX_CHECKPOINT_BYTES / 1e9:.0f} GB "
+                              "limit")
+
+
+def looks_like_safetensors(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 0 < n < path.stat().st_size and head[8:9] == b"{"
+
+
+def sniff(path: Path) -> None:
+    """The file-level checks alone, without reading any tensor: cheap enough to run in the app's own
+    process before an upload goes to the (slower, memory-limited) full check in a child process."""
+    check_file(path)
+    if looks_like_safetensors(path):
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as fh:  # parses and checks the header only
+                fh.metadata()
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(err)}); "
+                                  "the file may be truncated or corrupt") from None
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if head != b"PK" and head[:1] != b"\x80":  # a torch zip archive, or a raw pickle
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (neither safetensors, nor a torch "
+                              "archive, nor a pickle)")
+
+
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file, copied out of it (no memory map survives)."""
     try:
@@ -172,7 +217,7 @@ def build_checked(path: Path, config: ModelConfig, state: Mapping[str, torch.Ten
         if got.dtype.is_floating_point != want.dtype.is_floating_point or got.is_complex():
             raise CheckpointError(f"{path}: {key} is stored as {got.dtype}, the model needs {want.dtype}")
     try:
-        model = build_model(config)
+        model = build_model(without_init(config))  # every weight is overwritten just below
     except SviteError as err:
         raise CheckpointError(f"{path}: {err}") from None
     model.load_state_dict(dict(state), strict=True)
