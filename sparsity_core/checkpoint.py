@@ -345,13 +345,12 @@ def _load_official(path: Path, ckpt: dict[str, Any], *, num_heads: int | None) -
     params = dict(model.named_parameters())
     pruning_type = str(args_dict.get("pruning_type", ""))
     units = None
-    if ckpt.get("mask"):
-        masks = MaskSet(validate.official_masks(path, ckpt["mask"], params, _official_mask_name, "mask"))
-    elif ckpt.get("atten_mask") or ckpt.get("other_mask"):
-        atten = validate.official_masks(path, ckpt.get("atten_mask") or {}, params, _structured_mask_name,
-                                        "atten_mask")
-        other = validate.official_masks(path, ckpt.get("other_mask") or {}, params, _structured_mask_name,
-                                        "other_mask")
+    raw = {key: validate.official_group(path, ckpt, key) for key in ("mask", "atten_mask", "other_mask", "fired_mask")}
+    if raw["mask"]:
+        masks = MaskSet(validate.official_masks(path, raw["mask"], params, _official_mask_name, "mask"))
+    elif raw["atten_mask"] or raw["other_mask"]:
+        atten, other = (validate.official_masks(path, raw[key], params, _structured_mask_name, key)
+                        for key in ("atten_mask", "other_mask"))
         masks, units = _official_structured(model, atten, other)
     else:
         masks = MaskSet.from_weights(model, default_sparsifiable(model))  # saved right after a masked step
@@ -361,8 +360,8 @@ def _load_official(path: Path, ckpt: dict[str, Any], *, num_heads: int | None) -
     if selector_state:
         method += "+"
     fired = None
-    if ckpt.get("fired_mask"):
-        fired = MaskSet(validate.official_masks(path, ckpt["fired_mask"], params, _official_mask_name, "fired_mask"))
+    if raw["fired_mask"]:
+        fired = MaskSet(validate.official_masks(path, raw["fired_mask"], params, _official_mask_name, "fired_mask"))
     meta = {"method": method, "source_format": "svite-official", "epoch": ckpt.get("epoch"),
             "settings": {k: v for k, v in args_dict.items() if isinstance(v, (int, float, str, bool, type(None)))}}
     return LoadedCheckpoint(path=path, format="svite-official", model=model, model_config=config, masks=masks,

@@ -434,11 +434,17 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
         meta = {**meta_base, **engine.describe(), "epoch": epoch_done, "step": step, "metrics": last_metrics,
                 "complete": complete, "resume_file": f"resume-{step:09d}.pt"}
         sidecar = out / meta["resume_file"]
+        new_sidecar = not sidecar.exists()
         save_resume_state(sidecar, {"step": step, "epoch": epoch_done, "optimizer": optimizer.state_dict(),
                                     "scheduler": scheduler.state_dict(), "engine": engine.state_dict(),
                                     "rng": rng_state()})
-        path = save_checkpoint(out / CHECKPOINT_NAME, model, model_config, masks=engine.masks, units=engine.units,
-                               fired=engine.fired, history=history, meta=meta)
+        try:
+            path = save_checkpoint(out / CHECKPOINT_NAME, model, model_config, masks=engine.masks, units=engine.units,
+                                   fired=engine.fired, history=history, meta=meta)
+        except SviteError:  # e.g. no space left: the checkpoint on disk still names its own sidecar
+            if new_sidecar:
+                sidecar.unlink(missing_ok=True)
+            raise
         for old in out.glob("resume-*.pt"):  # only after the new checkpoint names its own sidecar
             if old != sidecar:
                 old.unlink(missing_ok=True)

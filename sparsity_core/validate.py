@@ -304,12 +304,10 @@ def history_entries(path: Path, tensors: Mapping[str, torch.Tensor], entries: li
     return history
 
 
-def official_masks(path: Path, raw: Any, params: Mapping[str, torch.Tensor], name_of: Callable[[str], str],
-                   what: str) -> dict[str, torch.Tensor]:
+def official_masks(path: Path, raw: Mapping[str, Any], params: Mapping[str, torch.Tensor],
+                   name_of: Callable[[str], str], what: str) -> dict[str, torch.Tensor]:
     """Masks of the official SViTE format (float tensors under ``<param>_<idx>``), as booleans, each
     of the shape of the parameter it names."""
-    if not isinstance(raw, Mapping):
-        raise CheckpointError(f"{path}: '{what}' is {type(raw).__name__}, expected a dict of tensors")
     out = {}
     for key, value in raw.items():
         name = name_of(str(key))
@@ -321,6 +319,16 @@ def official_masks(path: Path, raw: Any, params: Mapping[str, torch.Tensor], nam
                                   f"{list(params[name].shape)}")
         out[name] = value.to("cpu") != 0
     return out
+
+
+def official_group(path: Path, ckpt: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """One mask group of the official format: a dict (empty when the run had none), never another type."""
+    value = ckpt.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise CheckpointError(f"{path}: '{key}' is a {type(value).__name__}, expected a dict of tensors")
+    return value
 
 
 def official_int(path: Path, args: Mapping[str, Any], key: str) -> int | None:

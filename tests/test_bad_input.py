@@ -1,18 +1,28 @@
-"""The bad-input catalogue: every case is one clear line, exit code 2, and no existing file changes."""
+"""The bad-input catalogue: every case is one clear line, exit code 2, and no existing file changes.
+
+``CASES`` are the original 32; ``FILE_CASES`` (issue 13) add lying checkpoints (masks read exactly or
+refused, metadata of the wrong type), hostile flags, filesystem refusals and damaged resume state.
+The cases that need a memory measurement or could hang are in ``test_bad_input_sizes.py``.
+"""
 
 from __future__ import annotations
 
+import copy
+import errno
 import hashlib
+import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_model_config
+from hostile import official_variants, ours_variants, plain_variants, tiny_sparse_checkpoint
 from PIL import Image
 
-from sparsity_core.checkpoint import save_checkpoint
+from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
 from sparsity_core.cli import main
 from sparsity_core.models import build_model
 
@@ -63,7 +73,40 @@ def files(tmp_path_factory) -> Path:
     (root / "empty_dir").mkdir()
     # a finished run directory that must never be clobbered
     assert main(["train", *TINY, "--out", str(root / "run")]) == 0
+    ours_variants(tiny_sparse_checkpoint(root / "sparse.safetensors"), root)
+    plain_variants(model, root)
+    official_variants(model, root)
+    nan = build_model(tiny_model_config())
+    with torch.no_grad():
+        nan.head.weight.fill_(float("nan"))
+    save_checkpoint(root / "nan-weights.safetensors", nan, tiny_model_config())
+    _damaged_runs(root)
     return root
+
+
+def _damaged_runs(root: Path) -> None:
+    """Copies of the finished run whose resume state or metrics log was damaged by hand."""
+    sidecar = next((root / "run").glob("resume-*.pt"))
+    state = torch.load(sidecar, weights_only=True)
+    edits = {
+        "run-no-rng": lambda s: s.pop("rng"),
+        "run-bad-rng": lambda s: s.__setitem__("rng", {**s["rng"], "torch": torch.zeros(3, dtype=torch.uint8)}),
+        "run-bad-optimizer": lambda s: s.__setitem__("optimizer", {"state": {}, "param_groups": []}),
+        "run-sidecar-list": None,
+    }
+    for name, edit in edits.items():
+        shutil.copytree(root / "run", root / name)
+        if edit is None:
+            torch.save([1, 2, 3], root / name / sidecar.name)
+            continue
+        changed = copy.deepcopy(state)
+        edit(changed)
+        torch.save(changed, root / name / sidecar.name)
+    for name, line in (("run-metrics-list", b"[1, 2]\n"), ("run-metrics-step-abc", b'{"kind": "step", "step": "abc"}\n'),
+                       ("run-metrics-utf8", b'{"kind": "step", "step": 1, "note": "\xff\xfe"}\n')):
+        shutil.copytree(root / "run", root / name)
+        with open(root / name / "metrics.jsonl", "ab") as fh:
+            fh.write(line)
 
 
 CASES = [
@@ -108,6 +151,155 @@ CASES = [
     ("cuda-absent", ["train", *TINY, "--out", "{r}/x", "--device", "cuda"], "--device cuda"),
     ("unknown-flag", ["train", *TINY, "--out", "{r}/x", "--dnesity", "0.5"], "unrecognized arguments: --dnesity"),
 ]
+
+
+QKV = "'blocks.0.attn.qkv.weight'"
+RESUME = [*TINY, "--epochs", "2"]
+FILE_CASES = [
+    # masks read exactly or refused (these were silent misreads: zero-padded, or any dtype and shape)
+    ("mask-truncated", ["inspect", "{r}/mask-truncated.safetensors"],
+     f"mask-truncated.safetensors: mask {QKV}: packed mask holds 863 bytes, shape [144, 48] needs exactly 864"),
+    ("mask-padded", ["inspect", "{r}/mask-padded.safetensors"], "packed mask holds 865 bytes"),
+    ("mask-float", ["inspect", "{r}/mask-float.safetensors"], "packed mask is a torch.float32 tensor"),
+    ("mask-transposed", ["inspect", "{r}/mask-transposed.safetensors"],
+     f"mask {QKV} has shape [48, 144], but what it masks has shape [144, 48]"),
+    ("mask-unknown-param", ["inspect", "{r}/mask-unknown-param.safetensors"],
+     "mask 'blocks.7.attn.qkv.weight' names no parameter of the model"),
+    ("unit-spare-bits", ["inspect", "{r}/unit-spare-bits.safetensors"], "has bits set past its end"),
+    ("unit-wrong-length", ["inspect", "{r}/unit-wrong-length.safetensors"],
+     "unit 'blocks.0.attn.heads' has shape [6], but what it masks has shape [4]"),
+    ("fired-truncated", ["inspect", "{r}/fired-truncated.safetensors"], f"fired {QKV}: packed mask holds 10 bytes"),
+    ("history-mask-truncated", ["inspect", "{r}/history-mask-truncated.safetensors"],
+     f"history/1/mask {QKV}: packed mask holds 863 bytes"),
+    ("history-mask-missing", ["inspect", "{r}/history-mask-missing.safetensors"],
+     f"history/2/mask {QKV} is declared but its bits are not in the file"),
+    ("eval-mask-truncated", ["eval", "{r}/mask-truncated.safetensors"], "mask-truncated.safetensors: mask"),
+    ("train-init-mask-truncated", ["train", *TINY, "--out", "{r}/new-init-mask", "--init",
+                                   "{r}/mask-truncated.safetensors"], "mask-truncated.safetensors: mask"),
+    ("official-mask-wrong-shape", ["inspect", "{r}/official-mask-wrong-shape.pth"],
+     "has shape [48, 144], but blocks.0.attn.qkv.weight has shape [144, 48]"),
+    ("official-atten-mask-wrong-shape", ["inspect", "{r}/official-atten-mask-wrong-shape.pth"],
+     "atten_mask 'module.blocks.0.attn.qkv.weight_mask' has shape [10, 10]"),
+    # metadata of the wrong type or nesting (these were exit 1, "internal error")
+    ("config-num-heads-0", ["inspect", "{r}/config-num-heads-0.safetensors"], "model_config.num_heads 0: must be in [1, 256]"),
+    ("config-depth-string", ["inspect", "{r}/config-depth-string.safetensors"], "model_config.depth '2': must be an integer"),
+    ("history-an-int", ["inspect", "{r}/history-an-int.safetensors"], "metadata field history is integer 5, expected list"),
+    ("mask-shapes-a-list", ["inspect", "{r}/mask-shapes-a-list.safetensors"],
+     "metadata field mask_shapes is a list of 2 items, expected object"),
+    ("format-version-string", ["inspect", "{r}/format-version-string.safetensors"],
+     'metadata field format_version is string "x", expected integer'),
+    ("history-step-string", ["inspect", "{r}/history-step-string.safetensors"], "metadata field history[0].step is string"),
+    ("metadata-nested-1e5", ["inspect", "{r}/metadata-nested-1e5.safetensors"], "checkpoint metadata is not valid JSON"),
+    ("metadata-not-object", ["inspect", "{r}/metadata-not-object.safetensors"], "metadata is a JSON list, expected an object"),
+    ("official-token-number-abc", ["inspect", "{r}/official-token-number-abc.pth"], "args.token_number is 'abc', not an integer"),
+    ("official-atten-head-x", ["inspect", "{r}/official-atten-head-x.pth"], "args.atten_head is 'x', not an integer"),
+    ("official-mask-a-tensor", ["inspect", "{r}/official-mask-a-tensor.pth"], "'mask' is a Tensor, expected a dict of tensors"),
+    ("plain-block-index-abc", ["inspect", "{r}/blocks-abc.safetensors", "--num-heads", "4"], "has block index 'abc'"),
+    ("plain-not-a-vit-names-file", ["inspect", "{r}/not-a-vit.safetensors"],
+     "not-a-vit.safetensors: not a ViT/DeiT state dict: no 'patch_embed.proj.weight' key"),
+    ("init-nan-weights", ["train", *TINY, "--out", "{r}/new-nan", "--init", "{r}/nan-weights.safetensors"],
+     "--init {r}/nan-weights.safetensors: weight head.weight holds NaN or infinite values"),
+    # hostile flags (these were exit 1)
+    ("min-lr-nan", ["train", *TINY, "--out", "{r}/x", "--min-lr", "nan"], "--min-lr nan: must be a finite number >= 0"),
+    ("min-lr-negative", ["train", *TINY, "--out", "{r}/x", "--min-lr", "-1"], "--min-lr -1.0: must be a finite number"),
+    ("num-heads-zero", ["train", *TINY, "--out", "{r}/x", "--num-heads", "0"], "--num-heads 0: must be in [1, 256]"),
+    ("embed-dim-zero", ["train", *TINY, "--out", "{r}/x", "--embed-dim", "0"], "--embed-dim 0: must be in [1, 8192]"),
+    ("depth-zero", ["train", *TINY, "--out", "{r}/x", "--depth", "0"], "--depth 0: must be in [1, 64]"),
+    ("seed-2-to-the-70", ["train", *TINY, "--out", "{r}/x", "--seed", str(2**70)],
+     f"--seed {2**70}: must be in [0, {2**63 - 1}]"),
+    # the filesystem says no (these were exit 1)
+    ("out-read-only", ["train", *TINY, "--out", "/proc/sys/svite-run"],
+     "--out /proc/sys/svite-run: cannot create it, /proc/sys is not writable"),
+    ("out-under-a-file", ["train", *TINY, "--out", "{r}/good.safetensors/run"],
+     "--out {r}/good.safetensors/run: {r}/good.safetensors is a file, not a directory"),
+    ("out-an-existing-file", ["train", *TINY, "--out", "{r}/garbage.pth"], "--out {r}/garbage.pth: exists and is not a"),
+    ("out-dev-null", ["train", *TINY, "--out", "/dev/null"], "--out /dev/null: exists and is not a directory"),
+    # damaged resume state: refused before config.json or metrics.jsonl change (these were exit 1)
+    ("resume-sidecar-no-rng", ["train", *RESUME, "--out", "{r}/run-no-rng", "--resume", "{r}/run-no-rng"],
+     "is damaged or does not fit this run (KeyError: 'rng')"),
+    ("resume-sidecar-bad-rng", ["train", *RESUME, "--out", "{r}/run-bad-rng", "--resume", "{r}/run-bad-rng"],
+     "resume-000000002.pt is damaged or does not fit this run"),
+    ("resume-sidecar-bad-optimizer", ["train", *RESUME, "--out", "{r}/run-bad-optimizer", "--resume",
+                                      "{r}/run-bad-optimizer"], "resume-000000002.pt is damaged or does not fit this run"),
+    ("resume-sidecar-a-list", ["train", *RESUME, "--out", "{r}/run-sidecar-list", "--resume", "{r}/run-sidecar-list"],
+     "resume-000000002.pt: not a resume state (expected a dict, found list)"),
+    ("resume-metrics-list-line", ["train", *RESUME, "--out", "{r}/run-metrics-list", "--resume", "{r}/run-metrics-list"],
+     "run-metrics-list/metrics.jsonl: line 4 is not a metrics record ('[1, 2]')"),
+    ("resume-metrics-step-abc", ["train", *RESUME, "--out", "{r}/run-metrics-step-abc", "--resume",
+                                 "{r}/run-metrics-step-abc"], "metrics.jsonl: line 4 is not a metrics record"),
+    ("resume-metrics-bad-utf8", ["train", *RESUME, "--out", "{r}/run-metrics-utf8", "--resume", "{r}/run-metrics-utf8"],
+     "run-metrics-utf8/metrics.jsonl: not UTF-8 text"),
+    ("resume-other-batch-size", ["train", *RESUME, "--batch-size", "16", "--out", "{r}/run", "--resume", "{r}/run"],
+     "the run had 2 steps per epoch, these flags give 4"),
+]
+
+
+def _run_case(files: Path, capsys, argv: list[str], fragment: str) -> str:
+    """Run one case in-process: exit 2, the fragment in one stderr line, no traceback, no file changed,
+    and no run directory left behind by a train case."""
+    before = _tree_digest(files)
+    argv = [a.replace("{r}", str(files)) for a in argv]
+    out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+    existed = out is not None and out.exists()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment.replace("{r}", str(files)) in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    after = _tree_digest(files)
+    assert {k: v for k, v in after.items() if k in before} == before, "an existing file was changed"
+    if out is not None and not existed:
+        assert not out.exists(), f"{out} was left behind by a run that never started"
+    return err
+
+
+@pytest.mark.parametrize("argv,fragment", [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
+def test_bad_input_catalogue_files_and_flags(files, capsys, argv, fragment):
+    _run_case(files, capsys, argv, fragment)
+
+
+def _fail_fsync_of(name: str, monkeypatch) -> None:
+    """fsync fails with ENOSPC for temp files of ``name`` (what a full disk does to the atomic write)."""
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if f".{name}." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_no_space_left_while_saving_keeps_the_old_checkpoint(files, capsys, monkeypatch):
+    run = files / "run-enospc"
+    shutil.copytree(files / "run", run)
+    old = {p.name: p.read_bytes() for p in run.iterdir() if p.name.startswith(("checkpoint", "resume-"))}
+    _fail_fsync_of("checkpoint.safetensors", monkeypatch)
+    assert main(["train", *RESUME, "--out", str(run), "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run}/checkpoint.safetensors: cannot write (No space left on device); the previous version was left" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    # the old checkpoint and the sidecar it names are exactly as they were, nothing half-written is left
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name.startswith(("checkpoint", "resume-"))} == old
+    assert not list(run.glob(".*.tmp"))
+    assert (run / load_checkpoint(run / "checkpoint.safetensors").meta["resume_file"]).is_file()
+
+
+def test_no_space_left_in_a_fresh_run_leaves_no_folder(files, capsys, monkeypatch):
+    _fail_fsync_of("checkpoint.safetensors", monkeypatch)
+    _run_case(files, capsys, ["train", *TINY, "--max-steps", "1", "--out", "{r}/new-enospc/deeper"],
+              "new-enospc/deeper/checkpoint.safetensors: cannot write (No space left on device); nothing was written")
+    assert not (files / "new-enospc").exists()
+
+
+def test_eval_json_is_strict_json_with_null_for_nan(files, capsys):
+    assert main(["eval", str(files / "nan-weights.safetensors"), "--json", "--val-size", "8", "--throughput-batch",
+                 "2"]) == 0
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    doc = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert doc["loss"] is None and doc["images"] == 8
 
 
 @pytest.mark.parametrize("argv,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
