@@ -243,7 +243,7 @@ def check_block_keys(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     for key in state:
         if key.startswith("blocks."):
             part = key.split(".")[1]
-            if not part.isdigit() or len(part) > 3:
+            if not part.isdigit() or len(part) > 9:
                 raise CheckpointError(f"{path}: key '{key[:80]}' has block index '{part[:20]}', not a small integer")
             indices.add(int(part))
     if indices and indices != set(range(len(indices))):
