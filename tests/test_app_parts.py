@@ -56,7 +56,9 @@ def test_upload_check_keeps_good_files_and_explains_bad_ones(dirs, tmp_path):
         catalog.save_upload("big.pt", b"\0" * (2 * 2**20), limit_mb=1)
     with pytest.raises(SviteError, match="empty"):
         catalog.save_upload("empty.pt", b"", limit_mb=1)
-    assert len(list(dirs["uploads"].iterdir())) == 1  # bad uploads are not kept
+    # bad uploads are not kept, neither where the picker looks nor in the quarantine they waited in
+    assert [p.name for p in dirs["uploads"].iterdir() if p.is_file()] == [path.name]
+    assert not list((dirs["uploads"] / catalog.QUARANTINE).iterdir())
 
 
 def test_gif_has_one_frame_per_snapshot_with_the_mask_drawn():
