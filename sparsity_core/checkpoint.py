@@ -178,7 +178,10 @@ def save_resume_state(path: str | Path, state: Mapping[str, Any]) -> Path:
 
 
 def load_resume_state(path: str | Path) -> dict[str, Any]:
-    obj = _torch_load_safe(Path(path))
+    path = Path(path)
+    validate.check_file(path)
+    obj = _torch_load_safe(path)
+    validate.check_tensor_budget(path, obj, path.stat().st_size)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a resume state (expected a dict, found {type(obj).__name__})")
     return obj

@@ -95,6 +95,9 @@ CASES = [
     # decompression bombs (PIL's error is neither OSError nor ValueError: it escaped as exit 1)
     ("train-decompression-bomb", "image", ["train", *FOLDER, "--out", "{r}/new-12", "--data", "{r}/bomb-train"],
      "bomb-train/train/dog/bomb.png: refused: the image declares 900,000,000 pixels"),
+    ("train-bomb-in-a-worker-process", "image", ["train", *FOLDER, "--num-workers", "1", "--out", "{r}/new-13",
+                                                 "--data", "{r}/bomb-train"],
+     "bomb-train/train/dog/bomb.png: refused: the image declares 900,000,000 pixels"),
     ("eval-decompression-bomb", "image", ["eval", "{r}/good.safetensors", "--data", "{r}/bomb-val"],
      "bomb-val/val/cat/bomb.png: refused: the image declares 900,000,000 pixels"),
 ]
