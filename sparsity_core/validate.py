@@ -217,7 +217,10 @@ def build_checked(path: Path, config: ModelConfig, state: Mapping[str, torch.Ten
         if got.dtype.is_floating_point != want.dtype.is_floating_point or got.is_complex():
             raise CheckpointError(f"{path}: {key} is stored as {got.dtype}, the model needs {want.dtype}")
     try:
-        model = build_model(without_init(config))  # every weight is overwritten just below
+        # Every weight is overwritten just below, so timm's init pass is skipped, and the default
+        # init that remains draws from a forked RNG: loading never moves the caller's random stream.
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(without_init(config))
     except SviteError as err:
         raise CheckpointError(f"{path}: {err}") from None
     model.load_state_dict(dict(state), strict=True)

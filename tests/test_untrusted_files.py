@@ -171,3 +171,15 @@ def test_loading_never_keeps_a_memory_map(tmp_path):
     maps = Path("/proc/self/maps").read_text()
     assert str(path) not in maps
     assert loaded.history and loaded.model_config == tiny_model_config()
+
+
+def test_loading_does_not_move_the_random_stream(tmp_path):
+    """--init loads a checkpoint between seeding and building the engine: the load must not draw."""
+    from sparsity_core.checkpoint import load_checkpoint
+
+    path = tiny_sparse_checkpoint(tmp_path / "c.safetensors")
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_checkpoint(path)
+    assert torch.equal(torch.rand(3), expected)
