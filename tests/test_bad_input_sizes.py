@@ -148,7 +148,10 @@ def results(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(cases), capture_output=True, text=True,
                           env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"root": root, "before": before, "after": _tree_digest(root), "by_case": json.loads(proc.stdout)}
+    by_case = json.loads(proc.stdout)
+    for name, got in by_case.items():  # the figures for the README (pytest -s shows them)
+        print(f"{name}: exit {got['rc']}, peak RSS so far {got['peak_rss_mb']:.0f} MB")
+    return {"root": root, "before": before, "after": _tree_digest(root), "by_case": by_case}
 
 
 @pytest.mark.parametrize("name,kind,argv,fragment", CASES, ids=[c[0] for c in CASES])
