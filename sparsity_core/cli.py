@@ -84,8 +84,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="AdamW moments of grown weights: keep (default, the reference), zero-avg (first moment "
                         "only), zero (both; harmful, for ablations)")
     g.add_argument("--update-start", default=d.update_start, metavar="WHEN",
-                   help="no topology update before this: 'warmup' (default: the end of the LR warm-up), a number "
-                        "of steps (400) or of epochs (2.5ep)")
+                   help="no topology update before this: 'warmup' (the end of the LR warm-up), 'plateau' (after "
+                        "the warm-up, once the training loss has fallen to 0.9 of its starting value), a number of "
+                        "steps (400) or of epochs (2.5ep); default %(default)s")
     g.add_argument("--include", action="append", default=[], help="glob of parameter names to sparsify (repeat)")
     g.add_argument("--exclude", action="append", default=[], help="glob of parameter names to keep dense (repeat)")
     g.add_argument("--oneshot-at", type=float, default=d.oneshot_at,

@@ -489,16 +489,17 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
             if cfg.clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
-            changed = engine.after_optimizer_step(step)
+            loss_value = loss.item()
+            changed = engine.after_optimizer_step(step, loss=loss_value)
             step += 1
             scheduler.step_update(num_updates=step)
             if changed:
                 snapshot("update", step / steps_per_epoch)
-            running += loss.item() * images.shape[0]
+            running += loss_value * images.shape[0]
             seen += images.shape[0]
             bar.update(1)
             if step % cfg.log_every == 0:
-                rec = reduce_mean({"loss": loss.item()}, ddp, device)
+                rec = reduce_mean({"loss": loss_value}, ddp, device)
                 log.write({"kind": "step", "step": step, "epoch": step / steps_per_epoch,
                            "lr": optimizer.param_groups[0]["lr"], **rec,
                            "images_per_s": seen * ddp.world_size / max(time.perf_counter() - t0, 1e-9)})

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sparsity_core.dst.schedule import PruneSchedule
+from sparsity_core.dst.schedule import PruneSchedule, UpdateClock
 from sparsity_core.errors import SviteError
 from sparsity_core.train import TrainConfig
 
@@ -111,3 +111,64 @@ def test_bad_update_start_names_the_flag(spec):
 def test_bad_settings_are_rejected(kwargs, flag):
     with pytest.raises(SviteError, match=flag):
         PruneSchedule(**kwargs)
+
+
+def _clock(**overrides):
+    cfg = TrainConfig(update_frequency=10, t_end=1.0, warmup_epochs=1.0, update_start="plateau", **overrides)
+    return UpdateClock.from_config(cfg, total_steps=400, steps_per_epoch=20)
+
+
+def test_plateau_start_waits_for_the_loss_to_leave_its_plateau():
+    """At chance the loss sits at its starting value: no update however many candidate steps pass; once
+    its running mean has fallen to 0.9 of the start, the next candidate step updates, and every later
+    candidate too, whatever the loss does."""
+    clock = _clock()
+    due = []
+    for step in range(1, 401):
+        loss = 2.3 if step <= 150 else 1.0
+        if step > 300:
+            loss = 2.3  # a relapse does not stop updates once started
+        clock.observe(loss)
+        due.append(clock.due(step))
+    steps = [s for s, d in enumerate(due, start=1) if d]
+    assert clock.started_at == steps[0]
+    assert 150 < steps[0] <= 200 and steps[0] % 10 == 0  # the EMA (~50-step horizon) needs a few dozen steps
+    assert steps == list(range(steps[0], 401, 10))[: len(steps)] and steps[-1] == 390
+    assert clock.describe() == {"update_start": "plateau", "updates_started_at": steps[0]}
+
+
+def test_plateau_start_never_before_the_warm_up_ends_and_ranks_decide_on_the_mean():
+    clock = _clock()
+    for step in range(1, 21):
+        clock.observe(0.1 if step > 10 else 5.0)  # falls at once, inside the 20-step warm-up
+        assert not clock.due(step)
+    seen = []
+
+    def reduce(values):  # what a DDP all-reduce would give: here the other rank still sits at chance
+        seen.append(values)
+        return [values[0], values[0]]
+
+    for step in range(21, 40):
+        clock.observe(0.1)
+        assert not clock.due(step, reduce)
+    assert seen and clock.started_at is None
+
+
+def test_plateau_clock_state_round_trips():
+    a, b = _clock(), _clock()
+    for step in range(1, 120):
+        a.observe(2.3 - step * 0.01)
+        a.due(step)
+    b.load_state_dict(a.state_dict())
+    for step in range(120, 400):
+        loss = 2.3 - step * 0.01
+        a.observe(loss)
+        b.observe(loss)
+        assert a.due(step) == b.due(step)
+    assert a.started_at == b.started_at is not None
+
+
+def test_fixed_starts_ignore_the_loss():
+    clock = UpdateClock.from_config(TrainConfig(update_frequency=10, t_end=1.0, update_start="30"), 100, 10)
+    clock.observe(float("nan"))
+    assert [s for s in range(1, 101) if clock.due(s)] == [30, 40, 50, 60, 70, 80, 90]

@@ -90,3 +90,4 @@ def test_deit_style_mixup_cutmix_trains(tmp_path):
     assert 0 < metrics["train_loss"] < 10 and metrics["val_loss"] == metrics["val_loss"]  # finite, not NaN
     with pytest.raises(SviteError, match="even --batch-size"):
         train(tiny_train_config(tmp_path / "odd", batch_size=31, mixup=0.8), show_progress=False, echo_metrics=False)
+

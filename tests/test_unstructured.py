@@ -538,3 +538,31 @@ def test_svite_engine_is_built_for_the_tiny_vit():
                               "growth", "death", "grown_moments", "update_start", "update_start_step",
                               "layer_densities"}
     assert_exact(engine, model)
+
+
+def test_plateau_start_holds_updates_until_the_loss_falls_and_resumes_alike():
+    """--update-start plateau, on the engine: the losses the loop feeds decide when updates start; an engine
+    restored from a state saved while waiting decides exactly as the one that never stopped."""
+    def engine():
+        torch.manual_seed(0)
+        model = Layers([(12, 10)])
+        return make_engine(model, total_steps=200, update_frequency=5, t_end=1.0, density=0.5,
+                           update_start="plateau")
+
+    (a, _), (b, _) = engine(), engine()
+    events = []
+    for step in range(120):
+        loss = 2.3 if step < 60 else 1.0
+        for p in list(a.ctx.model.parameters()) + list(b.ctx.model.parameters()):
+            p.grad = torch.ones_like(p)
+        changed = a.after_optimizer_step(step, loss=loss)
+        events.append(changed)
+        if step == 40:
+            b.load_state_dict(a.state_dict())
+        if step > 40:
+            assert b.after_optimizer_step(step, loss=loss) == changed
+    first = events.index(True) + 1
+    assert 60 < first <= 120 and first % 5 == 0
+    assert all(events[s - 1] for s in range(first, 121, 5))
+    assert a.snapshot_info()["updates_started_at"] == first == b.clock.started_at
+    assert a.describe()["settings"]["updates_started_at"] == first

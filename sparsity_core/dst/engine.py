@@ -71,9 +71,21 @@ class SparsityEngine:
     def fired(self) -> MaskSet | None:
         return self._fired
 
-    def after_optimizer_step(self, step: int) -> bool:
-        """Re-apply the masks and, on schedule, update the topology; True when the masks changed."""
+    def after_optimizer_step(self, step: int, loss: float | None = None) -> bool:
+        """Re-apply the masks and, on schedule, update the topology; True when the masks changed.
+        ``loss`` is the step's training loss (``--update-start plateau`` watches it)."""
         return False
+
+    def mean_over_ranks(self, values: list[float]) -> list[float]:
+        """``values`` averaged over DDP ranks (as they are on one process), so all ranks decide alike."""
+        if self.ctx.world_size <= 1:
+            return values
+        import torch.distributed as dist
+
+        device = next(self.ctx.model.parameters()).device
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return (t / self.ctx.world_size).tolist()
 
     def budgets_of(self) -> tuple[MaskSet | None, Mapping[str, int]]:
         """The masks whose nonzero counts are budgeted, and each one's exact budget (none for dense)."""

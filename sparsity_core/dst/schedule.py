@@ -5,11 +5,14 @@ done (1-based after the step); an update runs when ``s % update_frequency == 0 a
 the prune ("death") rate follows CosineAnnealingLR from ``death_rate`` down to ``final_rate`` over
 the whole run, ``dr(s) = final + (initial - final) * (1 + cos(pi * s / T)) / 2``, or stays constant.
 
-Ours, as RigL has it: no update before ``start`` steps (``--update-start``, by default the end of the
-LR warm-up). The reference updates from step ``update_frequency`` on, while the model may still sit
-at chance; the scores that choose the topology are then noise (SVITE_REFERENCE.md, "where we go
-further"). Updates stay on multiples of ``update_frequency``: the first is the first multiple
-``>= start``.
+Ours, as RigL has it: no update before ``start`` steps (``--update-start``: the end of the LR warm-up,
+a number of steps or epochs). The reference updates from step ``update_frequency`` on, while the model
+may still sit at chance; the scores that choose the topology are then noise, and pruning half of every
+layer's *initial* weights at chance weakens the signal the model needs to leave its plateau
+(SVITE_REFERENCE.md, "where we go further"). ``--update-start plateau`` waits, beyond the warm-up, until
+the training loss has left its first plateau (:class:`UpdateClock`): how long a model sits at chance
+varies by seed and data, so no fixed step fits every run. Updates stay on multiples of
+``update_frequency``: the first is the first multiple at or after the start.
 
 The reference steps a ``CosineAnnealingLR`` once per iteration and reads the rate after ``s``
 steps; the closed form above is that scheduler's value (tests compare the two), without carrying
@@ -94,11 +97,12 @@ class PruneSchedule:
 
 
 def resolve_update_start(spec: str | int, steps_per_epoch: int, warmup_epochs: float) -> int:
-    """``--update-start`` in steps: ``warmup`` (the default: the end of the LR warm-up), a number of
-    steps (``400``), or of epochs with an ``ep`` suffix (``2.5ep``)."""
+    """``--update-start`` in steps: ``warmup`` (the end of the LR warm-up), a number of steps (``400``),
+    or of epochs with an ``ep`` suffix (``2.5ep``). For ``plateau``, the end of the warm-up: the earliest
+    step, the loss decides the rest (:class:`UpdateClock`)."""
     text = str(spec).strip().lower()
     try:
-        if text == "warmup":
+        if text in ("warmup", "plateau"):
             value = float(warmup_epochs) * steps_per_epoch
         elif text.endswith("ep"):
             value = float(text[:-2]) * steps_per_epoch
@@ -107,5 +111,74 @@ def resolve_update_start(spec: str | int, steps_per_epoch: int, warmup_epochs: f
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0:
-        raise SviteError(f"--update-start: expected 'warmup', a number of steps (400) or of epochs (2.5ep), got {spec!r}")
+        raise SviteError(f"--update-start: expected 'warmup', 'plateau', a number of steps (400) or of epochs "
+                         f"(2.5ep), got {spec!r}")
     return int(round(value))
+
+
+class UpdateClock:
+    """When the next topology update is due: the schedule, plus (``--update-start plateau``) a watch on
+    the training loss that holds updates back until the model has left its first plateau.
+
+    The plateau is left once the running mean of the training loss (an EMA with a ~50-step horizon) has
+    fallen to ``PLATEAU_RATIO`` (0.9) of its mean over the first ``PLATEAU_WINDOW`` (20) steps: at chance
+    a 10-class model's loss sits at ln 10 for epochs, then falls fast. Once started, updates follow the
+    schedule to the end. Under DDP the decision uses the loss averaged over ranks (``reduce``), so every
+    rank decides alike. Its state is part of the engine's, so a resumed run decides exactly as an
+    uninterrupted one.
+    """
+
+    PLATEAU_RATIO = 0.9
+    PLATEAU_WINDOW = 20
+    EMA_BETA = 0.98
+
+    def __init__(self, schedule: PruneSchedule, wait_for_plateau: bool) -> None:
+        self.schedule = schedule
+        self.wait_for_plateau = wait_for_plateau
+        self.started_at: int | None = None if wait_for_plateau else schedule.start
+        self._first: list[float] = []
+        self._ema: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, total_steps: int, steps_per_epoch: int) -> UpdateClock:
+        schedule = PruneSchedule.from_config(cfg, total_steps, steps_per_epoch)
+        return cls(schedule, str(cfg.update_start).strip().lower() == "plateau")
+
+    def observe(self, loss: float | None) -> None:
+        """Feed the training loss of the step just taken (the loop does; None or non-finite: ignored)."""
+        if not self.wait_for_plateau or self.started_at is not None or loss is None or not math.isfinite(loss):
+            return
+        if len(self._first) < self.PLATEAU_WINDOW:
+            self._first.append(float(loss))
+        self._ema = float(loss) if self._ema is None else self.EMA_BETA * self._ema + (1 - self.EMA_BETA) * float(loss)
+
+    def candidate(self, steps_done: int) -> bool:
+        """An update may follow this step (the schedule allows it; the plateau watch may still say no)."""
+        return self.schedule.is_update_step(steps_done)
+
+    def due(self, steps_done: int, reduce: Any = None) -> bool:
+        """An update follows this step. ``reduce(values) -> values`` averages floats over DDP ranks."""
+        if not self.schedule.is_update_step(steps_done):
+            return False
+        if self.started_at is None:
+            if len(self._first) < self.PLATEAU_WINDOW or self._ema is None:
+                return False
+            initial, ema = sum(self._first) / len(self._first), self._ema
+            if reduce is not None:
+                initial, ema = reduce([initial, ema])
+            if ema > self.PLATEAU_RATIO * initial:
+                return False
+            self.started_at = steps_done
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"update_start": "plateau" if self.wait_for_plateau else self.schedule.start,
+                "updates_started_at": self.started_at}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"started_at": self.started_at, "first": list(self._first), "ema": self._ema}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.started_at = state.get("started_at", self.started_at)
+        self._first = [float(v) for v in state.get("first", [])]
+        self._ema = state.get("ema")

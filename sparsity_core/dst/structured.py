@@ -26,7 +26,7 @@ from .capture import UnitCapture
 from .engine import EngineContext, SparsityEngine, register
 from .neuron_shadow import INIT_STD, ShadowNeurons
 from .optim_state import check_policy, reset_grown_state
-from .schedule import PruneSchedule
+from .schedule import PruneSchedule, UpdateClock
 from .scorers import neuron_magnitude, random_scores
 from .select import select_units
 
@@ -100,7 +100,8 @@ class StructuredEngine(SparsityEngine):
         self.num_heads = [attention_of(b, i).num_heads for i, b in enumerate(self.blocks)]
         self.hidden = [mlp_of(b, i).fc1.out_features for i, b in enumerate(self.blocks)]
         self.head_budget, self.neuron_budget = unit_budgets(self.model, cfg.atten_density, cfg.other_density)
-        self.schedule = PruneSchedule.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch)
+        self.clock = UpdateClock.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch)
+        self.schedule = self.clock.schedule
         self.grown_moments = check_policy(str(cfg.grown_moments))
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         units = self._units_from_init(ctx.init_masks) if ctx.init_masks is not None else None
@@ -164,14 +165,17 @@ class StructuredEngine(SparsityEngine):
         return units
 
     # --- the hook point -------------------------------------------------------------------------
-    def after_optimizer_step(self, step: int) -> bool:
+    def after_optimizer_step(self, step: int, loss: float | None = None) -> bool:
         self._masks.apply(self.model)
         self.steps_done = step + 1
+        self.clock.observe(loss)
         changed = False
-        if self.schedule.is_update_step(self.steps_done):
+        if self.clock.due(self.steps_done, self.mean_over_ranks):
             self._update(self.steps_done)
             changed = True
-        self.capture.arm(self.schedule.is_update_step(self.steps_done + 1))
+        elif self.clock.candidate(self.steps_done):
+            self.capture.take()  # captured for an update the plateau watch held back
+        self.capture.arm(self.clock.candidate(self.steps_done + 1))
         return changed
 
     def _scores(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
@@ -275,13 +279,14 @@ class StructuredEngine(SparsityEngine):
             "update_start": str(cfg.update_start), "update_start_step": self.schedule.start,
             "heads_per_block": self.head_budget, "neurons_per_block": self.neuron_budget,
             "num_updates": len(self.schedule.update_steps()), "total_steps": self.schedule.total_steps,
+            **self.clock.describe(),
             "seed": int(cfg.seed)}}
 
     def snapshot_info(self) -> dict[str, Any]:
         """Updates so far and the rate of the last one; at that update's own snapshot also the net
         heads/neurons pruned and grown (summed over blocks) and ``n`` exchanged (ints), so an epoch
         snapshot does not repeat older counts."""
-        info: dict[str, Any] = {"updates": self.updates,
+        info: dict[str, Any] = {"updates": self.updates, "updates_started_at": self.clock.started_at,
                                 "fired_heads": sum(int(m.sum()) for n, m in self._fired.items() if n.endswith(".heads")),
                                 "fired_neurons": sum(int(m.sum()) for n, m in self._fired.items()
                                                      if n.endswith(".neurons"))}
@@ -296,7 +301,8 @@ class StructuredEngine(SparsityEngine):
         return {"units": {n: m.clone() for n, m in self._units.items()},
                 "fired": {n: m.clone() for n, m in self._fired.items()},
                 "steps_done": self.steps_done, "updates": self.updates, "generator": self.generator.get_state(),
-                "last_info": dict(self.last_info), "shadow": self.shadow.state_dict()}
+                "last_info": dict(self.last_info), "shadow": self.shadow.state_dict(),
+                "clock": self.clock.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         units = MaskSet({n: torch.as_tensor(m).to(torch.bool) for n, m in state["units"].items()})
@@ -314,6 +320,8 @@ class StructuredEngine(SparsityEngine):
                 self.shadow.load_state_dict(state["shadow"])
             except (KeyError, TypeError, ValueError):
                 raise SviteError("--resume: the saved S2ViTE shadow neuron weights do not fit this model") from None
+        if state.get("clock"):
+            self.clock.load_state_dict(state["clock"])
         self.capture.take()
         self._masks.apply(self.model)
-        self.capture.arm(self.schedule.is_update_step(self.steps_done + 1))
+        self.capture.arm(self.clock.candidate(self.steps_done + 1))

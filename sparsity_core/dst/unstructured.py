@@ -29,7 +29,7 @@ from ..units import sparsifiable_names
 from .budgets import SPARSE_INITS, layer_budgets, layer_densities, load_custom_densities
 from .engine import EngineContext, SparsityEngine, register
 from .optim_state import check_policy, reset_grown_state
-from .schedule import PruneSchedule
+from .schedule import PruneSchedule, UpdateClock
 from .scorers import WEIGHT_GROWTH, WeightScorer, magnitude_into
 from .select import choose
 
@@ -164,7 +164,8 @@ class SViTEEngine(WeightEngine):
         cfg = ctx.config
         self._grow = WEIGHT_GROWTH[str(cfg.growth)]
         self.grown_moments = check_policy(str(cfg.grown_moments))
-        self.schedule = PruneSchedule.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch) if self.dynamic else None
+        self.clock = UpdateClock.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch) if self.dynamic else None
+        self.schedule = self.clock.schedule if self.clock is not None else None
         self._generator = _seeded_generator(cfg.seed)
         self._masks, self.init_topology = self._initial_masks(ctx.init_masks)
         self._fired = self._masks.clone()
@@ -203,12 +204,15 @@ class SViTEEngine(WeightEngine):
             masks[name] = m
         return MaskSet(masks), {"source": "init", "adjusted_layers": adjusted}
 
-    def after_optimizer_step(self, step: int) -> bool:
+    def after_optimizer_step(self, step: int, loss: float | None = None) -> bool:
         """Zero masked weights (one fused multiply), then, on schedule, update the topology: the weights
         have just stepped and ``param.grad`` still holds this minibatch's dense gradient."""
         self._masks.apply_to(self._params)
         self.steps_done = step + 1
-        if self.dynamic and self.schedule.is_update_step(step + 1):
+        if not self.dynamic:
+            return False
+        self.clock.observe(loss)
+        if self.clock.due(step + 1, self.mean_over_ranks):
             self.update(step + 1)
             return True
         return False
@@ -260,7 +264,7 @@ class SViTEEngine(WeightEngine):
         is taken at that update's step (so an epoch snapshot does not repeat older counts)."""
         if not self.dynamic:
             return {}
-        info: dict[str, Any] = {"updates": self.updates_done,
+        info: dict[str, Any] = {"updates": self.updates_done, "updates_started_at": self.clock.started_at,
                                 "fired_density": round(self._fired.overall_density(), 6)}
         if self._last:
             info["rate"] = self._last["rate"]
@@ -278,14 +282,15 @@ class SViTEEngine(WeightEngine):
                              "decay_schedule": cfg.decay_schedule, "t_end": float(cfg.t_end), "growth": str(cfg.growth),
                              "death": cfg.death, "grown_moments": self.grown_moments,
                              "update_start": str(cfg.update_start), "update_start_step": self.schedule.start,
-                             "num_updates": self.schedule.num_updates()})
+                             "num_updates": self.schedule.num_updates(), **self.clock.describe()})
         return {"method": self.method, "settings": settings}
 
     def state_dict(self) -> dict[str, Any]:
         return {"method": self.method, "names": list(self.names), "budgets": dict(self.budgets),
                 "masks": _masks_state(self._masks), "fired": _masks_state(self._fired),
                 "generator": self._generator.get_state(), "updates_done": self.updates_done,
-                "steps_done": self.steps_done, "last": dict(self._last)}
+                "steps_done": self.steps_done, "last": dict(self._last),
+                "clock": self.clock.state_dict() if self.clock is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("method") != self.method or list(state.get("names", [])) != self.names:
@@ -300,6 +305,8 @@ class SViTEEngine(WeightEngine):
         self.updates_done = int(state["updates_done"])
         self.steps_done = int(state["steps_done"])
         self._last = dict(state.get("last") or {})
+        if self.clock is not None and state.get("clock"):
+            self.clock.load_state_dict(state["clock"])
         self._masks.apply_to(self._params)
 
 
@@ -330,7 +337,7 @@ class OneShotEngine(WeightEngine):
     def budgets_of(self) -> tuple[MaskSet | None, Mapping[str, int]]:
         return (self._masks, self.budgets) if self.pruned else (None, {})
 
-    def after_optimizer_step(self, step: int) -> bool:
+    def after_optimizer_step(self, step: int, loss: float | None = None) -> bool:
         self.steps_done = step + 1
         if self.pruned:
             self._masks.apply_to(self._params)
