@@ -53,6 +53,8 @@ METHODS = {
     "svite_start5ep": dict(SVITE, update_start="5ep"),
     "svite_dr02": dict(SVITE, death_rate=0.2),
     "svite_momentum": dict(SVITE, growth="momentum"),
+    # updates held until the training loss has left its first plateau (--update-start plateau)
+    "svite_plateau": dict(SVITE, update_start="plateau"),
     # a longer schedule (--methods dense_40ep static_40ep svite_40ep): 40 epochs, SViTE's schedule stretched
     # with it (an update every 400 steps: the same 6 updates at the same fractions of training)
     "dense_40ep": dict(method="dense", epochs=40),
@@ -122,6 +124,7 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
                                  ("svite_zero_avg", "svite"), ("svite_start5ep", "svite"), ("svite_dr02", "svite"),
                                  ("svite_start5ep", "static"), ("svite_dr02", "static"),
                                  ("svite_momentum", "svite"), ("svite_momentum", "static"),
+                                 ("svite_plateau", "svite"), ("svite_plateau", "static"), ("svite_start5ep", "svite"),
                                  ("svite_40ep", "static_40ep"), ("svite_40ep", "dense_40ep"), ("static_40ep", "dense_40ep"))
              if a in wide and b in wide]
     if pairs:
