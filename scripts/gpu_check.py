@@ -31,7 +31,8 @@ def make_runner(method: str, args: argparse.Namespace, device: torch.device, tot
     # imported here, after sparsity_core (above), whose torchvision shim must come before timm
     from timm.optim import create_optimizer_v2
 
-    cfg = TrainConfig(method=method, density=args.density, update_frequency=args.update_frequency, seed=0)
+    cfg = TrainConfig(method=method, density=args.density, update_frequency=args.update_frequency, seed=0,
+                      update_start="0")  # the check feeds no loss: updates on schedule from the start
     mcfg = ModelConfig(name=args.model, num_classes=1000 if args.model != "vit_tiny_demo" else 10)
     torch.manual_seed(0)
     model = build_model(mcfg).to(device)

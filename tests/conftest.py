@@ -23,8 +23,11 @@ def tiny_model_config(**overrides) -> ModelConfig:
 
 
 def tiny_train_config(out, **overrides) -> TrainConfig:
+    """A run of a few dozen steps. Its loss never leaves the first plateau far enough for the default
+    ``--update-start plateau``, so topology updates start at the end of the LR warm-up here (tests of
+    the plateau start ask for it)."""
     base = dict(out=str(out), model="vit_tiny_demo", embed_dim=48, depth=2, num_heads=4, train_size=256,
-                val_size=64, batch_size=32, epochs=2, lr=2e-3, log_every=4)
+                val_size=64, batch_size=32, epochs=2, lr=2e-3, log_every=4, update_start="warmup")
     base.update(overrides)
     return TrainConfig(**base)
 

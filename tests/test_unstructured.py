@@ -35,7 +35,7 @@ class Layers(nn.Module):
 
 
 def make_engine(model, method="svite", total_steps=100, lr=1e-2, init_masks=None, **cfg):
-    config = TrainConfig(method=method, **cfg)
+    config = TrainConfig(method=method, **{"update_start": "warmup", **cfg})  # no loss is fed here
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     ctx = EngineContext(model=model, optimizer=opt, total_steps=total_steps, steps_per_epoch=10, config=config,
                         init_masks=init_masks)
@@ -366,7 +366,8 @@ def test_topology_decisions_are_rank_independent():
     for rank in (0, 1):
         torch.manual_seed(0)
         model = Layers([(16, 8), (2, 3, 4, 4)])
-        config = TrainConfig(method="svite", growth="random", update_frequency=1, seed=7, density=0.3)
+        config = TrainConfig(method="svite", growth="random", update_frequency=1, seed=7, density=0.3,
+                             update_start="warmup")
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         engine = build_engine(EngineContext(model=model, optimizer=opt, total_steps=10, steps_per_epoch=5,
                                             config=config, world_size=2, rank=rank))
