@@ -45,11 +45,11 @@ METHODS = {
                    decay_schedule="cosine", t_end=0.8, growth="gradient"),
     # ablation: half as many updates (every 200 steps, as SViTE's), since neurons now move too
     "s2vite_uf200": dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=200, death_rate=0.5,
-                         decay_schedule="cosine", t_end=0.8, growth="gradient"),
-    # updates held until the training loss has left its first plateau (--update-start plateau)
-    "s2vite_plateau": dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=100,
-                           death_rate=0.5, decay_schedule="cosine", t_end=0.8, growth="gradient",
-                           update_start="plateau"),
+                         decay_schedule="cosine", t_end=0.8, growth="gradient", update_start="warmup"),
+    # ablation: updates from the end of the LR warm-up (the first at step 200), not from the plateau's end
+    "s2vite_warmup": dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=100,
+                          death_rate=0.5, decay_schedule="cosine", t_end=0.8, growth="gradient",
+                          update_start="warmup"),
     # control: the same random initial heads/neurons, never updated (isolates the prune-and-grow part
     # from the capacity cut); an update frequency beyond the run's 1560 steps means no update
     "s2vite_static": dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=10**6,

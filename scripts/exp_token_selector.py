@@ -39,7 +39,9 @@ RESULTS = ROOT / "docs" / "token_selector_results.md"
 COMMAND = "nice -n 10 python scripts/exp_token_selector.py"
 
 # The same SViTE as scripts/exp_unstructured.py's (so its finished runs serve as our baseline), or dense.
-BASES = {"svite": dict(SVITE), "dense": dict(method="dense")}
+BASES = {"svite": dict(SVITE), "dense": dict(method="dense"),
+         # ablation: SViTE with updates from the end of the LR warm-up (before --update-start plateau)
+         "svite_warmup": dict(SVITE, update_start="warmup")}
 # what the baselines are called in the other experiments' run directories
 SHARED_NAMES: dict[str, str] = {}
 # keep warm-up 0.3: every patch kept at first, down to 50% at 30% of training (without it the selector

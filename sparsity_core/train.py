@@ -107,8 +107,9 @@ class TrainConfig:
     death: str = "magnitude"
     # the AdamW moments of grown entries (optim_state.py says why "keep", the reference's behaviour, is right)
     grown_moments: str = "keep"
-    # no topology update before this: "warmup" (end of the LR warm-up), N steps, or "Xep" epochs
-    update_start: str = "warmup"
+    # no topology update before this: "plateau" (after the LR warm-up, once the training loss has left its
+    # first plateau: measured on the demo data, see dst/schedule.py), "warmup", N steps, or "Xep" epochs
+    update_start: str = "plateau"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     oneshot_at: float = 0.5  # oneshot baseline: fraction of training done dense before pruning
