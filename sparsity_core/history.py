@@ -117,7 +117,8 @@ class GroupStats:
 
 @dataclass
 class _Encoder:
-    prev: list[np.ndarray] | None = None  # last state (packed bits / raw bytes); None: absent
+    prev: list[np.ndarray] | None = None  # last state held (packed bits / raw bytes)
+    gap: bool = False  # the group was absent since ``prev``: the next entry must be a keyframe
     fired: list[np.ndarray] | None = None
     since_key: int = 0
     bytes_since_key: int = 0
@@ -143,7 +144,7 @@ def _bits_entry(kind: str, layers: list[Layer], packed: list[np.ndarray], stats:
         rows.append((method, count, k, len(data)))
         payloads.append(data)
     method, count, k, nbytes = (tuple(c) for c in zip(*rows, strict=True))
-    blob = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+    blob = np.frombuffer(bytearray(b"".join(payloads)), dtype=np.uint8)
     return Entry(kind, method, count, k, nbytes, _split(blob, nbytes), stats)
 
 
@@ -154,7 +155,7 @@ def _bytes_entry(kind: str, layers: list[Layer], xors: list[np.ndarray]) -> Entr
         rows.append((method, len(data)))
         payloads.append(data)
     method, nbytes = (tuple(c) for c in zip(*rows, strict=True))
-    blob = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+    blob = np.frombuffer(bytearray(b"".join(payloads)), dtype=np.uint8)
     zeros = (0,) * len(layers)
     return Entry(kind, method, zeros, zeros, nbytes, _split(blob, nbytes))
 
@@ -215,7 +216,8 @@ class MaskHistory(Sequence[Snapshot]):
         for group in GROUPS:
             cur = current.get(group)
             if cur is None:
-                staged[group] = (None, _Encoder(fired=encoders[group].fired), None)
+                was = encoders[group]
+                staged[group] = (None, _Encoder(prev=was.prev, fired=was.fired, gap=was.prev is not None), None)
                 continue
             layers, arrays = cur
             known = self.layers.get(group)
@@ -247,10 +249,10 @@ class MaskHistory(Sequence[Snapshot]):
             if bits:
                 stats["flips"] = tuple(_popcount(x) for x in xors)
                 stats["grown"] = tuple(_popcount(c & ~p) for c, p in zip(cur, enc.prev, strict=True))
-            if not any(x.any() for x in xors):
+            if not enc.gap and not any(x.any() for x in xors):
                 enc.prev = cur
                 return Entry("same")
-            if enc.since_key < self.keyframe_every:
+            if not enc.gap and enc.since_key < self.keyframe_every:
                 entry = _bits_entry("delta", layers, xors, stats) if bits else _bytes_entry("delta", layers, xors)
                 if enc.bytes_since_key + entry.payload > self.keyframe_budget * max(enc.key_bytes, 1):
                     entry = None
@@ -260,7 +262,7 @@ class MaskHistory(Sequence[Snapshot]):
         else:
             enc.since_key += 1
             enc.bytes_since_key += entry.payload
-        enc.prev = cur
+        enc.prev, enc.gap = cur, False
         return entry
 
     def _sample_of(self, layers: list[Layer], packed: list[np.ndarray]) -> tuple[list[Layer], list[np.ndarray]] | None:
@@ -299,14 +301,15 @@ class MaskHistory(Sequence[Snapshot]):
             if layers and any(e is not None for e in entries):
                 if group in BIT_GROUPS:
                     enc.fired = [np.packbits(self._union(group, j)) for j in range(len(layers))]
-                if entries[-1] is not None:
-                    enc.prev = [self._state(group, j, len(entries) - 1) for j in range(len(layers))]
-                    if group in BIT_GROUPS:
-                        enc.prev = [np.packbits(p) for p in enc.prev]
-                    last_key = max(i for i, e in enumerate(entries) if e is not None and e.kind == "key")
-                    deltas = [e for e in entries[last_key + 1:] if e is not None and e.kind == "delta"]
-                    enc.since_key, enc.key_bytes = len(deltas), entries[last_key].payload
-                    enc.bytes_since_key = sum(e.payload for e in deltas)
+                last = max(i for i, e in enumerate(entries) if e is not None)
+                enc.prev = [self._state(group, j, last) for j in range(len(layers))]
+                if group in BIT_GROUPS:
+                    enc.prev = [np.packbits(p) for p in enc.prev]
+                enc.gap = last != len(entries) - 1
+                last_key = max(i for i, e in enumerate(entries) if e is not None and e.kind == "key")
+                deltas = [e for e in entries[last_key + 1:] if e is not None and e.kind == "delta"]
+                enc.since_key, enc.key_bytes = len(deltas), entries[last_key].payload
+                enc.bytes_since_key = sum(e.payload for e in deltas)
             encoders[group] = enc
         self._encoders = encoders
         return encoders
@@ -442,6 +445,28 @@ class MaskHistory(Sequence[Snapshot]):
         arrays = {s: np.array([r[s] for r in rows], dtype=np.int64).reshape(len(rows), len(layers)) for s in STATS}
         out = GroupStats(np.array(index, dtype=np.int64), layers, **arrays)
         self._stats[group] = out
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """What ``svite inspect --json`` reports about the history: per group, how many keyframes,
+        deltas and unchanged snapshots and their bytes; for the weight masks, bits per masked weight
+        of the first snapshot and on average over the later ones."""
+        groups = {}
+        for group in self.layers:
+            entries = [e for e in self.entries[group] if e is not None]
+            groups[group] = {"tensors": len(self.layers[group]),
+                             **{kind: sum(e.kind == kind for e in entries) for kind in ("key", "delta", "same")},
+                             "bytes": sum(e.payload for e in entries)}
+        out: dict[str, Any] = {"snapshots": len(self), "keyframe_every": self.keyframe_every,
+                               "keyframe_budget": self.keyframe_budget, "groups": groups}
+        masks = [e for e in self.entries["masks"] if e is not None]
+        if masks:
+            numel = sum(layer.numel for layer in self.layers["masks"])
+            later = [8 * e.payload / numel for e in masks[1:]]
+            out["masks_bits_per_weight"] = {"masked_weights": numel, "first": 8 * masks[0].payload / numel,
+                                            "later_mean": sum(later) / len(later) if later else None}
+        if self.sample_stride:
+            out["distance_sample"] = {"stride": self.sample_stride, "positions": self.layers["sample"][0].numel}
         return out
 
     def storage(self, i: int) -> dict[str, tuple[str, int]]:

@@ -97,6 +97,7 @@ def inspect_checkpoint(loaded: LoadedCheckpoint) -> dict[str, Any]:
         "token_selector": selector_summary(loaded),
         "history": [{"step": s.step, "epoch": s.epoch, "event": s.info.get("event"),
                      "overall_density": s.info.get("overall_density")} for s in loaded.history],
+        "history_summary": loaded.history.summary(),
         "versions": meta.get("versions", {}),
     }
 
