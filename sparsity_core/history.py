@@ -165,13 +165,16 @@ class MaskHistory(Sequence[Snapshot]):
     compressed bytes); ``history[i]`` is a lazy view; :meth:`stats`, :meth:`layer`, :meth:`masks_at`
     and :meth:`walk` are what the analysis uses."""
 
-    def __init__(self, keyframe_every: int = KEYFRAME_EVERY, keyframe_budget: float = KEYFRAME_BUDGET, *,
-                 sample_min: int = SAMPLE_MIN, sample_target: int = SAMPLE_TARGET,
+    def __init__(self, keyframe_every: int | None = None, keyframe_budget: float | None = None, *,
+                 sample_min: int | None = None, sample_target: int | None = None,
                  source: str = "mask history") -> None:
-        if keyframe_every < 1 or keyframe_budget <= 0:
+        # defaults read at call time, so a test can shrink them for a whole training run
+        self.keyframe_every = int(KEYFRAME_EVERY if keyframe_every is None else keyframe_every)
+        self.keyframe_budget = float(KEYFRAME_BUDGET if keyframe_budget is None else keyframe_budget)
+        if self.keyframe_every < 1 or self.keyframe_budget <= 0:
             raise SviteError("mask history: keyframe_every must be >= 1 and keyframe_budget > 0")
-        self.keyframe_every, self.keyframe_budget = int(keyframe_every), float(keyframe_budget)
-        self.sample_min, self.sample_target = int(sample_min), int(sample_target)
+        self.sample_min = int(SAMPLE_MIN if sample_min is None else sample_min)
+        self.sample_target = int(SAMPLE_TARGET if sample_target is None else sample_target)
         self.source = source
         self.steps: list[int] = []
         self.epochs: list[float] = []

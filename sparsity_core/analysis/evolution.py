@@ -155,17 +155,18 @@ def distance_basis(history: HistoryLike) -> dict[str, Any]:
             "text": f"exact: every one of the {total:,} masked weights"}
 
 
-def _rows_exact(h: MaskHistory, names: list[str]) -> tuple[list[int], np.ndarray]:
-    """Packed topology (selected layers concatenated) of every masked snapshot."""
+def _rows_exact(h: MaskHistory, names: list[str]) -> tuple[list[int], np.ndarray, int]:
+    """Packed topology (selected layers concatenated) of every masked snapshot, and its bit count."""
     per_layer = []
     for name in names:
         per_layer.append({t: np.packbits(state) for t, state in h.walk("masks", name)})
     idx = sorted(per_layer[0]) if per_layer else []
     rows = [np.concatenate([layer[t] for layer in per_layer]) for t in idx]
-    return idx, np.stack(rows) if rows else np.zeros((0, 0), np.uint8)
+    total = sum(h.layers["masks"][h.layer_index("masks", n)].numel for n in names)
+    return idx, np.stack(rows) if rows else np.zeros((0, 0), np.uint8), total
 
 
-def _rows_sampled(h: MaskHistory, names: list[str]) -> tuple[list[int], np.ndarray]:
+def _rows_sampled(h: MaskHistory, names: list[str]) -> tuple[list[int], np.ndarray, int]:
     """Packed sample bits (restricted to the selected layers) of every masked snapshot."""
     wanted = set(names)
     keep = np.concatenate([np.full(len(p), layer.name in wanted) for p, layer in
@@ -174,7 +175,7 @@ def _rows_sampled(h: MaskHistory, names: list[str]) -> tuple[list[int], np.ndarr
     for t, state in h.walk("sample", "sample"):
         idx.append(t)
         rows.append(np.packbits(state[keep]))
-    return idx, np.stack(rows) if rows else np.zeros((0, 0), np.uint8)
+    return idx, np.stack(rows) if rows else np.zeros((0, 0), np.uint8), int(keep.sum())
 
 
 def snapshot_distances(history: HistoryLike, metric: str = "jaccard",
@@ -199,13 +200,13 @@ def snapshot_distances(history: HistoryLike, metric: str = "jaccard",
     if not idx or not names:
         return np.zeros((len(idx), len(idx))), idx
     sampled = bool(h.sample_stride and "sample" in h.layers)
-    got, packed = (_rows_sampled if sampled else _rows_exact)(h, names)
+    got, packed, total = (_rows_sampled if sampled else _rows_exact)(h, names)
     if got != idx:
         raise SviteError("the history's distance sample does not cover every masked snapshot")
-    return _pairwise(packed, metric), idx
+    return _pairwise(packed, metric, total), idx
 
 
-def _pairwise(packed: np.ndarray, metric: str) -> np.ndarray:
+def _pairwise(packed: np.ndarray, metric: str, total: int) -> np.ndarray:
     """All pairs from one AND per pair of *distinct* rows (a snapshot that changed nothing repeats
     its predecessor): |A∪B| = |A| + |B| - |A∩B|, |A xor B| = |A| + |B| - 2|A∩B|."""
     width = -(-packed.shape[1] // 8) * 8
@@ -217,7 +218,6 @@ def _pairwise(packed: np.ndarray, metric: str) -> np.ndarray:
     group = np.cumsum(~same) - 1  # row -> its distinct topology
     uniq = words[distinct]
     ones = np.bitwise_count(uniq).sum(axis=1, dtype=np.int64)
-    total = 8 * packed.shape[1] if packed.size else 1
     small = np.zeros((len(uniq), len(uniq)))
     for a in range(len(uniq) - 1):
         inter = np.bitwise_count(uniq[a + 1:] & uniq[a]).sum(axis=1, dtype=np.int64)
@@ -226,7 +226,7 @@ def _pairwise(packed: np.ndarray, metric: str) -> np.ndarray:
             union = both - inter
             d = np.where(union > 0, 1.0 - inter / np.maximum(union, 1), 0.0)
         else:
-            d = (both - 2 * inter) / total
+            d = (both - 2 * inter) / max(total, 1)
         small[a, a + 1:] = d
         small[a + 1:, a] = d
     return small[np.ix_(group, group)]
