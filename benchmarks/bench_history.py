@@ -146,6 +146,7 @@ def shipped(args: argparse.Namespace) -> dict:
 
     import sparsity_core  # noqa: F401
     from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
+    from sparsity_core.history_io import history_summary
     from sparsity_core.masks import Snapshot
 
     out = {}
@@ -162,7 +163,7 @@ def shipped(args: argparse.Namespace) -> dict:
                         for a, b in zip(snaps, new.history, strict=True))
             sizes = (path.stat().st_size, new_path.stat().st_size)
             rows = storage_rows(new_path) if new.history.layers.get("masks") else []
-            state = new.history.summary()["groups"].get("state")
+            state = history_summary(new.history)["groups"].get("state")
         old_hist = sum(s.masks.nbytes() + s.units.nbytes() + sum(v.numel() * v.element_size() for v in s.state.values())
                        for s in snaps)
         print(f"\n## {path.name}: {len(snaps)} snapshots; file {sizes[0] / 1e6:.2f} MB (format 1) -> "

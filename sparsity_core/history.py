@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,67 +35,28 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, SviteError
-from .history_codec import EMPTY, apply_bits, apply_bytes, encode_bits, encode_bytes
+from .history_codec import apply_bits, apply_bytes
+from .history_entry import (
+    BIT_GROUPS,
+    DTYPES,
+    GROUPS,
+    STATS,
+    Entry,
+    Layer,
+    bits_entry,
+    byte_group,
+    bytes_entry,
+    packed_group,
+    popcount,
+)
 from .masks import MaskSet, PackedMasks, Snapshot
 
-GROUPS = ("masks", "units", "sample", "state")
-BIT_GROUPS = ("masks", "units", "sample")
-STATS = ("ones", "flips", "grown", "fired")
 KEYFRAME_EVERY = 32
 KEYFRAME_BUDGET = 8
 SAMPLE_MIN = 1 << 22  # masked weights from which the distance sample is worth its bytes
 SAMPLE_TARGET = 1 << 18  # sampled positions: a distance's standard error is <= 0.5 / 512
 CACHE_BYTES = 256 << 20
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,
-          "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
 
-
-@dataclass(frozen=True)
-class Layer:
-    """One tensor of a group: a bit layer (``dtype`` empty) or a byte layer of that dtype."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = ""
-
-    @property
-    def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def itemsize(self) -> int:
-        return DTYPES[self.dtype].itemsize if self.dtype else 1
-
-    @property
-    def size(self) -> int:
-        """Length of the decoded flat state: bits for bit layers, bytes for byte layers."""
-        return self.numel * self.itemsize
-
-
-@dataclass
-class Entry:
-    """One group at one snapshot; ``segments`` are uint8 views, one per layer, in layer order."""
-
-    kind: str  # "key" | "delta" | "same"
-    method: tuple[int, ...] = ()
-    count: tuple[int, ...] = ()
-    k: tuple[int, ...] = ()
-    nbytes: tuple[int, ...] = ()
-    segments: tuple[np.ndarray, ...] = ()
-    stats: dict[str, tuple[int, ...]] | None = None
-
-    @property
-    def payload(self) -> int:
-        return int(sum(self.nbytes))
-
-    def to_json(self) -> dict[str, Any]:
-        if self.kind == "same":
-            return {"kind": "same"}
-        out: dict[str, Any] = {"kind": self.kind, "method": list(self.method), "bytes": list(self.nbytes)}
-        if self.stats is not None:
-            out.update(count=list(self.count), k=list(self.k), **{s: list(self.stats[s]) for s in STATS})
-        return out
 
 
 @dataclass(frozen=True)
@@ -123,41 +84,6 @@ class _Encoder:
     since_key: int = 0
     bytes_since_key: int = 0
     key_bytes: int = 0
-
-
-def _popcount(a: np.ndarray) -> int:
-    return int(np.bitwise_count(a).sum(dtype=np.int64))
-
-
-def _split(blob: np.ndarray, nbytes: Sequence[int]) -> tuple[np.ndarray, ...]:
-    ends = np.cumsum(nbytes, dtype=np.int64)
-    return tuple(blob[e - n:e] for e, n in zip(ends.tolist(), nbytes, strict=True))
-
-
-def _bits_entry(kind: str, layers: list[Layer], packed: list[np.ndarray], stats: dict) -> Entry:
-    rows, payloads = [], []
-    for layer, p in zip(layers, packed, strict=True):
-        if not p.any():
-            method, count, k, data = EMPTY, 0, 0, b""
-        else:
-            method, count, k, data = encode_bits(np.unpackbits(p, count=layer.numel).view(bool))
-        rows.append((method, count, k, len(data)))
-        payloads.append(data)
-    method, count, k, nbytes = (tuple(c) for c in zip(*rows, strict=True))
-    blob = np.frombuffer(bytearray(b"".join(payloads)), dtype=np.uint8)
-    return Entry(kind, method, count, k, nbytes, _split(blob, nbytes), stats)
-
-
-def _bytes_entry(kind: str, layers: list[Layer], xors: list[np.ndarray]) -> Entry:
-    rows, payloads = [], []
-    for layer, x in zip(layers, xors, strict=True):
-        method, data = encode_bytes(x, layer.itemsize)
-        rows.append((method, len(data)))
-        payloads.append(data)
-    method, nbytes = (tuple(c) for c in zip(*rows, strict=True))
-    blob = np.frombuffer(bytearray(b"".join(payloads)), dtype=np.uint8)
-    zeros = (0,) * len(layers)
-    return Entry(kind, method, zeros, zeros, nbytes, _split(blob, nbytes))
 
 
 class MaskHistory(Sequence[Snapshot]):
@@ -211,8 +137,8 @@ class MaskHistory(Sequence[Snapshot]):
     def append(self, snap: Snapshot) -> None:
         """Encode one snapshot against the previous one (all groups, or none on error)."""
         encoders = self._resume_encoders()
-        current = {"masks": _packed_group(snap.masks), "units": _packed_group(snap.units),
-                   "state": _byte_group(snap.state)}
+        current = {"masks": packed_group(snap.masks), "units": packed_group(snap.units),
+                   "state": byte_group(snap.state)}
         if current["masks"] is not None:
             current["sample"] = self._sample_of(*current["masks"])
         staged: dict[str, tuple[Entry | None, _Encoder, list[Layer] | None]] = {}
@@ -244,23 +170,23 @@ class MaskHistory(Sequence[Snapshot]):
         stats = None
         if bits:
             enc.fired = [c.copy() for c in cur] if enc.fired is None else [f | c for f, c in zip(enc.fired, cur, strict=True)]
-            stats = {"ones": tuple(_popcount(c) for c in cur), "fired": tuple(_popcount(f) for f in enc.fired),
+            stats = {"ones": tuple(popcount(c) for c in cur), "fired": tuple(popcount(f) for f in enc.fired),
                      "flips": (0,) * len(cur), "grown": (0,) * len(cur)}
         entry = None
         if enc.prev is not None:
             xors = [c ^ p for c, p in zip(cur, enc.prev, strict=True)]
             if bits:
-                stats["flips"] = tuple(_popcount(x) for x in xors)
-                stats["grown"] = tuple(_popcount(c & ~p) for c, p in zip(cur, enc.prev, strict=True))
+                stats["flips"] = tuple(popcount(x) for x in xors)
+                stats["grown"] = tuple(popcount(c & ~p) for c, p in zip(cur, enc.prev, strict=True))
             if not enc.gap and not any(x.any() for x in xors):
                 enc.prev = cur
                 return Entry("same")
             if not enc.gap and enc.since_key < self.keyframe_every:
-                entry = _bits_entry("delta", layers, xors, stats) if bits else _bytes_entry("delta", layers, xors)
+                entry = bits_entry("delta", layers, xors, stats) if bits else bytes_entry("delta", layers, xors)
                 if enc.bytes_since_key + entry.payload > self.keyframe_budget * max(enc.key_bytes, 1):
                     entry = None
         if entry is None:
-            entry = _bits_entry("key", layers, cur, stats) if bits else _bytes_entry("key", layers, cur)
+            entry = bits_entry("key", layers, cur, stats) if bits else bytes_entry("key", layers, cur)
             enc.since_key, enc.bytes_since_key, enc.key_bytes = 0, 0, entry.payload
         else:
             enc.since_key += 1
@@ -450,32 +376,6 @@ class MaskHistory(Sequence[Snapshot]):
         self._stats[group] = out
         return out
 
-    def summary(self) -> dict[str, Any]:
-        """What ``svite inspect --json`` reports about the history: per group, how many keyframes,
-        deltas and unchanged snapshots and their bytes; for the weight masks, bits per masked weight
-        of the first snapshot and on average over the later ones."""
-        groups = {}
-        for group in self.layers:
-            entries = [e for e in self.entries[group] if e is not None]
-            groups[group] = {"tensors": len(self.layers[group]),
-                             **{kind: sum(e.kind == kind for e in entries) for kind in ("key", "delta", "same")},
-                             "bytes": sum(e.payload for e in entries)}
-        out: dict[str, Any] = {"snapshots": len(self), "keyframe_every": self.keyframe_every,
-                               "keyframe_budget": self.keyframe_budget, "groups": groups}
-        masks = [e for e in self.entries["masks"] if e is not None]
-        if masks:
-            numel = sum(layer.numel for layer in self.layers["masks"])
-            later = [8 * e.payload / numel for e in masks[1:]]
-            out["masks_bits_per_weight"] = {"masked_weights": numel, "first": 8 * masks[0].payload / numel,
-                                            "later_mean": sum(later) / len(later) if later else None}
-        if self.sample_stride:
-            out["distance_sample"] = {"stride": self.sample_stride, "positions": self.layers["sample"][0].numel}
-        return out
-
-    def storage(self, i: int) -> dict[str, tuple[str, int]]:
-        """(kind, payload bytes) of every group present at snapshot ``i``."""
-        return {g: (e.kind, e.payload) for g in GROUPS if (e := self.entries[g][i]) is not None}
-
 
 @dataclass
 class SnapshotView:
@@ -526,35 +426,3 @@ def as_history(history: MaskHistory | Sequence[Snapshot] | None) -> MaskHistory:
     if isinstance(history, MaskHistory):
         return history
     return MaskHistory.from_snapshots(list(history or []))
-
-
-def _packed_group(packed: PackedMasks) -> tuple[list[Layer], list[np.ndarray]] | None:
-    if not len(packed):
-        return None
-    layers, arrays = [], []
-    for name, data in packed.data.items():
-        layer = Layer(name, tuple(int(s) for s in packed.shapes[name]))
-        arr = data.detach().to("cpu", torch.uint8).reshape(-1).numpy()
-        if len(arr) != -(-layer.numel // 8):
-            raise SviteError(f"packed mask '{name}' holds {len(arr)} bytes, shape {list(layer.shape)} needs "
-                             f"{-(-layer.numel // 8)}")
-        pad = 8 * len(arr) - layer.numel
-        if pad and arr[-1] & ((1 << pad) - 1):
-            arr = arr.copy()
-            arr[-1] &= 0xFF ^ ((1 << pad) - 1)  # pad bits are not mask bits: keep them zero
-        layers.append(layer)
-        arrays.append(arr)
-    return layers, arrays
-
-
-def _byte_group(state: Mapping[str, torch.Tensor]) -> tuple[list[Layer], list[np.ndarray]] | None:
-    if not state:
-        return None
-    layers, arrays = [], []
-    for name, value in state.items():
-        dtype = str(value.dtype).removeprefix("torch.")
-        if dtype not in DTYPES:
-            raise SviteError(f"snapshot state '{name}' has dtype {dtype}, which the history cannot store")
-        layers.append(Layer(name, tuple(value.shape), dtype))
-        arrays.append(value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().copy())
-    return layers, arrays

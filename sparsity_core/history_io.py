@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError
-from .history import BIT_GROUPS, DTYPES, GROUPS, STATS, Entry, Layer, MaskHistory, _popcount, _split
+from .history import MaskHistory
 from .history_codec import BITMAP, RAW, check_bits_header, check_bytes_header
+from .history_entry import BIT_GROUPS, DTYPES, GROUPS, STATS, Entry, Layer, popcount, split_segments
 from .masks import PackedMasks, Snapshot
 
 ENCODING = "svite-keyframe-delta-1"
@@ -63,6 +64,29 @@ def history_to_file(history: MaskHistory) -> tuple[dict[str, torch.Tensor], dict
     header = {"encoding": ENCODING, "keyframe_every": history.keyframe_every,
               "keyframe_budget": history.keyframe_budget, "groups": groups, "snapshots": snapshots}
     return tensors, header
+
+
+def history_summary(history: MaskHistory) -> dict[str, Any]:
+    """What ``svite inspect --json`` reports about the history: per group, how many keyframes,
+    deltas and unchanged snapshots and their bytes; for the weight masks, bits per masked weight
+    of the first snapshot and on average over the later ones."""
+    groups = {}
+    for group in history.layers:
+        entries = [e for e in history.entries[group] if e is not None]
+        groups[group] = {"tensors": len(history.layers[group]),
+                         **{kind: sum(e.kind == kind for e in entries) for kind in ("key", "delta", "same")},
+                         "bytes": sum(e.payload for e in entries)}
+    out: dict[str, Any] = {"snapshots": len(history), "keyframe_every": history.keyframe_every,
+                           "keyframe_budget": history.keyframe_budget, "groups": groups}
+    masks = [e for e in history.entries["masks"] if e is not None]
+    if masks:
+        numel = sum(layer.numel for layer in history.layers["masks"])
+        later = [8 * e.payload / numel for e in masks[1:]]
+        out["masks_bits_per_weight"] = {"masked_weights": numel, "first": 8 * masks[0].payload / numel,
+                                        "later_mean": sum(later) / len(later) if later else None}
+    if history.sample_stride:
+        out["distance_sample"] = {"stride": history.sample_stride, "positions": history.layers["sample"][0].numel}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,7 +176,7 @@ def _entry(row: Any, group: str, layers: list[Layer], prev: Entry | None, i: int
     used.add(name)
     # a view of the bytes the reader copied out of the file (validate.read_safetensors): no memory
     # map survives the load, so a file rewritten in place cannot change a loaded history
-    return Entry(row["kind"], method, count, k, nbytes, _split(blob.numpy(), nbytes), stats)
+    return Entry(row["kind"], method, count, k, nbytes, split_segments(blob.numpy(), nbytes), stats)
 
 
 def history_from_file(header: Any, tensors: Mapping[str, torch.Tensor], source: str) -> MaskHistory:
@@ -231,13 +255,13 @@ def _legacy_bits(history: MaskHistory, group: str, i: int, packed_masks: PackedM
         if len(arr) != -(-layer.numel // 8) or (pad and arr[-1] & ((1 << pad) - 1)):
             raise _Bad(f"tensor history/{i}/{group[:-1]}/{layer.name} is not {layer.numel} bits with zero padding")
         packed.append(arr)
-    ones = tuple(_popcount(p) for p in packed)
+    ones = tuple(popcount(p) for p in packed)
     fired[group] = packed if group not in fired else [f | p for f, p in zip(fired[group], packed, strict=True)]
     flips = grown = (0,) * len(layers)
     if last is not None:
-        flips = tuple(_popcount(p ^ q) for p, q in zip(packed, last, strict=True))
-        grown = tuple(_popcount(p & ~q) for p, q in zip(packed, last, strict=True))
-    stats = {"ones": ones, "flips": flips, "grown": grown, "fired": tuple(_popcount(f) for f in fired[group])}
+        flips = tuple(popcount(p ^ q) for p, q in zip(packed, last, strict=True))
+        grown = tuple(popcount(p & ~q) for p, q in zip(packed, last, strict=True))
+    stats = {"ones": ones, "flips": flips, "grown": grown, "fired": tuple(popcount(f) for f in fired[group])}
     n = len(layers)
     entry = Entry("key", (BITMAP,) * n, ones, (0,) * n, tuple(len(p) for p in packed), tuple(packed), stats)
     return entry, packed

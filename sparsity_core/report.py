@@ -16,6 +16,7 @@ from .compact import compact, max_logit_diff
 from .data import build_data, make_loader
 from .errors import SviteError
 from .evaluate import count_flops, count_parameters, evaluate_accuracy, measure_throughput
+from .history_io import history_summary
 from .limits import check_eval_flags, model_dims
 from .masks import MaskSet, default_sparsifiable, head_unit_name, neuron_unit_name
 from .models import describe_model, num_patches
@@ -97,7 +98,7 @@ def inspect_checkpoint(loaded: LoadedCheckpoint) -> dict[str, Any]:
         "token_selector": selector_summary(loaded),
         "history": [{"step": s.step, "epoch": s.epoch, "event": s.info.get("event"),
                      "overall_density": s.info.get("overall_density")} for s in loaded.history],
-        "history_summary": loaded.history.summary(),
+        "history_summary": history_summary(loaded.history),
         "versions": meta.get("versions", {}),
     }
 

@@ -23,7 +23,7 @@ from sparsity_core.analysis import distance_basis, fired_rate, mask_churn, snaps
 from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
 from sparsity_core.errors import CheckpointError
 from sparsity_core.history import MaskHistory
-from sparsity_core.history_io import history_from_file, history_to_file
+from sparsity_core.history_io import history_from_file, history_summary, history_to_file
 from sparsity_core.masks import MaskSet, Snapshot, default_sparsifiable
 from sparsity_core.models import build_model
 from sparsity_core.train import train
@@ -323,7 +323,7 @@ def test_format_1_files_load_as_keyframes_that_equal_their_packed_tensors():
         for name, shape in entry["unit_shapes"].items():
             bits = np.unpackbits(raw[f"history/{i}/unit/{name}"].numpy(), count=int(np.prod(shape)))
             assert h.layer(i, name, "units").tolist() == bits.astype(bool).tolist()
-    assert h.summary()["groups"]["masks"]["key"] == len(h)
+    assert history_summary(h)["groups"]["masks"]["key"] == len(h)
 
 
 def test_the_safetensors_header_stays_valid_json_of_modest_size(tmp_path):
