@@ -114,13 +114,15 @@ def _random_run(n_snaps: int = 14, seed: int = 0, shapes=((64, 48), (40, 96), (1
     truth, kept as plain tensors outside any history object."""
     gen = torch.Generator().manual_seed(seed)
     masks = MaskSet({f"blocks.{i}.w": torch.rand(s, generator=gen) < 0.5 for i, s in enumerate(shapes)})
+    masks["head.w"] = torch.rand(30, 50, generator=gen) < 0.97  # nearly dense: its key codes the complement
     units = MaskSet({"blocks.0.attn.heads": torch.tensor([True, False, True, True])})
     state = {"token_selector.w": torch.randn(3, 5, generator=gen)}
     snaps, truth = [], []
     for t in range(n_snaps):
         if t and t % 3:
             p = [0.3, 0.05, 0.01][t % 3]
-            masks = MaskSet({n: m ^ (torch.rand(m.shape, generator=gen) < p) for n, m in masks.items()})
+            masks = MaskSet({n: m ^ (torch.rand(m.shape, generator=gen) < (p if n != "head.w" or t % 3 == 1 else 0))
+                             for n, m in masks.items()})
             state = {"token_selector.w": state["token_selector.w"] + 0.01 * torch.randn(3, 5, generator=gen)}
         if t == 7:
             units = MaskSet({"blocks.0.attn.heads": torch.tensor([True, True, False, True])})
@@ -363,3 +365,25 @@ def test_every_snapshot_of_a_training_run_decodes_to_the_masks_training_had(tmp_
             assert MaskSet(h.group_at(i, "units")).equal(units)
         got = h.group_at(i, "state")
         assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+
+
+def test_the_readme_reader_decodes_what_the_library_decodes(tmp_path):
+    """The README's checkpoint-format section is enough for a third party: its reader, run as printed."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\nimport json, zlib")
+    code = text[start + len("```python\n"):text.index("```", start + 10)]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
+    snaps, _ = _random_run(n_snaps=9)
+    h = MaskHistory.from_snapshots(snaps, keyframe_every=2, sample_min=0, sample_target=500)
+    methods = {(g in ("state",), m) for g in h.layers for e in h.entries[g] if e and e.kind != "same" for m in e.method}
+    assert methods >= {(False, 0), (False, 1), (False, 2), (False, 3), (True, 4), (True, 5)}  # every method
+    tensors, header = history_to_file(h)
+    path = tmp_path / "history.safetensors"
+    path.write_bytes(safetensors_save(tensors, metadata={"svite_explorer": json.dumps({"history": header})}))
+    for i in range(len(h)):
+        for group in ("masks", "units", "sample", "state"):
+            for layer in h.layers[group]:
+                got = scope["history_tensor"](str(path), i, group, layer.name)
+                want = h.layer(i, layer.name, group).numpy()
+                assert got.dtype == want.dtype and np.array_equal(got, want), (i, group, layer.name)
