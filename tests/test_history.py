@@ -310,22 +310,43 @@ def test_a_loaded_history_never_reads_the_file_again(tmp_path):
         loaded.history.masks_at(i)
 
 
-def test_format_1_files_load_as_keyframes_that_equal_their_packed_tensors():
-    path = ROOT / "checkpoints" / "s2vite.safetensors"
-    with safe_open(str(path), framework="pt") as fh:
-        header = json.loads(fh.metadata()["svite_explorer"])
-        assert header["format_version"] == 1
-        raw = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith("history/")}  # noqa: SIM118
+def _format_1_file(path: Path, snaps) -> Path:
+    """A checkpoint as format 1 wrote it: every snapshot's masks, units and state stored whole."""
+    cfg = tiny_model_config()
+    model = build_model(cfg)
+    tensors = {f"model/{k}": v.clone() for k, v in model.state_dict().items()}
+    entries = []
+    for i, snap in enumerate(snaps):
+        entries.append({"step": snap.step, "epoch": snap.epoch, "info": snap.info, "state": sorted(snap.state),
+                        "mask_shapes": {n: list(s) for n, s in snap.masks.shapes.items()},
+                        "unit_shapes": {n: list(s) for n, s in snap.units.shapes.items()}})
+        tensors.update({f"history/{i}/mask/{n}": t for n, t in snap.masks.data.items()})
+        tensors.update({f"history/{i}/unit/{n}": t for n, t in snap.units.data.items()})
+        tensors.update({f"history/{i}/state/{n}": t for n, t in snap.state.items()})
+    header = {"format": "svite-explorer", "format_version": 1, "model_config": cfg.to_dict(), "method": "svite",
+              "mask_shapes": None, "unit_shapes": None, "fired_shapes": None, "history": entries}
+    path.write_bytes(safetensors_save(tensors, metadata={"svite_explorer": json.dumps(header)}))
+    return path
+
+
+def test_format_1_files_load_as_keyframes_that_equal_their_packed_tensors(tmp_path):
+    snaps = _tiny_snaps(5)
+    gen = torch.Generator().manual_seed(5)
+    snaps = [Snapshot.take(s.step, s.epoch, masks=s.masks.unpack(),
+                           units=MaskSet({"blocks.0.attn.heads": torch.rand(4, generator=gen) < 0.5}),
+                           state={"token_selector.w": torch.randn(7, generator=gen)}, event="update") for s in snaps]
+    path = _format_1_file(tmp_path / "old.safetensors", snaps)
     h = load_checkpoint(path).history
-    assert len(h) == len(header["history"])
-    for i, entry in enumerate(header["history"]):
-        for name, shape in entry["mask_shapes"].items():
-            bits = np.unpackbits(raw[f"history/{i}/mask/{name}"].numpy(), count=int(np.prod(shape)))
-            assert torch.equal(h.layer(i, name), torch.from_numpy(bits.astype(bool)).reshape(shape))
-        for name, shape in entry["unit_shapes"].items():
-            bits = np.unpackbits(raw[f"history/{i}/unit/{name}"].numpy(), count=int(np.prod(shape)))
-            assert h.layer(i, name, "units").tolist() == bits.astype(bool).tolist()
-    assert history_summary(h)["groups"]["masks"]["key"] == len(h)
+    assert len(h) == len(snaps) and history_summary(h)["groups"]["masks"]["key"] == len(h)
+    for i, snap in enumerate(snaps):
+        assert h.masks_at(i).equal(snap.masks.unpack())
+        assert MaskSet(h.group_at(i, "units")).equal(snap.units.unpack())
+        assert torch.equal(h.layer(i, "token_selector.w", "state"), snap.state["token_selector.w"])
+    st = h.stats("masks")
+    assert st.flips[1:].sum() > 0 and (st.ones[:, 0] == [int(s.masks.unpack().nonzeros()[st.layers[0].name])
+                                                          for s in snaps]).all()
+    for ship in sorted((ROOT / "checkpoints").glob("*.safetensors")):  # the shipped demos, whatever format
+        assert len(load_checkpoint(ship).history) >= 10
 
 
 def test_the_safetensors_header_stays_valid_json_of_modest_size(tmp_path):
