@@ -208,14 +208,24 @@ class MaskHistory(Sequence[Snapshot]):
         flat = np.concatenate(bits).astype(bool)
         return [Layer("sample", (len(flat),))], [np.packbits(flat)]
 
-    def sample_positions(self, layers: list[Layer] | None = None) -> list[np.ndarray]:
-        """Per masks layer, the local positions the distance sample holds (in sample order)."""
+    def sample_positions(self, layers: list[Layer] | None = None, stride: int | None = None) -> list[np.ndarray]:
+        """Per masks layer, the local positions the distance sample holds (in sample order): every
+        ``stride``-th weight of the layers flattened and concatenated."""
+        stride = stride or self.sample_stride
         out, offset = [], 0
         for layer in layers if layers is not None else self.layers.get("masks", []):
-            start = (-offset) % self.sample_stride
-            out.append(np.arange(start, layer.numel, self.sample_stride, dtype=np.int64))
+            start = (-offset) % stride
+            out.append(np.arange(start, layer.numel, stride, dtype=np.int64))
             offset += layer.numel
         return out
+
+    def read_time_stride(self) -> int:
+        """Stride of the sample :mod:`~sparsity_core.analysis.evolution` takes while decoding a large
+        history that stores none (format 1): 1 (every weight) below ``sample_min`` masked weights."""
+        total = sum(layer.numel for layer in self.layers.get("masks", []))
+        if self.sample_stride or total < max(self.sample_min, 1) or total <= self.sample_target:
+            return 1
+        return -(-total // self.sample_target) | 1
 
     def _resume_encoders(self) -> dict[str, _Encoder]:
         """Encoder state of a history read from a file: the last state of every group, the

@@ -408,3 +408,13 @@ def test_the_readme_reader_decodes_what_the_library_decodes(tmp_path):
                 got = scope["history_tensor"](str(path), i, group, layer.name)
                 want = h.layer(i, layer.name, group).numpy()
                 assert got.dtype == want.dtype and np.array_equal(got, want), (i, group, layer.name)
+
+
+def test_a_large_history_without_a_stored_sample_is_sampled_while_decoding():
+    snaps, truth = _random_run(n_snaps=6)
+    stored = MaskHistory.from_snapshots(snaps, sample_min=0, sample_target=1000)
+    legacy = MaskHistory.from_snapshots(snaps, sample_min=1 << 40)  # stores none, as format 1 did
+    legacy.sample_min, legacy.sample_target = 0, 1000  # ... and counts as large when read
+    basis = distance_basis(legacy)
+    assert not basis["exact"] and "while decoding" in basis["text"] and basis["stride"] == stored.sample_stride
+    assert np.array_equal(snapshot_distances(legacy, "jaccard")[0], snapshot_distances(stored, "jaccard")[0])

@@ -138,31 +138,38 @@ def density_evolution(history: HistoryLike) -> pd.DataFrame:
 
 
 def distance_basis(history: HistoryLike) -> dict[str, Any]:
-    """How :func:`snapshot_distances` measures: ``exact`` over every masked weight, or on the
-    stored systematic sample (every ``stride``-th weight), with the worst-case standard error of a
+    """How :func:`snapshot_distances` measures: ``exact`` over every masked weight, or on a
+    systematic sample (every ``stride``-th weight) that the history stores or, for a large history
+    that stores none, that is taken while decoding; with the worst-case standard error of a
     distance, 0.5 / sqrt(sampled)."""
     h = as_history(history)
     stats, cols = _weights(h)
     total = int(stats.numel[cols].sum()) if cols else 0
-    if h.sample_stride and "sample" in h.layers:
-        sampled = h.layers["sample"][0].numel
-        return {"exact": False, "sampled": sampled, "of": total, "stride": h.sample_stride,
-                "stderr": 0.5 / np.sqrt(max(sampled, 1)),
-                "text": f"estimated on a systematic sample: every {h.sample_stride}th of the {total:,} masked "
-                        f"weights ({sampled:,} positions, stored with the history); standard error at most "
-                        f"{0.5 / np.sqrt(max(sampled, 1)):.4f}"}
-    return {"exact": True, "sampled": total, "of": total, "stride": 1, "stderr": 0.0,
-            "text": f"exact: every one of the {total:,} masked weights"}
+    stored = bool(h.sample_stride and "sample" in h.layers)
+    stride = h.sample_stride if stored else h.read_time_stride()
+    if stride == 1:
+        return {"exact": True, "sampled": total, "of": total, "stride": 1, "stderr": 0.0,
+                "text": f"exact: every one of the {total:,} masked weights"}
+    sampled = h.layers["sample"][0].numel if stored else sum(len(p) for p in h.sample_positions(stride=stride))
+    stderr = 0.5 / np.sqrt(max(sampled, 1))
+    where = "stored with the history" if stored else "taken while decoding: this history stores no sample"
+    return {"exact": False, "sampled": sampled, "of": total, "stride": stride, "stderr": stderr,
+            "text": f"estimated on a systematic sample: every {stride}th of the {total:,} masked weights "
+                    f"({sampled:,} positions, {where}); standard error at most {stderr:.4f}"}
 
 
-def _rows_exact(h: MaskHistory, names: list[str]) -> tuple[list[int], np.ndarray, int]:
-    """Packed topology (selected layers concatenated) of every masked snapshot, and its bit count."""
+def _rows_decoded(h: MaskHistory, names: list[str], stride: int) -> tuple[list[int], np.ndarray, int]:
+    """Packed topology (selected layers concatenated; every ``stride``-th weight) of every masked
+    snapshot, decoded layer by layer, and its bit count."""
+    positions = dict(zip([la.name for la in h.layers["masks"]], h.sample_positions(stride=stride), strict=True))
     per_layer = []
     for name in names:
-        per_layer.append({t: np.packbits(state) for t, state in h.walk("masks", name)})
+        take = positions[name] if stride > 1 else slice(None)
+        per_layer.append({t: np.packbits(state[take]) for t, state in h.walk("masks", name)})
     idx = sorted(per_layer[0]) if per_layer else []
     rows = [np.concatenate([layer[t] for layer in per_layer]) for t in idx]
-    total = sum(h.layers["masks"][h.layer_index("masks", n)].numel for n in names)
+    total = sum(len(positions[n]) if stride > 1 else h.layers["masks"][h.layer_index("masks", n)].numel
+                for n in names)
     return idx, np.stack(rows) if rows else np.zeros((0, 0), np.uint8), total
 
 
@@ -184,7 +191,7 @@ def snapshot_distances(history: HistoryLike, metric: str = "jaccard",
 
     ``jaccard``: 1 - |A∩B| / |A∪B| of the active weights; ``hamming``: fraction of weights whose
     mask bit differs. Only snapshots with weight masks take part; ``layers`` restricts to some layers.
-    Exact, or on the history's stored sample (see :func:`distance_basis`).
+    Exact, or on a systematic sample of the weights (see :func:`distance_basis`).
     """
     if metric not in ("jaccard", "hamming"):
         raise SviteError(f"snapshot_distances: metric must be 'jaccard' or 'hamming', got {metric!r}")
@@ -199,8 +206,10 @@ def snapshot_distances(history: HistoryLike, metric: str = "jaccard",
     idx = stats.index.tolist()
     if not idx or not names:
         return np.zeros((len(idx), len(idx))), idx
-    sampled = bool(h.sample_stride and "sample" in h.layers)
-    got, packed, total = (_rows_sampled if sampled else _rows_exact)(h, names)
+    if h.sample_stride and "sample" in h.layers:
+        got, packed, total = _rows_sampled(h, names)
+    else:
+        got, packed, total = _rows_decoded(h, names, h.read_time_stride())
     if got != idx:
         raise SviteError("the history's distance sample does not cover every masked snapshot")
     return _pairwise(packed, metric, total), idx
