@@ -22,7 +22,7 @@ from ..checkpoint import LoadedCheckpoint
 from ..compact import compact
 from ..errors import SviteError
 from ..evaluate import count_flops, measure_throughput
-from ..masks import MaskSet, PackedMasks, default_sparsifiable, head_unit_name, neuron_unit_name
+from ..masks import MaskSet, PackedMasks, count_true, default_sparsifiable, head_unit_name, neuron_unit_name
 from ..models import build_model
 
 __all__ = [
@@ -183,7 +183,7 @@ def _counts(masks: Mapping[str, torch.Tensor] | PackedMasks) -> dict[str, tuple[
             if _is_weight(shape):
                 out[name] = (int(np.bitwise_count(data.numpy()).sum(dtype=np.int64)), int(np.prod(shape)), shape)
         return out
-    return {n: (int(m.sum()), int(m.numel()), tuple(m.shape)) for n, m in masks.items() if _is_weight(m.shape)}
+    return {n: (count_true(m), int(m.numel()), tuple(m.shape)) for n, m in masks.items() if _is_weight(m.shape)}
 
 
 def _num_blocks(names: Mapping[str, Any] | Sequence[str]) -> int:
@@ -220,9 +220,10 @@ def mask_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> p
     for n in common:
         ma, mb = a[n].to(torch.bool).cpu(), b[n].to(torch.bool).cpu()
         numel = ma.numel()
-        da, db = int(ma.sum()) / numel, int(mb.sum()) / numel
+        na, nb, kept = count_true(ma), count_true(mb), count_true(ma & mb)
+        da, db = na / numel, nb / numel
         rows.append({"layer": n, "block_type": block_type(n), "depth": layer_depth(n, depth), "numel": numel,
-                     "kept": int((ma & mb).sum()), "grown": int((~ma & mb).sum()), "pruned": int((ma & ~mb).sum()),
+                     "kept": kept, "grown": nb - kept, "pruned": na - kept,
                      "density_a": da, "density_b": db, "density_diff": db - da})
     return pd.DataFrame(rows, columns=["layer", "block_type", "depth", "numel", "kept", "grown", "pruned",
                                        "density_a", "density_b", "density_diff"])
