@@ -196,13 +196,11 @@ class MaskHistory(Sequence[Snapshot]):
 
     def _sample_of(self, layers: list[Layer], packed: list[np.ndarray]) -> tuple[list[Layer], list[np.ndarray]] | None:
         """The distance sample: every ``sample_stride``-th masked weight (layers concatenated)."""
-        total = sum(layer.numel for layer in layers)
-        if "sample" not in self.layers and not self.sample_stride:
-            if total < max(self.sample_min, 1) or total <= self.sample_target:
-                return None
-            self.sample_stride = -(-total // self.sample_target) | 1  # odd: no alias with even widths
         if not self.sample_stride:
-            return None
+            stride = self.stride_for(layers)
+            if stride == 1:
+                return None
+            self.sample_stride = stride
         positions = self.sample_positions(layers)
         bits = [p[local >> 3] >> (7 - (local & 7)) & 1 for p, local in zip(packed, positions, strict=True)]
         flat = np.concatenate(bits).astype(bool)
@@ -219,11 +217,13 @@ class MaskHistory(Sequence[Snapshot]):
             offset += layer.numel
         return out
 
-    def read_time_stride(self) -> int:
-        """Stride of the sample :mod:`~sparsity_core.analysis.evolution` takes while decoding a large
-        history that stores none (format 1): 1 (every weight) below ``sample_min`` masked weights."""
-        total = sum(layer.numel for layer in self.layers.get("masks", []))
-        if self.sample_stride or total < max(self.sample_min, 1) or total <= self.sample_target:
+    def stride_for(self, layers: list[Layer] | None = None) -> int:
+        """Stride of a distance sample of these masks (default: the history's): 1 (every weight, no
+        sample) below ``sample_min`` masked weights, else about ``sample_target`` positions. Odd, so
+        that it does not alias with the even widths of ViT matrices. Also the stride the analysis
+        samples with while decoding a large history that stores no sample (format 1)."""
+        total = sum(layer.numel for layer in (self.layers.get("masks", []) if layers is None else layers))
+        if total < max(self.sample_min, 1) or total <= self.sample_target:
             return 1
         return -(-total // self.sample_target) | 1
 

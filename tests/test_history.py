@@ -418,3 +418,9 @@ def test_a_large_history_without_a_stored_sample_is_sampled_while_decoding():
     basis = distance_basis(legacy)
     assert not basis["exact"] and "while decoding" in basis["text"] and basis["stride"] == stored.sample_stride
     assert np.array_equal(snapshot_distances(legacy, "jaccard")[0], snapshot_distances(stored, "jaccard")[0])
+    for snap in snaps:  # a run resumed from such a file starts storing a sample midway: still sampled whole
+        legacy.append(snap)
+    assert legacy.entries["sample"][0] is None and legacy.entries["sample"][-1] is not None
+    assert "while decoding" in distance_basis(legacy)["text"]
+    both = MaskHistory.from_snapshots(snaps + snaps, sample_min=0, sample_target=1000)
+    assert np.array_equal(snapshot_distances(legacy, "hamming")[0], snapshot_distances(both, "hamming")[0])

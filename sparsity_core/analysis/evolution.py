@@ -145,8 +145,8 @@ def distance_basis(history: HistoryLike) -> dict[str, Any]:
     h = as_history(history)
     stats, cols = _weights(h)
     total = int(stats.numel[cols].sum()) if cols else 0
-    stored = bool(h.sample_stride and "sample" in h.layers)
-    stride = h.sample_stride if stored else h.read_time_stride()
+    stored = _stored_sample(h)
+    stride = h.sample_stride if stored else h.stride_for()
     if stride == 1:
         return {"exact": True, "sampled": total, "of": total, "stride": 1, "stderr": 0.0,
                 "text": f"exact: every one of the {total:,} masked weights"}
@@ -206,13 +206,21 @@ def snapshot_distances(history: HistoryLike, metric: str = "jaccard",
     idx = stats.index.tolist()
     if not idx or not names:
         return np.zeros((len(idx), len(idx))), idx
-    if h.sample_stride and "sample" in h.layers:
+    if _stored_sample(h):
         got, packed, total = _rows_sampled(h, names)
     else:
-        got, packed, total = _rows_decoded(h, names, h.read_time_stride())
+        got, packed, total = _rows_decoded(h, names, h.stride_for())
     if got != idx:
-        raise SviteError("the history's distance sample does not cover every masked snapshot")
+        raise SviteError(f"{h.source}: the history's masks and their distance rows disagree")
     return _pairwise(packed, metric, total), idx
+
+
+def _stored_sample(h: MaskHistory) -> bool:
+    """Whether the history stores a distance sample at every snapshot that has masks (a run resumed
+    from a format-1 checkpoint starts storing one midway, and is then sampled while decoding)."""
+    if not (h.sample_stride and "sample" in h.layers):
+        return False
+    return all((m is None) == (s is None) for m, s in zip(h.entries["masks"], h.entries["sample"], strict=True))
 
 
 def _pairwise(packed: np.ndarray, metric: str, total: int) -> np.ndarray:
