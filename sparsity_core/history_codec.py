@@ -64,19 +64,25 @@ def _best_k(gaps: np.ndarray) -> int:
 
 
 def _bits_to_uint(values: np.ndarray, k: int) -> np.ndarray:
-    """(n,) unsigned ints -> (n * k,) bits, big-endian per value."""
+    """(n,) unsigned ints -> (n * k,) bits, big-endian per value (the low stream, unpacked)."""
     width = 8 if k <= 8 else 16 if k <= 16 else 32 if k <= 32 else 64
     big = values.astype(f">u{width // 8}")
     bits = np.unpackbits(big.view(np.uint8).reshape(len(values), width // 8), axis=1)
     return bits[:, width - k:].reshape(-1)
 
 
-def _uint_from_bits(bits: np.ndarray, n: int, k: int) -> np.ndarray:
-    """Inverse of :func:`_bits_to_uint`: (n * k,) bits -> (n,) int64."""
-    width = 8 if k <= 8 else 16 if k <= 16 else 32 if k <= 32 else 64
-    full = np.zeros((n, width), dtype=np.uint8)
-    full[:, width - k:] = bits.reshape(n, k)
-    return np.packbits(full, axis=1).view(f">u{width // 8}").reshape(n).astype(np.int64)
+def _read_fields(low: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Inverse of :func:`_bits_to_uint` straight from the packed bytes: every k-bit field is read
+    through a window of the bytes it spans (no array of single bits)."""
+    width = (k + 14) // 8  # bytes a k-bit field can span at any bit offset
+    offsets = np.arange(n, dtype=np.int64) * k
+    first = offsets >> 3
+    padded = np.concatenate([low, np.zeros(width, dtype=np.uint8)])
+    window = np.zeros(n, dtype=np.uint64)
+    for j in range(width):
+        window = (window << np.uint64(8)) | padded[first + j]
+    shift = (8 * width - k - (offsets & 7)).astype(np.uint64)
+    return ((window >> shift) & np.uint64((1 << k) - 1)).astype(np.int64)
 
 
 def rice_encode(positions: np.ndarray, k: int) -> bytes:
@@ -111,10 +117,10 @@ def rice_decode(data: np.ndarray, items: int, k: int, numel: int) -> np.ndarray:
     if int(gaps.max()) > (numel >> k):  # a quotient no valid gap can have; checked before shifting
         raise ValueError(f"a Rice quotient exceeds what {numel} entries allow")
     if k:
-        low_bits = np.unpackbits(low)
-        if low_bits[items * k:].any():
+        pad = 8 * low_len - items * k
+        if pad and int(low[-1]) & ((1 << pad) - 1):
             raise ValueError("Rice low stream has nonzero pad bits")
-        gaps = (gaps << k) + _uint_from_bits(low_bits[:items * k], items, k)
+        gaps = (gaps << k) + _read_fields(low, items, k)
     if int(gaps.max()) >= numel:
         raise ValueError(f"a gap reaches past the layer's {numel} entries")
     positions = np.cumsum(gaps + 1) - 1
