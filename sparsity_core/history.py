@@ -364,6 +364,15 @@ class MaskHistory(Sequence[Snapshot]):
             self._apply(group, j, t, state)
             yield t, state
 
+    def verify(self) -> None:
+        """Decode every layer of every group at every snapshot once (forward walks, each delta
+        once): a damaged segment raises CheckpointError naming the file and tensor. ``svite check``
+        runs this; pages decode only what they draw."""
+        for group, layers in self.layers.items():
+            for layer in layers:
+                for _ in self.walk(group, layer.name):
+                    pass
+
     # --- statistics without decoding ----------------------------------------------------------
     def stats(self, group: str = "masks") -> GroupStats:
         if group in self._stats:

@@ -35,7 +35,7 @@ from .errors import CheckpointError
 from .history import MaskHistory
 from .history_codec import BITMAP, RAW, check_bits_header, check_bytes_header
 from .history_entry import BIT_GROUPS, DTYPES, GROUPS, STATS, Entry, Layer, popcount, split_segments
-from .masks import PackedMasks, Snapshot
+from .masks import PackedMasks, Snapshot, check_packed
 
 ENCODING = "svite-keyframe-delta-1"
 MAX_LAYER_NUMEL = 1 << 31
@@ -250,11 +250,11 @@ def _legacy_bits(history: MaskHistory, group: str, i: int, packed_masks: PackedM
         raise _Bad(f"snapshot {i}: its {group} differ from the first snapshot's")
     packed = []
     for layer in layers:
-        arr = packed_masks.data[layer.name].numpy()
-        pad = 8 * len(arr) - layer.numel
-        if len(arr) != -(-layer.numel // 8) or (pad and arr[-1] & ((1 << pad) - 1)):
-            raise _Bad(f"tensor history/{i}/{group[:-1]}/{layer.name} is not {layer.numel} bits with zero padding")
-        packed.append(arr)
+        try:  # validate.history_entries checked these already; a history built elsewhere is checked here
+            check_packed(packed_masks.data[layer.name], list(layer.shape))
+        except ValueError as err:
+            raise _Bad(f"snapshot {i} {group} '{layer.name}': {err}") from None
+        packed.append(packed_masks.data[layer.name].numpy())
     ones = tuple(popcount(p) for p in packed)
     fired[group] = packed if group not in fired else [f | p for f, p in zip(fired[group], packed, strict=True)]
     flips = grown = (0,) * len(layers)
