@@ -61,10 +61,19 @@ def _masks_at(loaded: LoadedCheckpoint, snapshot: int | None) -> MaskSet:
         return analysis.checkpoint_masks(loaded)
     if not 0 <= snapshot < len(loaded.history):
         raise SviteError(f"snapshot {snapshot}: the checkpoint has {len(loaded.history)} snapshots")
-    snap = loaded.history[snapshot]
-    if not len(snap.masks):
+    if not loaded.history.has(snapshot, "masks"):
         return analysis.checkpoint_masks(loaded)  # dense snapshots hold no masks: the weights' own
-    return analysis.snapshot_masks(snap)
+    return loaded.history.masks_at(snapshot)  # decodes every layer: only for whole-model diffs
+
+
+def _layer_at(loaded: LoadedCheckpoint, snapshot: int | None, layer: str) -> torch.Tensor:
+    """One layer's mask, final or at a snapshot, decoding that layer only."""
+    if snapshot is not None and 0 <= snapshot < len(loaded.history) and loaded.history.has(snapshot, "masks"):
+        return analysis.history_layer_mask(loaded.history, snapshot, layer)
+    masks = _masks_at(loaded, snapshot)
+    if layer not in masks:
+        raise SviteError(f"the checkpoint has no mask for '{layer}'")
+    return masks[layer]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,8 +146,8 @@ def read_metrics(path: Path) -> pd.DataFrame:
 @st.cache_data(max_entries=64, show_spinner=False)
 def _density_table(path: str, stamp_: Stamp, snapshot: int | None) -> pd.DataFrame:
     loaded = load(path)
-    if snapshot is not None and len(loaded.history[snapshot].masks):
-        return analysis.layer_density_table(loaded.history[snapshot].masks)
+    if snapshot is not None and loaded.history.has(snapshot, "masks"):
+        return analysis.snapshot_density_table(loaded.history, snapshot)  # recorded counts: no decoding
     return analysis.layer_density_table(_masks_at(loaded, snapshot))
 
 
@@ -149,13 +158,7 @@ def density_table(path: str, snapshot: int | None = None) -> pd.DataFrame:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _mask_image(path: str, stamp_: Stamp, layer: str, snapshot: int | None, max_size: int) -> np.ndarray:
-    loaded = load(path)
-    if snapshot is not None and layer in loaded.history[snapshot].masks.data:
-        return analysis.mask_matrix(analysis.snapshot_layer_mask(loaded.history[snapshot], layer), max_size)
-    masks = _masks_at(loaded, None)
-    if layer not in masks:
-        raise SviteError(f"the checkpoint has no mask for '{layer}'")
-    return analysis.mask_matrix(masks[layer], max_size)
+    return analysis.mask_matrix(_layer_at(load(path), snapshot, layer), max_size)
 
 
 def mask_image(path: str, layer: str, snapshot: int | None = None, max_size: int = 256) -> np.ndarray:
@@ -188,6 +191,11 @@ def _distances(path: str, stamp_: Stamp, metric: str) -> tuple[np.ndarray, list[
 
 def distances(path: str, metric: str = "jaccard") -> tuple[np.ndarray, list[int]]:
     return _distances(path, stamp(path), metric)
+
+
+def distance_basis(path: str) -> dict[str, Any]:
+    """Whether :func:`distances` are exact or measured on the history's stored sample (and its size)."""
+    return analysis.distance_basis(load(path).history)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -253,7 +261,8 @@ def mask_diff(path_a: str, snap_a: int | None, path_b: str, snap_b: int | None) 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _diff_image(path_a: str, stamp_a: Stamp, snap_a: int | None, path_b: str, stamp_b: Stamp,
                 snap_b: int | None, layer: str, max_size: int) -> np.ndarray:
-    return analysis.mask_diff_matrix(_masks_of(path_a, snap_a)[layer], _masks_of(path_b, snap_b)[layer], max_size)
+    return analysis.mask_diff_matrix(_layer_at(load(path_a), snap_a, layer), _layer_at(load(path_b), snap_b, layer),
+                                     max_size)
 
 
 def diff_image(path_a: str, snap_a: int | None, path_b: str, snap_b: int | None, layer: str,

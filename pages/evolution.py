@@ -34,6 +34,7 @@ if not evo.empty:
     dist, idx = loaders.distances(path, metric)
     labels = [f"#{i} s{int(hist.loc[i, 'step'])}" for i in idx]
     ui.plot("distance_heatmap", dist, labels, metric, key="evo_distance")
+    st.caption(f"Distances {loaders.distance_basis(path)['text']}.")
 
     st.subheader("Churn per update")
     churn = loaders.churn(path)

@@ -141,7 +141,7 @@ def write_readme(out_dir: Path, epochs: int, results: dict[str, dict], notes: di
     lines += [
         "",
         "Snapshots: one at initialisation, one after every topology update (until 80% of training) and one",
-        "at every epoch end. The weights, final masks, the bit-packed mask history and (SViTE+) the token",
+        "at every epoch end. The weights, final masks, the mask history and (SViTE+) the token",
         "selector's weights at every snapshot are all in the one file.",
         "",
         "Accuracy is what 20 epochs on one CPU thread buy, one seed each: the tiny ViT sits near chance for",

@@ -5,8 +5,9 @@ Our format: a single ``.safetensors`` file with
   ``model/<param>``                       weights,
   ``mask/<param>`` / ``unit/<name>``       final weight masks / head+neuron masks (bit-packed uint8),
   ``fired/<param>``                        ever-active masks (bit-packed),
-  ``history/<i>/{mask,unit,state}/<name>`` the mask history, one group per snapshot,
-and JSON metadata (model config, method and settings, epoch, metrics, versions, training config).
+  ``history/<i>/<group>``                  the mask history: keyframes and deltas (``history_io``),
+and JSON metadata (model config, method and settings, epoch, metrics, versions, training config,
+the history's index). Format 1 files (every snapshot bit-packed in full) still load.
 
 Loading never unpickles arbitrary objects: safetensors, or ``torch.load(weights_only=True)`` with
 only ``argparse.Namespace`` allow-listed (the official SViTE checkpoint stores its args that way).
@@ -35,11 +36,13 @@ from torch import nn
 
 from . import validate
 from .errors import CheckpointError, SviteError
+from .history import MaskHistory, as_history
+from .history_io import history_from_file, history_from_legacy, history_to_file
 from .masks import MaskSet, PackedMasks, Snapshot, default_sparsifiable, head_unit_name, neuron_unit_name
 from .models import ModelConfig, SelectorConfig, infer_config_from_state_dict
 
 FORMAT = "svite-explorer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: keyframe + delta mask history (1: every snapshot packed in full)
 MAX_CHECKPOINT_BYTES = validate.MAX_CHECKPOINT_BYTES
 
 
@@ -54,7 +57,7 @@ class LoadedCheckpoint:
     masks: MaskSet | None = None  # weight-level masks (None: dense / unknown)
     units: MaskSet | None = None  # head/neuron masks of structured runs
     fired: MaskSet | None = None
-    history: list[Snapshot] = field(default_factory=list)
+    history: MaskHistory = field(default_factory=MaskHistory)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,7 +128,8 @@ def _put_packed(tensors: dict[str, torch.Tensor], prefix: str, packed: PackedMas
 
 def checkpoint_bytes(model: nn.Module, model_config: ModelConfig, *, masks: MaskSet | None = None,
                      units: MaskSet | None = None, fired: MaskSet | None = None,
-                     history: list[Snapshot] | None = None, meta: Mapping[str, Any] | None = None) -> bytes:
+                     history: MaskHistory | list[Snapshot] | None = None,
+                     meta: Mapping[str, Any] | None = None) -> bytes:
     """Serialise a checkpoint to safetensors bytes (see module docstring for the layout)."""
     tensors: dict[str, torch.Tensor] = {}
     for name, value in model.state_dict().items():
@@ -137,19 +141,12 @@ def checkpoint_bytes(model: nn.Module, model_config: ModelConfig, *, masks: Mask
         "versions": package_versions(),
         **dict(meta or {}),
     }
+    header["format_version"] = FORMAT_VERSION  # meta re-saved from an older file must not carry its version
     header["mask_shapes"] = _put_packed(tensors, "mask", masks.pack()) if masks is not None else None
     header["unit_shapes"] = _put_packed(tensors, "unit", units.pack()) if units is not None else None
     header["fired_shapes"] = _put_packed(tensors, "fired", fired.pack()) if fired is not None else None
-    entries = []
-    for i, snap in enumerate(history or []):
-        entry = {"step": snap.step, "epoch": snap.epoch, "info": snap.info,
-                 "mask_shapes": _put_packed(tensors, f"history/{i}/mask", snap.masks),
-                 "unit_shapes": _put_packed(tensors, f"history/{i}/unit", snap.units),
-                 "state": sorted(snap.state)}
-        for name, value in snap.state.items():
-            tensors[f"history/{i}/state/{name}"] = value.detach().to("cpu").contiguous()
-        entries.append(entry)
-    header["history"] = entries
+    history_tensors, header["history"] = history_to_file(as_history(history))
+    tensors.update(history_tensors)
     return safetensors_save(tensors, metadata={"svite_explorer": json.dumps(header, default=_json_default)})
 
 
@@ -294,11 +291,28 @@ def _load_ours(path: Path, tensors: dict[str, torch.Tensor], header_json: str) -
     expected = {"mask": params, "unit": units, "fired": {**params, **units}}  # S2ViTE's fired holds units too
     groups = {group: validate.packed_group(path, tensors, group, header.get(f"{group}_shapes"), want)
               for group, want in expected.items()}
-    history = validate.history_entries(path, tensors, header.get("history") or [], model)
+    history = _load_history(path, header, tensors, model)
     meta = {k: v for k, v in header.items() if k not in ("mask_shapes", "unit_shapes", "fired_shapes", "history")}
     masks, units_, fired = (g.unpack() if g is not None else None for g in groups.values())
     return LoadedCheckpoint(path=path, format=FORMAT, model=model, model_config=config, masks=masks, units=units_,
                             fired=fired, history=history, meta=meta)
+
+
+def _load_history(path: Path, header: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                  model: nn.Module) -> MaskHistory:
+    """The lazy mask history: format 2 as it is stored (its index checked, nothing decoded), format 1
+    (every snapshot packed whole, checked by :func:`validate.history_entries`) as keyframes; either
+    way its masks must fit the model."""
+    if header.get("format_version", 0) < 2:
+        return history_from_legacy(validate.history_entries(path, tensors, header.get("history") or [], model),
+                                   str(path))
+    history = history_from_file(header.get("history"), tensors, str(path))
+    for group, shapes in (("masks", validate.parameter_shapes(model)), ("units", validate.unit_shapes(model))):
+        for layer in history.layers.get(group, []):
+            if tuple(shapes.get(layer.name, ())) != layer.shape:
+                raise CheckpointError(f"{path}: mask history has {group} '{layer.name}' {list(layer.shape)}, "
+                                      "which the model does not have")
+    return history
 
 
 def _load_plain(path: Path, state: dict[str, torch.Tensor], *, num_heads: int | None) -> LoadedCheckpoint:

@@ -185,6 +185,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
 
     loaded = load_checkpoint(args.path, num_heads=args.num_heads)
+    loaded.history.verify()  # loading decodes no history; a check decodes all of it once
     print(f"ok: {args.path}: {loaded.format}, {loaded.model_config.name}, {loaded.method}, "
           f"{len(loaded.history)} snapshots")
     return 0

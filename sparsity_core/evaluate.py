@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .masks import MaskSet, head_unit_name
+from .masks import MaskSet, count_true, head_unit_name
 from .models import input_shape
 
 
@@ -57,9 +57,9 @@ def count_parameters(model: nn.Module, masks: MaskSet | None = None) -> dict[str
     nonzeros = 0
     for name, p in params.items():
         if masks is not None and name in masks:
-            nonzeros += int((masks[name].to(p.device) & (p.detach() != 0)).sum())
+            nonzeros += count_true(masks[name].to(p.device) & (p.detach() != 0))
         else:
-            nonzeros += int((p.detach() != 0).sum())
+            nonzeros += count_true(p.detach() != 0)
     return {"params": total, "nonzeros": nonzeros}
 
 

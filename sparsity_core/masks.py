@@ -18,6 +18,14 @@ import torch
 from torch import nn
 
 
+def count_true(mask: torch.Tensor) -> int:
+    """Number of True entries. numpy counts a CPU bool tensor ~100x faster than ``mask.sum()``
+    (which widens every entry to int64), which matters for the 86 M weights of a DeiT-B."""
+    if mask.device.type == "cpu" and mask.dtype == torch.bool and not mask.requires_grad:
+        return int(np.count_nonzero(mask.numpy()))
+    return int(torch.count_nonzero(mask))
+
+
 def pack_bool(mask: torch.Tensor) -> torch.Tensor:
     """Bit-pack a boolean tensor into uint8 (flattened, big-endian bit order as numpy's packbits)."""
     flat = mask.detach().to("cpu", torch.bool).reshape(-1).numpy()
@@ -61,7 +69,7 @@ def unpack_bool(packed: torch.Tensor, shape: Iterable[int]) -> torch.Tensor:
     shape = check_packed(packed, list(shape) if not isinstance(shape, (list, tuple)) else shape)
     n = math.prod(shape)
     bits = np.unpackbits(packed.to("cpu").numpy(), count=n)
-    return torch.from_numpy(bits.astype(bool)).reshape(shape)
+    return torch.from_numpy(bits.view(bool)).reshape(shape)  # 0/1 bytes are bools: no copy
 
 
 @dataclass
@@ -132,19 +140,19 @@ class MaskSet(Mapping[str, torch.Tensor]):
 
     # --- statistics -------------------------------------------------------------------------
     def nonzeros(self) -> dict[str, int]:
-        return {n: int(m.sum()) for n, m in self._masks.items()}
+        return {n: count_true(m) for n, m in self._masks.items()}
 
     def numels(self) -> dict[str, int]:
         return {n: m.numel() for n, m in self._masks.items()}
 
     def density(self) -> dict[str, float]:
-        return {n: (int(m.sum()) / m.numel() if m.numel() else 1.0) for n, m in self._masks.items()}
+        return {n: (count_true(m) / m.numel() if m.numel() else 1.0) for n, m in self._masks.items()}
 
     def overall_density(self) -> float:
         total = sum(m.numel() for m in self._masks.values())
         if total == 0:
             return 1.0
-        return sum(int(m.sum()) for m in self._masks.values()) / total
+        return sum(count_true(m) for m in self._masks.values()) / total
 
     def equal(self, other: MaskSet) -> bool:
         return set(self) == set(other) and all(torch.equal(self[n].cpu(), other[n].cpu()) for n in self)

@@ -16,8 +16,9 @@ from .compact import compact, max_logit_diff
 from .data import build_data, make_loader
 from .errors import SviteError
 from .evaluate import count_flops, count_parameters, evaluate_accuracy, measure_throughput
+from .history_io import history_summary
 from .limits import check_eval_flags, model_dims
-from .masks import MaskSet, default_sparsifiable, head_unit_name, neuron_unit_name
+from .masks import MaskSet, count_true, default_sparsifiable, head_unit_name, neuron_unit_name
 from .models import describe_model, num_patches
 from .units import unit_weight_masks
 
@@ -34,7 +35,7 @@ def layer_rows(loaded: LoadedCheckpoint) -> list[dict[str, Any]]:
     for name, mask in masks.items():
         if mask.shape != params[name].shape:  # unit-level masks are reported separately
             continue
-        nnz = int(mask.sum())
+        nnz = count_true(mask)
         rows.append({"name": name, "shape": list(mask.shape), "nonzeros": nnz, "density": nnz / mask.numel()})
     return rows
 
@@ -97,6 +98,7 @@ def inspect_checkpoint(loaded: LoadedCheckpoint) -> dict[str, Any]:
         "token_selector": selector_summary(loaded),
         "history": [{"step": s.step, "epoch": s.epoch, "event": s.info.get("event"),
                      "overall_density": s.info.get("overall_density")} for s in loaded.history],
+        "history_summary": history_summary(loaded.history),
         "versions": meta.get("versions", {}),
     }
 

@@ -46,6 +46,7 @@ from .data import build_data, make_loader
 from .dst import EngineContext, SparsityEngine, build_engine
 from .errors import SviteError
 from .evaluate import evaluate_accuracy
+from .history import MaskHistory
 from .limits import check_train_flags
 from .masks import Snapshot
 from .models import ModelConfig, SelectorConfig, build_model, input_geometry, is_vit_name
@@ -410,7 +411,7 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
     else:
         loss_fn = nn.CrossEntropyLoss()
     # state: fresh or resumed ------------------------------------------------------------------
-    step, start_epoch, history = 0, 0, []
+    step, start_epoch, history = 0, 0, MaskHistory()  # encodes each snapshot as it is taken
     if resume_path is not None:
         step, start_epoch, history = _resume(resume_path, model, optimizer, scheduler, engine, device, steps_per_epoch)
     meta_base = {"data": {"source": data.source, "img_size": data.img_size, "mean": list(data.mean),
@@ -582,7 +583,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-            engine: SparsityEngine, device: torch.device, steps_per_epoch: int) -> tuple[int, int, list[Snapshot]]:
+            engine: SparsityEngine, device: torch.device, steps_per_epoch: int) -> tuple[int, int, MaskHistory]:
     """Restore weights, masks, history, optimizer, schedule, engine and RNG from a run directory.
 
     Runs before anything in the run directory is written. A failure while restoring comes from the

@@ -47,7 +47,7 @@ _HEADER_TYPES: dict[str, tuple[type, ...]] = {
     "metrics": (dict,), "settings": (dict,), "data": (dict,), "train_config": (dict,), "versions": (dict,),
     "epoch": _NUMBER, "step": (int,), "complete": (bool,), "resume_file": (str,), "steps_per_epoch": (int,),
     "total_steps": (int,), "mask_shapes": (dict,), "unit_shapes": (dict,), "fired_shapes": (dict,),
-    "history": (list,),
+    "history": (list, dict),  # format 1: a list of snapshots; format 2: the index history_io checks
 }
 _ENTRY_TYPES: dict[str, tuple[type, ...]] = {
     "step": (int,), "epoch": _NUMBER, "info": (dict,), "mask_shapes": (dict,), "unit_shapes": (dict,),
@@ -175,6 +175,11 @@ def parse_header(path: Path, text: str) -> dict[str, Any]:
     if "model_config" not in header:
         raise CheckpointError(f"{path}: checkpoint metadata has no model_config")
     history = header.get("history") or []
+    if isinstance(history, dict):  # format 2: sizes here, the rest in history_io (before any allocation)
+        snapshots = history.get("snapshots")
+        if isinstance(snapshots, list) and len(snapshots) > MAX_HISTORY:
+            raise CheckpointError(f"{path}: mask history of {len(snapshots)} snapshots, over the {MAX_HISTORY} limit")
+        return header
     if len(history) > MAX_HISTORY:
         raise CheckpointError(f"{path}: mask history of {len(history)} snapshots, over the {MAX_HISTORY} limit")
     for i, entry in enumerate(history):

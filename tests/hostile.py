@@ -19,7 +19,7 @@ from conftest import tiny_model_config
 from PIL import Image
 from safetensors import safe_open
 
-from sparsity_core.checkpoint import save_checkpoint
+from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
 from sparsity_core.masks import MaskSet, Snapshot, default_sparsifiable, head_unit_name, neuron_unit_name
 from sparsity_core.models import build_model
 
@@ -36,7 +36,9 @@ def tiny_sparse_checkpoint(path: Path) -> Path:
     masks = MaskSet({n: torch.rand(params[n].shape, generator=g) < 0.5 for n in default_sparsifiable(model)})
     masks.apply(model)
     units = MaskSet({HEADS: torch.tensor([True, False, True, True]), neuron_unit_name(0): torch.rand(192) < 0.5})
-    history = [Snapshot.take(i * 4, i / 2, masks=masks, units=units, event="update") for i in range(3)]
+    history = [Snapshot.take(i * 4, i / 2, masks=MaskSet({n: m ^ (torch.rand(m.shape, generator=g) < 0.05 * i)
+                                                         for n, m in masks.items()}), units=units, event="update")
+               for i in range(3)]  # snapshots 1 and 2 flip a few bits: deltas
     return save_checkpoint(path, model, tiny_model_config(), masks=masks, units=units, fired=masks.clone(),
                            history=history, meta={"method": "svite", "step": 8, "epoch": 1.0})
 
@@ -62,6 +64,25 @@ def variant(base: Path, out: Path, edit: Callable[[dict[str, torch.Tensor], dict
     return write_ours(out, tensors, replaced if isinstance(replaced, str) else header)
 
 
+def format_1(base: Path, out: Path) -> Path:
+    """``base`` with its history as format 1 wrote it (every snapshot's masks packed whole)."""
+    tensors, header = read_ours(base)
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("history/")}
+    entries = []
+    for i, snap in enumerate(load_checkpoint(base).history):
+        entries.append({"step": snap.step, "epoch": snap.epoch, "info": snap.info, "state": sorted(snap.state),
+                        "mask_shapes": {n: list(s) for n, s in snap.masks.shapes.items()},
+                        "unit_shapes": {n: list(s) for n, s in snap.units.shapes.items()}})
+        tensors.update({f"history/{i}/mask/{n}": t for n, t in snap.masks.data.items()})
+        tensors.update({f"history/{i}/unit/{n}": t for n, t in snap.units.data.items()})
+    header.update(format_version=1, history=entries)
+    return write_ours(out, tensors, header)
+
+
+def _first_delta(h: dict) -> dict:
+    return next(s["masks"] for s in h["history"]["snapshots"] if s.get("masks", {}).get("kind") == "delta")
+
+
 def _set(mapping: dict, key: str, value: Any) -> None:
     mapping[key] = value
 
@@ -80,8 +101,13 @@ def ours_variants(base: Path, root: Path) -> None:
         "unit-spare-bits": lambda t, h: _set(t, f"unit/{HEADS}", t[f"unit/{HEADS}"] | 0x0F),
         "unit-wrong-length": lambda t, h: _set(h["unit_shapes"], HEADS, [6]),
         "fired-truncated": lambda t, h: _set(t, f"fired/{QKV}", t[f"fired/{QKV}"][:10]),
-        "history-mask-truncated": lambda t, h: _set(t, f"history/1/mask/{QKV}", t[f"history/1/mask/{QKV}"][:-1]),
-        "history-mask-missing": lambda t, h: t.pop(f"history/2/mask/{QKV}"),
+        # format 2 histories (keyframes + deltas): the index is checked at load, the bytes by `check`
+        "history2-bytes-truncated": lambda t, h: _set(t, "history/1/masks", t["history/1/masks"][:-1]),
+        "history2-method-7": lambda t, h: _first_delta(h)["method"].__setitem__(1, 7),
+        "history2-delta-first": lambda t, h: _set(h["history"]["snapshots"][0]["masks"], "kind", "delta"),
+        "history2-shape-1e5": lambda t, h: _set(h["history"]["groups"]["masks"]["layers"][1], 1, [100000, 100000]),
+        "history2-20000-snapshots": lambda t, h: _set(h["history"], "snapshots", [{"step": 0, "epoch": 0.0}] * 20000),
+        "history2-segment-scrambled": lambda t, h: _set(t, "history/1/masks", t["history/1/masks"] ^ 0x5A),
         # declared sizes
         "config-depth-10000": lambda t, h: _set(h["model_config"], "depth", 10000),
         "config-embed-1e6": lambda t, h: _set(h["model_config"], "embed_dim", 10**6),
@@ -89,20 +115,27 @@ def ours_variants(base: Path, root: Path) -> None:
         "config-gigantic": lambda t, h: _set(h, "model_config", {"name": "vit_gigantic_patch14_224"}),
         "config-extra-depth": lambda t, h: _set(h["model_config"], "extra", {"depth": 5000}),
         "mask-shape-1e5": lambda t, h: _set(h["mask_shapes"], QKV, [100000, 100000]),
-        "history-shape-1e5": lambda t, h: _set(h["history"][0]["mask_shapes"], QKV, [100000, 100000]),
-        "history-20000-entries": lambda t, h: _set(h, "history", [{"step": i, "epoch": 0.0} for i in range(20000)]),
         # metadata of the wrong type or nesting
         "config-num-heads-0": lambda t, h: _set(h["model_config"], "num_heads", 0),
         "config-depth-string": lambda t, h: _set(h["model_config"], "depth", "2"),
         "history-an-int": lambda t, h: _set(h, "history", 5),
         "mask-shapes-a-list": lambda t, h: _set(h, "mask_shapes", [1, 2]),
         "format-version-string": lambda t, h: _set(h, "format_version", "x"),
-        "history-step-string": lambda t, h: _set(h["history"][0], "step", "abc"),
         "metadata-nested-1e5": lambda t, h: "[" * 100_000 + "]" * 100_000,
         "metadata-not-object": lambda t, h: "[1, 2, 3]",
     }
+    legacy = format_1(base, root / "sparse-format1.safetensors")
+    legacy_edits: dict[str, Callable[[dict, dict], Any]] = {  # format 1: every snapshot packed whole
+        "history-mask-truncated": lambda t, h: _set(t, f"history/1/mask/{QKV}", t[f"history/1/mask/{QKV}"][:-1]),
+        "history-mask-missing": lambda t, h: t.pop(f"history/2/mask/{QKV}"),
+        "history-shape-1e5": lambda t, h: _set(h["history"][0]["mask_shapes"], QKV, [100000, 100000]),
+        "history-20000-entries": lambda t, h: _set(h, "history", [{"step": i, "epoch": 0.0} for i in range(20000)]),
+        "history-step-string": lambda t, h: _set(h["history"][0], "step", "abc"),
+    }
     for name, edit in edits.items():
         variant(base, root / f"{name}.safetensors", edit)
+    for name, edit in legacy_edits.items():
+        variant(legacy, root / f"{name}.safetensors", edit)
 
 
 def plain_variants(model: torch.nn.Module, root: Path) -> None:

@@ -1,9 +1,7 @@
-"""Mask analysis: layer density, evolution across snapshots, topology distances, churn, integrity.
+"""Mask analysis of one or two topologies: layer density, mask images, diffs, integrity, cost.
 
-Pure functions from checkpoints / masks / mask histories to pandas tables and numpy arrays; the app
-draws them, tests assert on them. History statistics work directly on the bit-packed snapshots
-(``np.bitwise_count`` of ANDs/ORs of packed bytes), so twenty DeiT-S topologies (~2.7 MB each packed,
-~22 MB each unpacked) are compared without ever unpacking them.
+Pure functions from checkpoints / masks to pandas tables and numpy arrays; the app draws them, tests
+assert on them. How topologies evolve across a run's mask history is :mod:`.evolution`.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from ..checkpoint import LoadedCheckpoint
 from ..compact import compact
 from ..errors import SviteError
 from ..evaluate import count_flops, measure_throughput
-from ..masks import MaskSet, PackedMasks, Snapshot, default_sparsifiable, head_unit_name, neuron_unit_name
+from ..masks import MaskSet, PackedMasks, count_true, default_sparsifiable, head_unit_name, neuron_unit_name
 from ..models import build_model
 
 __all__ = [
@@ -34,21 +32,12 @@ __all__ = [
     "layer_depth",
     "checkpoint_masks",
     "layer_density_table",
+    "density_table_from_counts",
     "density_by_group",
     "mask_matrix",
-    "history_table",
-    "snapshot_masks",
-    "snapshot_layer_mask",
-    "density_evolution",
-    "snapshot_distances",
-    "mask_churn",
-    "fired_rate",
-    "head_survival",
-    "neuron_survival",
     "unit_alive",
     "mask_diff",
     "mask_diff_matrix",
-    "layer_frames",
     "integrity_check",
     "flops_summary",
     "speed_comparison",
@@ -120,7 +109,12 @@ def layer_density_table(masks: Mapping[str, torch.Tensor] | PackedMasks) -> pd.D
 
     Rows are in forward order (patch embed, blocks by depth, head), so bars read left to right.
     """
-    counts = _counts(masks)
+    return density_table_from_counts(_counts(masks))
+
+
+def density_table_from_counts(counts: Mapping[str, tuple[int, int, tuple[int, ...]]]) -> pd.DataFrame:
+    """:func:`layer_density_table` from ``{layer: (nonzeros, numel, shape)}`` (e.g. a history's
+    recorded counts, so a snapshot's table needs no decoding)."""
     depth = _num_blocks(counts)
     rows = []
     for name, (nnz, numel, shape) in counts.items():
@@ -180,7 +174,7 @@ def mask_matrix(mask: torch.Tensor | np.ndarray, max_size: int = 256) -> np.ndar
 
 
 # ----------------------------------------------------------------------------------------------
-# mask histories (bit-packed)
+# counts of packed or unpacked masks
 def _counts(masks: Mapping[str, torch.Tensor] | PackedMasks) -> dict[str, tuple[int, int, tuple[int, ...]]]:
     if isinstance(masks, PackedMasks):
         out = {}
@@ -189,225 +183,12 @@ def _counts(masks: Mapping[str, torch.Tensor] | PackedMasks) -> dict[str, tuple[
             if _is_weight(shape):
                 out[name] = (int(np.bitwise_count(data.numpy()).sum(dtype=np.int64)), int(np.prod(shape)), shape)
         return out
-    return {n: (int(m.sum()), int(m.numel()), tuple(m.shape)) for n, m in masks.items() if _is_weight(m.shape)}
+    return {n: (count_true(m), int(m.numel()), tuple(m.shape)) for n, m in masks.items() if _is_weight(m.shape)}
 
 
 def _num_blocks(names: Mapping[str, Any] | Sequence[str]) -> int:
     ids = [int(m.group(1)) for n in names if (m := _BLOCK_RE.search(n))]
     return max(ids) + 1 if ids else 0
-
-
-def history_table(history: Sequence[Snapshot]) -> pd.DataFrame:
-    """One row per snapshot: snapshot index, step, epoch, event, overall density, and the engine's
-    own facts (prune rate, pruned/grown counts, ...) as extra columns."""
-    rows = []
-    for i, s in enumerate(history):
-        row = {"snapshot": i, "step": s.step, "epoch": s.epoch, "event": s.info.get("event", "")}
-        if len(s.masks):
-            row["overall_density"] = _packed_overall(s.masks)
-        for k, v in s.info.items():
-            if k not in row and (v is None or isinstance(v, (int, float, str, bool))):
-                row[k] = v
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _packed_overall(p: PackedMasks) -> float:
-    counts = _counts(p)
-    total = sum(numel for _, numel, _ in counts.values())
-    return sum(nnz for nnz, _, _ in counts.values()) / total if total else 1.0
-
-
-def snapshot_masks(snapshot: Snapshot) -> MaskSet:
-    """All weight masks of one snapshot, unpacked."""
-    return snapshot.masks.unpack()
-
-
-def snapshot_layer_mask(snapshot: Snapshot, layer: str) -> torch.Tensor:
-    """One layer's mask at a snapshot (unpacks only that layer)."""
-    if layer not in snapshot.masks.data:
-        raise SviteError(f"snapshot at step {snapshot.step} has no mask for '{layer}'")
-    return PackedMasks({layer: snapshot.masks.data[layer]}, {layer: snapshot.masks.shapes[layer]}).unpack()[layer]
-
-
-def _masked_history(history: Sequence[Snapshot], kind: str = "masks") -> tuple[list[int], list[str]]:
-    """Indices of snapshots that hold masks of ``kind`` and the layer names common to all of them."""
-    idx = [i for i, s in enumerate(history) if len(getattr(s, kind))]
-    if not idx:
-        return [], []
-    first = getattr(history[idx[0]], kind)
-    names = [n for n in first.data if (kind != "masks" or _is_weight(first.shapes[n])) and all(n in getattr(history[i], kind).data
-                                          and tuple(getattr(history[i], kind).shapes[n]) == tuple(first.shapes[n])
-                                          for i in idx)]
-    return idx, names
-
-
-def _stack(history: Sequence[Snapshot], idx: list[int], names: list[str], kind: str = "masks") -> np.ndarray:
-    """(snapshots, words) uint64: every snapshot's packed layers concatenated in one order, zero-padded
-    to whole 64-bit words (popcounts of words are ~2x faster than of bytes). Pad bits are zero, so
-    they never count in ANDs, ORs or popcounts of set bits."""
-    if not idx:
-        return np.zeros((0, 0), np.uint64)
-    rows = [np.concatenate([getattr(history[i], kind).data[n].numpy() for n in names]) for i in idx]
-    width = -(-max(len(r) for r in rows) // 8) * 8
-    out = np.zeros((len(rows), width), dtype=np.uint8)
-    for k, r in enumerate(rows):
-        out[k, :len(r)] = r
-    return out.view(np.uint64)
-
-
-def _popcount(words: np.ndarray, axis: int | None = None) -> np.ndarray | int:
-    counts = np.bitwise_count(words).sum(axis=axis, dtype=np.int64)
-    return counts if axis is not None else int(counts)
-
-
-def density_evolution(history: Sequence[Snapshot]) -> pd.DataFrame:
-    """Long table of density per layer per snapshot: snapshot, step, epoch, event, layer, block_type,
-    depth, nonzeros, numel, density (empty when the history holds no weight masks)."""
-    idx, names = _masked_history(history)
-    rows = []
-    if idx:
-        depth = _num_blocks(names)
-        shapes = history[idx[0]].masks.shapes
-        for i in idx:
-            s = history[i]
-            for n in names:
-                numel = int(np.prod(shapes[n]))
-                nnz = int(np.bitwise_count(s.masks.data[n].numpy()).sum(dtype=np.int64))
-                rows.append({"snapshot": i, "step": s.step, "epoch": s.epoch, "event": s.info.get("event", ""),
-                             "layer": n, "block_type": block_type(n), "depth": layer_depth(n, depth),
-                             "nonzeros": nnz, "numel": numel, "density": nnz / numel if numel else 1.0})
-    return pd.DataFrame(rows, columns=["snapshot", "step", "epoch", "event", "layer", "block_type", "depth",
-                                       "nonzeros", "numel", "density"])
-
-
-def snapshot_distances(history: Sequence[Snapshot], metric: str = "jaccard",
-                       layers: Sequence[str] | None = None) -> tuple[np.ndarray, list[int]]:
-    """Pairwise topology distance between snapshots and the snapshot indices it covers.
-
-    ``jaccard``: 1 - |A∩B| / |A∪B| of the active weights; ``hamming``: fraction of weights whose
-    mask bit differs. Only snapshots with weight masks take part; ``layers`` restricts to some layers.
-    """
-    if metric not in ("jaccard", "hamming"):
-        raise SviteError(f"snapshot_distances: metric must be 'jaccard' or 'hamming', got {metric!r}")
-    idx, names = _masked_history(history)
-    if layers is not None:
-        unknown = [n for n in layers if n not in names]
-        if unknown:
-            raise SviteError(f"snapshot_distances: unknown layers {unknown[:3]}")
-        names = [n for n in names if n in set(layers)]
-    n_snap = len(idx)
-    dist = np.zeros((n_snap, n_snap), dtype=np.float64)
-    if n_snap == 0 or not names:
-        return dist, idx
-    packed = _stack(history, idx, names)
-    total = sum(int(np.prod(history[idx[0]].masks.shapes[n])) for n in names)
-    ones = _popcount(packed, axis=1)  # |A| per snapshot; then one AND per pair gives everything:
-    for a in range(n_snap - 1):  # |A∪B| = |A| + |B| - |A∩B|, |A xor B| = |A| + |B| - 2|A∩B|
-        inter = _popcount(packed[a + 1:] & packed[a], axis=1)
-        both = ones[a] + ones[a + 1:]
-        if metric == "jaccard":
-            union = both - inter
-            d = np.where(union > 0, 1.0 - inter / np.maximum(union, 1), 0.0)
-        else:
-            d = (both - 2 * inter) / max(total, 1)
-        dist[a, a + 1:] = d
-        dist[a + 1:, a] = d
-    return dist, idx
-
-
-def mask_churn(history: Sequence[Snapshot], per_layer: bool = False) -> pd.DataFrame:
-    """Weights grown / pruned / kept between consecutive masked snapshots.
-
-    One row per transition (``snapshot`` is the later one), or one per transition and layer with
-    ``per_layer``. ``churn`` = (grown + pruned) / numel.
-    """
-    idx, names = _masked_history(history)
-    rows = []
-    for prev, cur in zip(idx[:-1], idx[1:], strict=True):
-        a, b, s = history[prev].masks, history[cur].masks, history[cur]
-        base = {"snapshot": cur, "step": s.step, "epoch": s.epoch, "event": s.info.get("event", "")}
-        layer_rows = []
-        for n in names:
-            pa, pb = a.data[n].numpy(), b.data[n].numpy()
-            grown = int(np.bitwise_count(pb & ~pa).sum(dtype=np.int64))
-            pruned = int(np.bitwise_count(pa & ~pb).sum(dtype=np.int64))
-            kept = int(np.bitwise_count(pa & pb).sum(dtype=np.int64))
-            layer_rows.append({"layer": n, "grown": grown, "pruned": pruned, "kept": kept,
-                               "numel": int(np.prod(a.shapes[n]))})
-        if per_layer:
-            rows += [{**base, **r, "churn": (r["grown"] + r["pruned"]) / max(r["numel"], 1)} for r in layer_rows]
-        else:
-            tot = {k: sum(r[k] for r in layer_rows) for k in ("grown", "pruned", "kept", "numel")}
-            rows.append({**base, **tot, "churn": (tot["grown"] + tot["pruned"]) / max(tot["numel"], 1)})
-    cols = ["snapshot", "step", "epoch", "event"] + (["layer"] if per_layer else []) + [
-        "grown", "pruned", "kept", "numel", "churn"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-def fired_rate(history: Sequence[Snapshot]) -> pd.DataFrame:
-    """Ever-active ("fired") fraction of the sparsified weights up to each snapshot, next to the
-    density: the reference's exploration rate RS. fired >= density, and it never decreases."""
-    idx, names = _masked_history(history)
-    rows = []
-    if idx:
-        packed = _stack(history, idx, names)
-        total = sum(int(np.prod(history[idx[0]].masks.shapes[n])) for n in names)
-        union = np.zeros(packed.shape[1], dtype=np.uint64)
-        for row, i in zip(packed, idx, strict=True):
-            union |= row
-            s = history[i]
-            rows.append({"snapshot": i, "step": s.step, "epoch": s.epoch, "event": s.info.get("event", ""),
-                         "density": _popcount(row) / total, "fired": _popcount(union) / total})
-    return pd.DataFrame(rows, columns=["snapshot", "step", "epoch", "event", "density", "fired"])
-
-
-def _unit_names(history: Sequence[Snapshot], fn: Any) -> tuple[list[int], list[tuple[int, str]]]:
-    idx = [i for i, s in enumerate(history) if len(s.units)]
-    if not idx:
-        return [], []
-    first = history[idx[0]].units.data
-    blocks = sorted({int(m.group(1)) for n in first if (m := _BLOCK_RE.search(n))})
-    named = [(b, fn(b)) for b in blocks if fn(b) in first]
-    return [i for i in idx if all(n in history[i].units.data for _, n in named)], named
-
-
-def head_survival(history: Sequence[Snapshot]) -> pd.DataFrame | None:
-    """Head × block alive timeline of a structured run (long table: snapshot, step, epoch, event,
-    block, head, alive), or None when the history has no head masks."""
-    idx, named = _unit_names(history, head_unit_name)
-    if not idx or not named:
-        return None
-    rows = []
-    for i in idx:
-        s = history[i]
-        units = PackedMasks({n: s.units.data[n] for _, n in named}, {n: s.units.shapes[n] for _, n in named}).unpack()
-        for b, n in named:
-            for h, alive in enumerate(units[n].tolist()):
-                rows.append({"snapshot": i, "step": s.step, "epoch": s.epoch, "event": s.info.get("event", ""),
-                             "block": b, "head": h, "alive": bool(alive)})
-    return pd.DataFrame(rows)
-
-
-def neuron_survival(history: Sequence[Snapshot]) -> pd.DataFrame | None:
-    """Per block and snapshot: MLP neurons alive, total, and the fraction of the first snapshot's
-    alive neurons still alive ("survived"), or None when the history has no neuron masks."""
-    idx, named = _unit_names(history, neuron_unit_name)
-    if not idx or not named:
-        return None
-    rows, first = [], {}
-    for i in idx:
-        s = history[i]
-        units = PackedMasks({n: s.units.data[n] for _, n in named}, {n: s.units.shapes[n] for _, n in named}).unpack()
-        for b, n in named:
-            m = units[n]
-            first.setdefault(b, m)
-            init_alive = int(first[b].sum())
-            rows.append({"snapshot": i, "step": s.step, "epoch": s.epoch, "event": s.info.get("event", ""),
-                         "block": b, "alive": int(m.sum()), "total": int(m.numel()),
-                         "fraction_alive": float(m.float().mean()),
-                         "survived": int((m & first[b]).sum()) / init_alive if init_alive else 0.0})
-    return pd.DataFrame(rows)
 
 
 def unit_alive(units: Mapping[str, torch.Tensor] | None) -> tuple[np.ndarray | None, pd.DataFrame | None]:
@@ -439,9 +220,10 @@ def mask_diff(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> p
     for n in common:
         ma, mb = a[n].to(torch.bool).cpu(), b[n].to(torch.bool).cpu()
         numel = ma.numel()
-        da, db = int(ma.sum()) / numel, int(mb.sum()) / numel
+        na, nb, kept = count_true(ma), count_true(mb), count_true(ma & mb)
+        da, db = na / numel, nb / numel
         rows.append({"layer": n, "block_type": block_type(n), "depth": layer_depth(n, depth), "numel": numel,
-                     "kept": int((ma & mb).sum()), "grown": int((~ma & mb).sum()), "pruned": int((ma & ~mb).sum()),
+                     "kept": kept, "grown": nb - kept, "pruned": na - kept,
                      "density_a": da, "density_b": db, "density_diff": db - da})
     return pd.DataFrame(rows, columns=["layer", "block_type", "depth", "numel", "kept", "grown", "pruned",
                                        "density_a", "density_b", "density_diff"])
@@ -454,11 +236,6 @@ def mask_diff_matrix(a: torch.Tensor, b: torch.Tensor, max_size: int = 256) -> n
         raise SviteError(f"mask_diff_matrix: shapes differ ({list(a.shape)} vs {list(b.shape)})")
     ma, mb = _as_matrix(a.to(torch.bool)), _as_matrix(b.to(torch.bool))
     return _block_mean(mb.astype(np.float32) - ma.astype(np.float32), max_size)
-
-
-def layer_frames(history: Sequence[Snapshot], layer: str, max_size: int = 128) -> list[tuple[Snapshot, np.ndarray]]:
-    """One layer's (downsampled) mask at every snapshot that has it: the frames of an evolution GIF."""
-    return [(s, mask_matrix(snapshot_layer_mask(s, layer), max_size)) for s in history if layer in s.masks.data]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""One group of one snapshot in the mask history: its layers, its entry, and how an entry is built.
+
+A *group* is the weight masks (``masks``), the head/neuron masks (``units``), the distance sample
+(``sample``) or the token-selector weights (``state``); its *layers* are its tensors, fixed for the
+whole history. An :class:`Entry` holds, per layer, one segment coded by
+:mod:`sparsity_core.history_codec`, the segment's header numbers, and (bit groups) the counts the
+charts read without decoding. :mod:`sparsity_core.history` strings entries into a history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import SviteError
+from .history_codec import EMPTY, encode_bits, encode_bytes
+from .masks import PackedMasks
+
+GROUPS = ("masks", "units", "sample", "state")
+BIT_GROUPS = ("masks", "units", "sample")
+STATS = ("ones", "flips", "grown", "fired")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,
+          "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One tensor of a group: a bit layer (``dtype`` empty) or a byte layer of that dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = ""
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype].itemsize if self.dtype else 1
+
+    @property
+    def size(self) -> int:
+        """Length of the decoded flat state: bits for bit layers, bytes for byte layers."""
+        return self.numel * self.itemsize
+
+
+@dataclass
+class Entry:
+    """One group at one snapshot; ``segments`` are uint8 views, one per layer, in layer order."""
+
+    kind: str  # "key" | "delta" | "same"
+    method: tuple[int, ...] = ()
+    count: tuple[int, ...] = ()
+    k: tuple[int, ...] = ()
+    nbytes: tuple[int, ...] = ()
+    segments: tuple[np.ndarray, ...] = ()
+    stats: dict[str, tuple[int, ...]] | None = None
+
+    @property
+    def payload(self) -> int:
+        return int(sum(self.nbytes))
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "same":
+            return {"kind": "same"}
+        out: dict[str, Any] = {"kind": self.kind, "method": list(self.method), "bytes": list(self.nbytes)}
+        if self.stats is not None:
+            out.update(count=list(self.count), k=list(self.k), **{s: list(self.stats[s]) for s in STATS})
+        return out
+
+
+def popcount(a: np.ndarray) -> int:
+    return int(np.bitwise_count(a).sum(dtype=np.int64))
+
+
+def split_segments(blob: np.ndarray, nbytes: Sequence[int]) -> tuple[np.ndarray, ...]:
+    ends = np.cumsum(nbytes, dtype=np.int64)
+    return tuple(blob[e - n:e] for e, n in zip(ends.tolist(), nbytes, strict=True))
+
+
+def bits_entry(kind: str, layers: list[Layer], packed: list[np.ndarray], stats: dict) -> Entry:
+    rows, payloads = [], []
+    for layer, p in zip(layers, packed, strict=True):
+        if not p.any():
+            method, count, k, data = EMPTY, 0, 0, b""
+        else:
+            method, count, k, data = encode_bits(np.unpackbits(p, count=layer.numel).view(bool))
+        rows.append((method, count, k, len(data)))
+        payloads.append(data)
+    method, count, k, nbytes = (tuple(c) for c in zip(*rows, strict=True))
+    blob = np.frombuffer(bytearray(b"".join(payloads)), dtype=np.uint8)
+    return Entry(kind, method, count, k, nbytes, split_segments(blob, nbytes), stats)
+
+
+def bytes_entry(kind: str, layers: list[Layer], xors: list[np.ndarray]) -> Entry:
+    rows, payloads = [], []
+    for layer, x in zip(layers, xors, strict=True):
+        method, data = encode_bytes(x, layer.itemsize)
+        rows.append((method, len(data)))
+        payloads.append(data)
+    method, nbytes = (tuple(c) for c in zip(*rows, strict=True))
+    blob = np.frombuffer(bytearray(b"".join(payloads)), dtype=np.uint8)
+    zeros = (0,) * len(layers)
+    return Entry(kind, method, zeros, zeros, nbytes, split_segments(blob, nbytes))
+
+
+def packed_group(packed: PackedMasks) -> tuple[list[Layer], list[np.ndarray]] | None:
+    if not len(packed):
+        return None
+    layers, arrays = [], []
+    for name, data in packed.data.items():
+        layer = Layer(name, tuple(int(s) for s in packed.shapes[name]))
+        arr = data.detach().to("cpu", torch.uint8).reshape(-1).numpy()
+        if len(arr) != -(-layer.numel // 8):
+            raise SviteError(f"packed mask '{name}' holds {len(arr)} bytes, shape {list(layer.shape)} needs "
+                             f"{-(-layer.numel // 8)}")
+        pad = 8 * len(arr) - layer.numel
+        if pad and arr[-1] & ((1 << pad) - 1):
+            arr = arr.copy()
+            arr[-1] &= 0xFF ^ ((1 << pad) - 1)  # pad bits are not mask bits: keep them zero
+        layers.append(layer)
+        arrays.append(arr)
+    return layers, arrays
+
+
+def byte_group(state: Mapping[str, torch.Tensor]) -> tuple[list[Layer], list[np.ndarray]] | None:
+    if not state:
+        return None
+    layers, arrays = [], []
+    for name, value in state.items():
+        dtype = str(value.dtype).removeprefix("torch.")
+        if dtype not in DTYPES:
+            raise SviteError(f"snapshot state '{name}' has dtype {dtype}, which the history cannot store")
+        layers.append(Layer(name, tuple(value.shape), dtype))
+        arrays.append(value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().copy())
+    return layers, arrays
