@@ -10,11 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_analysis_masks import build_checkpoint
 
-from app import catalog, gif, runs
+from app import catalog, gif, retrain_form, runs
+from sparsity_core.checkpoint import load_checkpoint
+from sparsity_core.cli import build_parser, train_config
 from sparsity_core.errors import CheckpointError, SviteError
+from sparsity_core.report import inspect_checkpoint
+from sparsity_core.train import train
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +101,8 @@ def test_run_form_builds_the_train_command():
     joined = " ".join(cmd[1:])
     assert joined.startswith("-m sparsity_core train --out /tmp/out --quiet --method s2vite --epochs 2")
     for part in ("--atten-density 0.7", "--other-density 0.6", "--keep-ratio 0.5", "--init /x/ck.safetensors",
-                 "--embed-dim 48", "--train-size 2000", "--update-frequency 50"):
+                 "--embed-dim 48", "--train-size 2000", "--update-frequency 25", "--log-every 2",
+                 "--selector-scorer mlp", "--selector-keep-warmup 0.3"):
         assert part in joined
     assert "--density" not in cmd  # S2ViTE ignores the weight density
     with pytest.raises(SviteError, match="no such folder"):
@@ -127,3 +133,66 @@ def test_runs_fail_with_one_line_survive_a_reload_and_cancel(dirs):
     runs.cancel(long)
     s = _wait(long, lambda s: s.status != "running", timeout=30)
     assert s.status == "cancelled" and runs.state(long).status == "cancelled"
+
+
+# ----------------------------------------------------------------------------------------------
+# the Retrain form's defaults: from every shipped checkpoint, the default run really trains
+SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def _train_like_the_form(form, out: Path, **quick):
+    """Run the form's exact ``svite train`` command in this process, shortened to a couple of steps."""
+    argv = form.command(out)[3:]  # drop "python -m sparsity_core"
+    args = build_parser().parse_args(argv)
+    cfg = train_config(args)
+    for key, value in {"epochs": 1, "max_steps": 2, "train_size": 128, "val_size": 32, "batch_size": 32,
+                       **quick}.items():
+        setattr(cfg, key, value)
+    return train(cfg, show_progress=False, echo_metrics=False)
+
+
+@pytest.mark.parametrize("name", ["dense", "svite", "svite-plus", "s2vite"])
+def test_default_retrain_from_every_shipped_checkpoint_trains(name, tmp_path):
+    path = str(SHIPPED / f"{name}.safetensors")
+    init = load_checkpoint(path)
+    doc = inspect_checkpoint(init)
+    form = retrain_form.defaults_for(doc, path)
+    assert form.init == path and form.lr == retrain_form.FINE_TUNE_LR
+    assert "--log-every" in form.command(tmp_path) and "--init" in form.command(tmp_path)
+    out = _train_like_the_form(form, tmp_path / "run")
+    run = load_checkpoint(out)
+    if name == "dense":  # sparsified with SViTE at 0.5
+        assert run.method == "svite" and run.meta["settings"]["density"] == 0.5
+    elif name == "s2vite":  # its heads and neurons carried over
+        assert run.method == "s2vite"
+        for unit, mask in init.units.items():
+            assert torch.equal(run.units[unit], mask), unit
+    else:  # same density, its masks carried over (no topology update in two steps)
+        assert run.method == "svite"
+        for layer, mask in init.masks.items():
+            assert torch.equal(run.masks[layer], mask), layer
+    if name == "svite-plus":  # its trained selector (MLP scorer) is kept, with no keep warm-up
+        assert run.model_config.selector.scorer == "mlp" and run.model.token_selector.keep == 32
+        assert form.selector_keep_warmup == 0.0 and form.keep_ratio == 0.5
+        sel = {k: v for k, v in run.history[0].state.items() if k.startswith("token_selector.")}
+        start = {f"token_selector.{k}": v for k, v in init.model.token_selector.state_dict().items()}
+        assert sel.keys() == start.keys() and all(torch.equal(sel[k], start[k]) for k in sel)
+
+
+def test_retrain_from_svite_plus_without_a_selector_and_a_clear_misfit(tmp_path):
+    path = str(SHIPPED / "svite-plus.safetensors")
+    form = retrain_form.defaults_for(inspect_checkpoint(load_checkpoint(path)), path)
+    form.keep_ratio = 0.0  # fine-tune the backbone alone
+    run = load_checkpoint(_train_like_the_form(form, tmp_path / "no-selector"))
+    assert not run.has_selector
+    form.keep_ratio, form.selector_scorer = 0.5, "linear"  # a selector that cannot take the MLP's weights
+    with pytest.raises(SviteError) as err:
+        _train_like_the_form(form, tmp_path / "linear")
+    msg = str(err.value)
+    assert "has an MLP scorer: pass --selector-scorer mlp." in msg and "Error(s)" not in msg and "\n" not in msg
+    form.selector_scorer, form.model_flags = "mlp", {"model": "vit_tiny_demo", "embed_dim": 48}
+    with pytest.raises(SviteError) as err:
+        _train_like_the_form(form, tmp_path / "narrow")
+    msg = str(err.value)
+    assert "differ in shape (first: cls_token is 1×1×96 in the checkpoint, 1×1×48 here)" in msg
+    assert msg.endswith("(svite inspect shows them).") and "Error(s)" not in msg
