@@ -38,17 +38,25 @@ TALK_DEFAULTS: dict[str, Any] = {
     "compare_mode": "Two checkpoints",
 }
 
+#: Talk-mode styles. The metric rules are more specific than the paragraph rule (the metric's value is a
+#: paragraph too: a plain ``p`` rule shrank it from 36 px to 24.7 px). Tables are HTML (``st.table``) in
+#: talk mode, so their text scales here; st.dataframe draws on a canvas that CSS cannot enlarge.
 TALK_CSS = """
 <style>
 html, body { font-size: 19px; }
 [data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li { font-size: 1.3rem; }
-[data-testid="stMetricValue"] { font-size: 2.6rem; }
-[data-testid="stMetricLabel"] p { font-size: 1.15rem; }
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] [data-testid="stMarkdownContainer"] p,
+[data-testid="stMetricValue"] div { font-size: 3.4rem !important; line-height: 1.15; }
+[data-testid="stMetricLabel"] p, [data-testid="stMetricLabel"] div { font-size: 1.3rem !important; }
+[data-testid="stMetricDelta"], [data-testid="stMetricDelta"] div { font-size: 1.2rem !important; }
+[data-testid="stTable"] td, [data-testid="stTable"] th { font-size: 1.25rem !important; padding: 0.35rem 0.6rem; }
 h1 { font-size: 3rem !important; }
 h2, h3 { font-size: 2.1rem !important; }
-[data-testid="stCaptionContainer"] { font-size: 1.1rem; }
+[data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] p { font-size: 1.15rem !important; }
 </style>
 """
+#: Rows a talk-mode table shows (the CSV button below it has them all).
+TALK_TABLE_ROWS = 25
 
 _PAGE_OBJECTS: dict[str, Any] = {}
 
@@ -182,22 +190,18 @@ def controls(label: str = "Controls") -> AbstractContextManager:
     return st.expander(label, expanded=False) if talk_mode() else st.container()
 
 
-def _talk_fonts(fig: go.Figure) -> go.Figure:
-    return fig.update_layout(font={"size": 20}, title_font={"size": 26}, template="plotly_white")
-
-
 def show_figure(fig: go.Figure, key: str) -> None:
     """A plotly chart with its toolbar (the camera icon downloads a PNG)."""
     talk = talk_mode()
     if talk:
-        _talk_fonts(fig)
+        figures.talk_layout(fig)
     st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key, theme=None if talk else "streamlit")
 
 
 @st.cache_resource(max_entries=512, show_spinner=False)
 def _built(name: str, args: tuple, kwargs: tuple, talk: bool) -> go.Figure:
     fig = getattr(figures, name)(*args, **dict(kwargs))
-    return _talk_fonts(fig) if talk else fig
+    return figures.talk_layout(fig) if talk else fig
 
 
 def plot(name: str, *args: Any, key: str, **kwargs: Any) -> None:
@@ -211,8 +215,14 @@ def plot(name: str, *args: Any, key: str, **kwargs: Any) -> None:
 
 
 def show_table(df: pd.DataFrame, name: str, key: str, height: int | None = None, **kwargs: Any) -> None:
-    """A table and its CSV download button."""
-    st.dataframe(df, hide_index=True, height=height or "auto", **kwargs)
+    """A table and its CSV download button. In talk mode an HTML table (readable from the back row:
+    its font scales with the talk styles) of the first rows; the CSV holds them all."""
+    if talk_mode():
+        st.table(df.head(TALK_TABLE_ROWS), hide_index=True)
+        if len(df) > TALK_TABLE_ROWS:
+            st.caption(f"First {TALK_TABLE_ROWS} of {len(df)} rows; the CSV has all of them.")
+    else:
+        st.dataframe(df, hide_index=True, height=height or "auto", **kwargs)
     st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"{name}.csv", mime="text/csv",
                        key=f"csv_{key}", icon=":material/download:", on_click="ignore")
 

@@ -701,7 +701,11 @@ def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     elif arr.dtype != np.uint8:
         if not np.issubdtype(arr.dtype, np.integer):
             raise SviteError(f"image of dtype {arr.dtype}: expected uint8 (or float in [0, 1])")
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
+        # 16-bit data is scaled from its 0-65535 range (clipping at 255 would turn it white); a wider
+        # integer type holding 8- or 16-bit values is read by the values' range
+        hi = int(arr.max(initial=0))
+        full = 255 if hi <= 255 and arr.dtype != np.uint16 else 65535 if hi <= 65535 else int(np.iinfo(arr.dtype).max)
+        arr = np.clip(np.rint(arr.astype(np.float64) * (255.0 / full)), 0, 255).astype(np.uint8)
     if arr.ndim == 2:
         return np.repeat(arr[..., None], 3, axis=2)
     if arr.shape[2] == 4:  # composite on white, so transparent areas do not turn black
@@ -719,7 +723,8 @@ def image_to_input(
 ) -> torch.Tensor:
     """Turn any photo into a model input: centre-crop to a square, resize, normalise -> 1×3×S×S float32.
 
-    Accepts uint8 H×W×3, H×W (grey) or H×W×4 (RGBA, composited on white); floats in [0, 1] also work.
+    Accepts uint8 H×W×3, H×W (grey) or H×W×4 (RGBA, composited on white); uint16 is scaled from
+    0-65535, floats in [0, 1] also work.
     """
     img_size = _check_int("img_size", img_size, 1)
     if len(mean) != 3 or len(std) != 3 or any(float(s) <= 0 for s in std):

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from test_analysis_masks import build_checkpoint
 
-from app import catalog, gif, retrain_form, runs
+from app import catalog, gif, images, retrain_form, runs
 from sparsity_core.checkpoint import load_checkpoint
 from sparsity_core.cli import build_parser, train_config
 from sparsity_core.errors import CheckpointError, SviteError
@@ -196,3 +196,80 @@ def test_retrain_from_svite_plus_without_a_selector_and_a_clear_misfit(tmp_path)
     msg = str(err.value)
     assert "differ in shape (first: cls_token is 1×1×96 in the checkpoint, 1×1×48 here)" in msg
     assert msg.endswith("(svite inspect shows them).") and "Error(s)" not in msg
+
+
+# ----------------------------------------------------------------------------------------------
+# images a user brings: every mode decoded the way the file means it, each conversion stated
+def _png(img: Image.Image, **save) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=save.pop("format", "PNG"), **save)
+    return buf.getvalue()
+
+
+def test_16bit_grey_png_is_scaled_not_clipped_to_white():
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    decoded = images.decode_image(_png(Image.fromarray(ramp)), "ramp16.png")
+    assert decoded.mode.startswith("I") and decoded.rgb.shape == (64, 64, 3) and decoded.rgb.dtype == np.uint8
+    grey = decoded.rgb[..., 0].astype(float)
+    assert (decoded.rgb[..., 0] == decoded.rgb[..., 2]).all()
+    assert grey.min() == 0 and grey.max() == 255 and abs(grey.mean() - 127.5) < 1.5  # not 99.6 % white
+    assert any("16-bit grey values were scaled from 0-65535" in n for n in decoded.notes)
+    # the numpy path (sparsity_core.data) agrees: uint16 is scaled, not clipped
+    from sparsity_core.data import _to_rgb_uint8
+
+    np.testing.assert_allclose(_to_rgb_uint8(ramp)[..., 0], decoded.rgb[..., 0], atol=1)
+
+
+def test_rgba_palette_grey_and_cmyk_are_normalised_and_said_so():
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200  # red where opaque
+    rgba[:4, :, 3] = 255  # top half opaque, bottom half fully transparent
+    decoded = images.decode_image(_png(Image.fromarray(rgba, "RGBA")), "a.png")
+    assert (decoded.rgb[:4] == (200, 0, 0)).all() and (decoded.rgb[4:] == images.BACKGROUND).all()
+    assert any("composited on white" in n and "50%" in n for n in decoded.notes)
+    pal = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8), "L").convert("P")
+    pal.info["transparency"] = 0
+    decoded = images.decode_image(_png(pal, transparency=0), "p.png")
+    assert decoded.rgb[0, 0].tolist() == list(images.BACKGROUND) and any("palette" in n for n in decoded.notes)
+    grey = images.decode_image(_png(Image.fromarray(np.full((5, 7), 77, np.uint8), "L")), "g.png")
+    assert grey.rgb.shape == (5, 7, 3) and (grey.rgb == 77).all() and grey.notes == []
+    cmyk = Image.new("CMYK", (6, 6), (0, 255, 255, 0))  # pure red in CMYK
+    decoded = images.decode_image(_png(cmyk, format="JPEG", quality=95), "c.jpg")
+    r, g, b = decoded.rgb.reshape(-1, 3).mean(axis=0)
+    assert r > 200 and g < 60 and b < 60 and any("CMYK" in n for n in decoded.notes)
+    with pytest.raises(SviteError, match=r"^x\.png: not a readable image \(the file is not an image"):
+        images.decode_image(b"not an image at all", "x.png")
+
+
+def test_fit_description_states_input_size_crop_and_resize():
+    text = images.fit_description((300, 451, 3), 224, 16)
+    assert text == ("Model input: 224×224 px, 14×14 patches of 16 px. This image (451×300 px) was centre-cropped to "
+                    "300×300 (151 px of its longer side cut off) and resized to 224×224 (bicubic).")
+    assert images.fit_description((32, 32, 3), 32, 4).endswith("(32×32 px) was used at its own size.")
+
+
+@pytest.mark.parametrize("level", [0, 128, 255])
+def test_kept_and_dropped_patches_differ_on_black_grey_and_white_images(level):
+    from app import figures
+
+    rgb = np.full((32, 32, 3), level, np.uint8)
+    kept = np.zeros((8, 8), bool)
+    kept[:, :4] = True  # left half kept
+    out = figures.overlay_patches(rgb, 4, kept).astype(float)
+    f = out.shape[0] // 32
+    inner = lambda r, c: out[r * 4 * f + 3:(r + 1) * 4 * f - 2, c * 4 * f + 3:(c + 1) * 4 * f - 2]  # noqa: E731
+    k, d = inner(2, 1), inner(2, 6)
+    assert k.std() == 0 and (k == level).all()  # a kept patch shows its own pixels
+    assert d.std() > 40  # a dropped one is hatched: light and dark strokes whatever the image
+    assert (d < 30).any() and (d > 220).any()
+
+
+def test_gif_is_large_enough_to_project_and_carries_its_colour_key():
+    data = gif.frames_to_gif([np.eye(8), np.ones((8, 8))], ["a", "b"])
+    im = Image.open(io.BytesIO(data))
+    assert im.width >= 640 and im.height >= 640 + gif.CAPTION_HEIGHT
+    rgb = np.asarray(im.convert("RGB"))
+    key_row = rgb[-gif.KEY_HEIGHT:]
+    # the key's two swatches (kept, pruned) are drawn in the ramp's end colours
+    for color in (c for _, c in gif.MASK_KEY):
+        assert (np.abs(key_row.astype(int) - color).sum(axis=2) < 30).any(), color
