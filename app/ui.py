@@ -3,6 +3,7 @@ helpers every page uses to show figures (PNG from plotly's toolbar) and tables (
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -68,7 +69,13 @@ def talk_mode() -> bool:
 
 
 def configure_page() -> None:
-    """Page config (talk mode: wide, sidebar collapsed, larger fonts). Call first in main."""
+    """Page config (talk mode: wide, sidebar collapsed, larger fonts). Call first in main.
+
+    ``?talk=1`` in the address starts a session in talk mode (a bookmark for the talk; the toggle keeps
+    the address in step), on the same seeded path as the toggle."""
+    if TALK_KEY not in st.session_state and st.query_params.get("talk") in ("1", "true", "on"):
+        st.session_state[TALK_KEY] = True
+        _seed_talk_path()
     talk = talk_mode()
     st.set_page_config(page_title="SViTE Explorer", page_icon=":material/blur_on:",
                        layout="wide" if talk else "centered",
@@ -95,7 +102,13 @@ def _talk_default_checkpoint(entries: list[catalog.CheckpointEntry]) -> str | No
 def _on_talk_toggle() -> None:
     """Entering talk mode starts the seeded path: the best demo checkpoint, fixed page defaults."""
     if not st.session_state.get(TALK_KEY):
+        st.query_params.pop("talk", None)
         return
+    st.query_params["talk"] = "1"
+    _seed_talk_path()
+
+
+def _seed_talk_path() -> None:
     entries = catalog.find_checkpoints()
     default = _talk_default_checkpoint(entries)
     if default is not None:
@@ -165,6 +178,34 @@ def current_label() -> str:
     return labels.get(path, Path(path).name) if path else "no checkpoint"
 
 
+#: Markers of library text that the loader quotes in parentheses (torch, safetensors, pickle): the app
+#: leaves such detail out of what it shows; ``svite inspect`` on the command line still prints it.
+_LIBRARY_TEXT = ("rror", "Weights only", "PytorchStreamReader", "Unsupported", "deserializ", "magic number",
+                 "opcode", "miniz", "GLOBAL", "Traceback", "index out of range")
+
+
+def explain(err: BaseException, path: str | None = None) -> str:
+    """A loader error as whole sentences for the page: the file's name instead of its full path, the
+    quoted library text (e.g. "Unsupported operand 149") left out, a full stop at the end. Anything
+    that is not one of our SviteErrors becomes a plain "could not be read" sentence."""
+    name = Path(path).name if path else "this file"
+    if not isinstance(err, SviteError):
+        return (f"{name} could not be read as a checkpoint ({type(err).__name__}); it may be truncated, or in a "
+                "format this app does not know.")
+    text = str(err)
+    if path:
+        text = text.replace(str(path), name)
+
+    def drop(m: re.Match) -> str:
+        return "" if any(marker in m.group(0) for marker in _LIBRARY_TEXT) else m.group(0)
+
+    text = re.sub(r"\s*\((?:[^()]|\([^()]*\))*\)", drop, text).strip()
+    text = re.sub(r"\s+;", ";", text)
+    if path and not text.startswith(name):
+        text = f"{name}: {text}"
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def require_checkpoint() -> tuple[str, LoadedCheckpoint]:
     """The picked checkpoint, loaded; stops the page with a clear message if there is none or it
     cannot be read (the app itself stays up)."""
@@ -174,8 +215,8 @@ def require_checkpoint() -> tuple[str, LoadedCheckpoint]:
         st.stop()
     try:
         return path, loaders.load(path)
-    except SviteError as err:
-        st.error(f"Cannot read this checkpoint: {err}")
+    except Exception as err:  # noqa: BLE001 (any unreadable file is a message, never a traceback)
+        st.error(f"Cannot read this checkpoint: {explain(err, path)}")
         st.stop()
     raise AssertionError("unreachable")
 

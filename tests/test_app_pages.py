@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from sparsity_core.checkpoint import load_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app" / "main.py")
 CKPTS = Path(os.environ.get("SVITE_CHECKPOINTS_DIR", ROOT / "checkpoints"))
@@ -85,7 +87,7 @@ def test_overview_shows_summary_integrity_cost():
     at = open_page("overview", "svite")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Method"] == "svite" and float(metrics["Overall density"]) == pytest.approx(0.5, abs=0.01)
-    assert int(metrics["Snapshots in history"]) >= 10
+    assert int(metrics["Mask snapshots"]) >= 10  # every snapshot of a SViTE run holds masks
     assert any("Integrity check passed" in s.value for s in at.success)
     dense, sparse = arr(chart(at, "FLOPs per image")["data"][0]["y"])
     assert sparse < dense
@@ -175,8 +177,12 @@ def test_evolution_page_structured_and_dense():
     assert len(chart(at, "Head survival")["data"][0]["y"]) == 24  # 4 blocks × 6 heads
     assert chart(at, "MLP neuron survival timeline")
     at = open_page("evolution", "dense")
+    n = len(load_checkpoint(ckpt("dense")).history)
     assert not at.get("plotly_chart")
-    assert any("has no mask history" in i.value for i in at.info)
+    assert any(f"None of this checkpoint's {n} snapshots holds masks" in i.value for i in at.info)
+    assert any(f"0 of {n} snapshots hold masks" in c.value for c in at.caption)  # not "{n} snapshots" above it
+    at = open_page("overview", "dense")
+    assert {m.label: m.value for m in at.metric}["Mask snapshots"] == f"0 of {n}"
 
 
 def _agreement(at: AppTest) -> dict[str, dict[str, float]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import time
 from pathlib import Path
 
@@ -273,3 +274,23 @@ def test_gif_is_large_enough_to_project_and_carries_its_colour_key():
     # the key's two swatches (kept, pruned) are drawn in the ramp's end colours
     for color in (c for _, c in gif.MASK_KEY):
         assert (np.abs(key_row.astype(int) - color).sum(axis=2) < 30).any(), color
+
+
+def test_loader_errors_are_shown_as_sentences_without_library_text(tmp_path):
+    from app.ui import explain
+
+    cases = {"list.pth": pickle.dumps([1, 2, 3]),  # torch: "Unsupported operand 149"
+             "torn.safetensors": (SHIPPED / "dense.safetensors").read_bytes()[:5000],
+             "noise.pth": bytes(range(256)) * 20}
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(SviteError) as err:
+            load_checkpoint(path)
+        text = explain(err.value, str(path))
+        assert text.startswith(f"{name}: ") and text.endswith(".") and str(tmp_path) not in text, text
+        for internal in ("Unsupported operand", "Error while", "Weights only", "PyTorch 2.6", "("):
+            assert internal not in text, text
+    assert explain(IndexError("list index out of range"), "/x/y.pth") == (
+        "y.pth could not be read as a checkpoint (IndexError); it may be truncated, or in a format this app does "
+        "not know.")

@@ -9,6 +9,7 @@ go to ``test-artifacts/browser/``.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -177,3 +178,125 @@ def test_one_epoch_retrain_survives_a_reload_finishes_and_reaches_the_picker(pag
     _settle(page)
     assert runs[0].parent.name in page.locator('[data-testid="stMain"]').inner_text()
     _no_errors(page, "Overview of the new run")
+
+
+# ----------------------------------------------------------------------------------------------
+# talk mode on a projector: measured in the browser (computed font sizes, element boxes)
+TALK_PAGES = [("overview", "Overview"), ("density", "Layer density"), ("evolution", "Mask evolution"),
+              ("patches", "Patch maps"), ("compare", "Compare"), ("retrain", "Retrain")]
+MEASURE = """() => {
+  const box = e => { if (!e) return null; const r = e.getBoundingClientRect();
+                     return r.width > 0 && r.height > 0 ? {x: r.x, y: r.y, w: r.width, h: r.height} : null; };
+  const fs = e => parseFloat(getComputedStyle(e).fontSize);
+  const deepest = e => { let d = e; while (d.firstElementChild) d = d.firstElementChild; return d; };
+  const all = (root, sel) => [...root.querySelectorAll(sel)];
+  return {
+    metrics: all(document, '[data-testid="stMetricValue"]').map(m => fs(deepest(m))),
+    tables: all(document, '[data-testid="stTable"] td').slice(0, 40).map(fs),
+    body: fs(document.querySelector('[data-testid="stMarkdownContainer"] p') || document.body),
+    plots: all(document, '.js-plotly-plot').map(p => ({
+      title: (p.querySelector('.gtitle') || {textContent: ''}).textContent,
+      svg: box(p.querySelector('.main-svg')),
+      legend: box(p.querySelector('.legend')),
+      gtitle: box(p.querySelector('.gtitle')),
+      axisTitles: all(p, '.xtitle, .ytitle').map(box).filter(Boolean),
+      ticks: all(p, '.xtick text, .ytick text').map(box).filter(Boolean),
+      areas: all(p, '.nsewdrag').map(box).filter(Boolean),
+      images: all(p, '.imagelayer image, .layer-above image, .im image').map(box).filter(Boolean),
+      colorbars: all(p, '.colorbar').map(box).filter(Boolean),
+    })),
+  };
+}"""
+
+
+def _overlap(a: dict, b: dict, tol: float = 1.0) -> bool:
+    return (a["x"] + tol < b["x"] + b["w"] and b["x"] + tol < a["x"] + a["w"]
+            and a["y"] + tol < b["y"] + b["h"] and b["y"] + tol < a["y"] + a["h"])
+
+
+def _inside(inner: dict, outer: dict, tol: float = 1.5) -> bool:
+    return (inner["x"] >= outer["x"] - tol and inner["y"] >= outer["y"] - tol
+            and inner["x"] + inner["w"] <= outer["x"] + outer["w"] + tol
+            and inner["y"] + inner["h"] <= outer["y"] + outer["h"] + tol)
+
+
+def _check_plots(plots: list[dict], where: str) -> None:
+    """No legend over the data, an axis title or the figure title; nothing cut off at the figure's edge."""
+    for p in plots:
+        name = f"{where} · {p['title'] or 'untitled'}"
+        svg = p["svg"]
+        for label, b in [("title", p["gtitle"]), ("legend", p["legend"])] + [("axis title", b) for b in
+                                                                             p["axisTitles"]] + \
+                        [("tick label", b) for b in p["ticks"]] + [("colour bar", b) for b in p["colorbars"]]:
+            if b is not None:
+                assert _inside(b, svg), f"{name}: {label} {b} is cut off by the figure {svg}"
+        legend = p["legend"]
+        if legend is None:
+            continue
+        for label, b in [("plot area", a) for a in p["areas"]] + [("axis title", a) for a in p["axisTitles"]] + \
+                        [("title", p["gtitle"])]:
+            if b is not None:
+                assert not _overlap(legend, b), f"{name}: the legend {legend} overlaps the {label} {b}"
+
+
+def _visit(pg, base: str, path: str, title: str, talk: bool) -> dict:
+    pg.goto(f"{base}/{path}" + ("?talk=1" if talk else ""))
+    pg.wait_for_selector(f'h1:has-text("{title}")')
+    if path != "retrain":
+        pg.wait_for_selector(".js-plotly-plot")
+    _settle(pg, quiet_s=1.5)
+    time.sleep(1.0)  # plotly lays out (automargins) after the first paint
+    _no_errors(pg, f"{title} ({'talk' if talk else 'normal'} mode)")
+    return pg.evaluate(MEASURE)
+
+
+def _screenshot_whole_page(pg, path: Path, w: int, h: int) -> None:
+    """Streamlit scrolls inside its own container, so a "full page" screenshot is one screen: grow the
+    window to the content's height (same width, same layout) for the picture, then put it back."""
+    tall = pg.evaluate("() => Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], "
+                       "[data-testid=\"stAppViewContainer\"], section.main')].map(e => e.scrollHeight), 0)")
+    pg.set_viewport_size({"width": w, "height": max(h, min(int(tall) + 40, 12000))})
+    time.sleep(1.0)
+    pg.screenshot(path=str(path), full_page=True)
+    pg.set_viewport_size({"width": w, "height": h})
+
+
+@pytest.mark.parametrize("size", [(1920, 1080), (1280, 720)], ids=["1920x1080", "1280x720"])
+def test_talk_mode_reads_from_the_back_row(server, tmp_path, size):
+    """Each page in talk mode (``?talk=1``, the seeded SViTE+ path) against normal mode, at a projector's
+    resolution: headline numbers larger, tables enlarged, image panels >= 500 px wide at 1920, and no
+    legend over data or an axis title, no title, label or colour bar cut off. Screenshots are saved."""
+    from playwright.sync_api import sync_playwright
+
+    w, h = size
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM),
+                                                    args=CHROME_ARGS, headless=True, viewport={"width": w, "height": h})
+        pg = ctx.pages[0] if ctx.pages else ctx.new_page()
+        pg.set_default_timeout(120_000)
+        report = {}
+        for path, title in TALK_PAGES:
+            normal = _visit(pg, server["url"], path, title, talk=False)
+            talk = _visit(pg, server["url"], path, title, talk=True)
+            _screenshot_whole_page(pg, ARTIFACTS / f"talk-{w}x{h}-{path}.png", w, h)
+            where = f"{title} at {w}×{h}"
+            _check_plots(talk["plots"], f"{where}, talk mode")
+            _check_plots(normal["plots"], f"{where}, normal mode")
+            if talk["metrics"]:
+                assert normal["metrics"], f"{where}: metrics only in talk mode?"
+                assert min(talk["metrics"]) > max(normal["metrics"]), (where, talk["metrics"], normal["metrics"])
+            if talk["tables"]:
+                assert min(talk["tables"]) >= 22, f"{where}: talk-mode table text {min(talk['tables'])} px"
+            assert talk["body"] > normal["body"], (where, talk["body"], normal["body"])
+            if path == "patches" and w >= 1920:
+                panels = [p for p in talk["plots"] if p["title"].startswith(("Kept ", "Selector scores",
+                                                                              "Attention", "Integrated"))]
+                assert len(panels) >= 3, [p["title"] for p in talk["plots"]]
+                for p in panels:
+                    side = max([b["w"] for b in p["images"] + p["areas"]] or [0])
+                    assert side >= 500, f"{where}: panel '{p['title']}' is {side:.0f} px wide"
+            report[path] = {"metric_px": [min(normal["metrics"] or [0]), min(talk["metrics"] or [0])],
+                            "table_px": min(talk["tables"] or [0]), "plots": len(talk["plots"])}
+        (ARTIFACTS / f"talk-{w}x{h}.json").write_text(json.dumps(report, indent=2))
+        ctx.close()
