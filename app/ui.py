@@ -12,13 +12,21 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+import torch
 
 from sparsity_core.checkpoint import LoadedCheckpoint
 from sparsity_core.errors import SviteError
 
 from . import catalog, figures, loaders
 from .figures import PLOTLY_CONFIG
-from .settings import CHECKPOINT_SUFFIXES, REPO_ROOT, checkpoints_dir, runs_dir, upload_limit_mb
+from .settings import (
+    CHECKPOINT_SUFFIXES,
+    REPO_ROOT,
+    checkpoints_dir,
+    runs_dir,
+    torch_threads,
+    upload_limit_mb,
+)
 
 #: (file in pages/, title, icon). The order is the talk-mode path through the app.
 PAGES: tuple[tuple[str, str, str], ...] = (
@@ -73,6 +81,8 @@ def configure_page() -> None:
 
     ``?talk=1`` in the address starts a session in talk mode (a bookmark for the talk; the toggle keeps
     the address in step), on the same seeded path as the toggle."""
+    if torch.get_num_threads() != torch_threads():
+        torch.set_num_threads(torch_threads())
     if TALK_KEY not in st.session_state and st.query_params.get("talk") in ("1", "true", "on"):
         st.session_state[TALK_KEY] = True
         _seed_talk_path()

@@ -28,6 +28,9 @@ ui.header("Patch maps", f"selector keeps {sel['keep']} of {sel['of']} patches" i
 object_mask = truth = None
 notes: list[str] = []
 demo_index: int | None = None
+trained_on = (loaded.meta.get("data") or {}).get("source")
+if "patch_source" not in st.session_state:  # demo shapes for demo models, photos for everything else
+    st.session_state["patch_source"] = "Demo dataset" if trained_on == "demo" else "Sample photos"
 with ui.controls("Image and attribution"):
     source = st.radio("Image", ["Demo dataset", "Sample photos", "Upload"], horizontal=True, key="patch_source")
     if source == "Demo dataset":
@@ -58,7 +61,6 @@ with ui.controls("Image and attribution"):
     method = st.selectbox("Attribution", list(METHODS), format_func=METHODS.get, key="patch_method")
 
 st.caption(" ".join(notes + [images.fit_description(image.shape, img_size, patch)]))
-trained_on = (loaded.meta.get("data") or {}).get("source")
 if source != "Demo dataset" and trained_on == "demo":
     st.warning(f"This model was trained on {img_size} px synthetic shapes (10 classes), so a photo is far outside "
                "what it learnt: its label for the photo means little, and its maps show where it looks, not what "
@@ -130,9 +132,10 @@ with right2:
 ui.plot("agreement_bars", this, over, km.keep, km.of, key="patch_agreement")
 if over is not None:
     st.caption(f"Best fixed mask: the {km.keep} positions most often among the top-{km.keep} attributed patches of "
-               f"the other demo images (cross-fitted: never fitted on the image it is scored on). Centre mask: the "
-               f"{km.keep} most central patches. Both ignore the image; a selector that does not beat them has "
-               "learned where things usually are, not what is there.")
+               f"other demo images; for this image, fitted on {len(others)} demo images that are not it; for the "
+               "mean, cross-fitted (fitted on the odd-numbered images to score the even ones, and vice versa). Centre "
+               f"mask: the {km.keep} most central patches. Both ignore the image; a selector that does not beat them "
+               "has learned where things usually are, not what is there.")
 
 snaps = analysis.selector_snapshots(loaded)
 st.subheader("Keep map across training")
@@ -177,7 +180,7 @@ vs = patch_data.keep_vs_object(path)
 summary = vs.groupby("class")[["recall", "precision", "iou"]].mean().reset_index()
 st.caption(f"Object patches kept, mean over {len(vs)} demo images: **{vs['recall'].mean():.1%}**; chance "
            f"{sel['keep'] / sel['of']:.1%}; best fixed mask {patch_data.positional_recall(path, sel['keep']):.1%} "
-           "(the positions where objects fall most often in 1000 training images; it never looks at the image).")
+           "(the positions where objects fall most often in the demo training images; it never looks at the image).")
 ui.show_table(summary, "keep_vs_object", key="patch_vs_object")
 
 ui.next_page_footer("patches")

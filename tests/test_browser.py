@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -300,3 +301,61 @@ def test_talk_mode_reads_from_the_back_row(server, tmp_path, size):
                             "table_px": min(talk["tables"] or [0]), "plots": len(talk["plots"])}
         (ARTIFACTS / f"talk-{w}x{h}.json").write_text(json.dumps(report, indent=2))
         ctx.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# a model of the real world: an official-format SViTE+ checkpoint at 224 px with 1000 ImageNet classes
+def _official_checkpoint(path: Path) -> Path:
+    """A small file in the official SViTE release format (``{'model': ..., 'args': Namespace, 'mask': ...}``,
+    mask keys ``module.<param>_<index>``, the token selector as ``gumbel``): a DeiT shape at 224 px, patch
+    16, 1000 classes, cut down to dim 64 and 2 blocks so that it is 1.5 MB. Random weights, density 0.5."""
+    import argparse
+
+    import torch
+
+    import sparsity_core  # noqa: F401
+    from sparsity_core.masks import MaskSet, default_sparsifiable
+    from sparsity_core.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="deit_tiny_patch16_224", embed_dim=64, depth=2, num_heads=2,
+                                    num_classes=1000))
+    params = dict(model.named_parameters())
+    masks = MaskSet({n: torch.rand(params[n].shape) < 0.5 for n in default_sparsifiable(model)})
+    masks.apply(model)
+    index = {n: i for i, n in enumerate(params)}
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    state["module.gumbel.weight"] = torch.randn(1, 64) * 0.2
+    state["module.gumbel.bias"] = torch.zeros(1)
+    args = argparse.Namespace(model="deit_tiny_patch16_224_gumbel", pruning_type="unstructure", density=0.5,
+                              atten_head=2, token_number=98)
+    torch.save({"model": state, "optimizer": {}, "epoch": 3, "args": args, "atten_mask": {}, "other_mask": {},
+                "mask": {f"module.{n}_{index[n]}": m.float() for n, m in masks.items()}}, path)
+    return path
+
+
+def test_an_official_imagenet_checkpoint_works_on_every_page_with_224_px_photos(page, server):
+    ckpt = _official_checkpoint(server["tmp"] / "checkpoint.pth")
+    page.goto(server["url"])
+    _settle(page)
+    page.locator('[data-testid="stSidebar"] input[type="file"]').set_input_files(str(ckpt))
+    page.locator('[data-testid="stSidebar"] [data-testid="stAlertContentSuccess"]').wait_for()
+    _settle(page)
+    picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input').first
+    assert picker.input_value() == "upload · checkpoint.pth"
+    for title in ("Overview", "Layer density", "Mask evolution", "Patch maps", "Compare", "Retrain"):
+        page.locator(f'[data-testid="stSidebarNav"] a:has-text("{title}")').click()  # same session: same pick
+        page.wait_for_selector(f'h1:has-text("{title}")')
+        _settle(page, quiet_s=1.5, timeout_s=240)
+        main = page.locator('[data-testid="stMain"]').inner_text()
+        page.screenshot(path=str(ARTIFACTS / f"official-{title.lower().replace(' ', '-')}.png"), full_page=True)
+        _no_errors(page, f"{title} of an official checkpoint")
+        if title == "Overview":
+            assert "svite-official" in main and "Integrity check passed" in main
+        if title == "Patch maps":  # photos by default for a model not trained on the demo data
+            assert "Model input: 224×224 px, 14×14 patches of 16 px" in main
+            assert "imagenet-1k class names from timm's ImageNetInfo" in main
+            assert not re.search(r"Prediction \(selector on\): class \d", main)
+            assert "Kept 98 of 196 patches" in main and "IoU of the 98 kept" in main
+        if title != "Retrain":
+            assert page.locator(".js-plotly-plot").count() >= (0 if title == "Mask evolution" else 1), title

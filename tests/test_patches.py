@@ -263,3 +263,31 @@ def test_keep_attribution_iou():
     assert attribution.keep_attribution_iou(kept, half) == pytest.approx(8 / 24)
     iou = attribution.keep_attribution_iou(kept, rng.normal(size=GRID))
     assert 0.0 <= iou <= 1.0
+
+
+def test_keep_map_history_equals_a_forward_pass_at_every_snapshot(demo):
+    """The fast path (tokens computed once, each snapshot's scorer applied to them) gives exactly the
+    keep map that running the whole model with that snapshot's selector gives."""
+    from types import SimpleNamespace
+
+    from sparsity_core.masks import Snapshot
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(selector=SelectorConfig(keep_ratio=0.5, block_index=1, scorer="mlp")))
+    history = []
+    for step in range(3):
+        torch.manual_seed(step)
+        for p in model.token_selector.parameters():
+            torch.nn.init.normal_(p)
+        state = {f"token_selector.{k}": v.clone() for k, v in model.token_selector.state_dict().items()}
+        history.append(Snapshot.take(step, float(step), state=state, event="epoch"))
+    loaded = SimpleNamespace(model=model, history=history)
+    image = demo.sample(7).image
+    frame = patches.keep_map_history(loaded, image)
+    assert sorted(frame["snapshot"].unique()) == [0, 1, 2]
+    for i in range(3):
+        slow = patches.patch_keep_map(patches.selector_at_snapshot(loaded, i), image)
+        part = frame[frame["snapshot"] == i]
+        np.testing.assert_array_equal(part["kept"].to_numpy().reshape(GRID), slow.kept)
+        np.testing.assert_allclose(part["score"].to_numpy().reshape(GRID), slow.scores, rtol=1e-6, atol=1e-6)
+    assert not (frame[frame.snapshot == 0]["kept"].to_numpy() == frame[frame.snapshot == 1]["kept"].to_numpy()).all()
