@@ -113,6 +113,8 @@ def run_metrics(path: str) -> pd.DataFrame:
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
+    """The scalar fields of every record: nested ones (the end line repeats the final metrics as a dict)
+    are left out, so the frame can be hashed for Streamlit's cache (pandas cannot hash a dict cell)."""
     records = []
     try:
         text = path.read_text()
@@ -124,7 +126,7 @@ def read_metrics(path: Path) -> pd.DataFrame:
         except json.JSONDecodeError:
             continue
         if isinstance(rec, dict):
-            records.append(rec)
+            records.append({k: v for k, v in rec.items() if not isinstance(v, (dict, list))})
     return pd.DataFrame.from_records(records)
 
 

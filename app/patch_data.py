@@ -162,8 +162,14 @@ def attribution(path: str, image: np.ndarray, method: str, target: int | None = 
     return _attribution(path, stamp(path), image, method, target)
 
 
+#: How many demo-image attributions were computed (cache misses), for benchmarks/bench_app.py: a widget
+#: interaction that computes them shows a progress bar, and the benchmark says so beside its time.
+COMPUTED = {"demo_attributions": 0}
+
+
 @st.cache_data(max_entries=2048, show_spinner=False)
 def _demo_attribution(path: str, stamp_: Stamp, index: int, method: str) -> np.ndarray:
+    COMPUTED["demo_attributions"] += 1
     return _attribute(path, demo_for(path).sample(index).image, method, None)
 
 

@@ -294,3 +294,18 @@ def test_loader_errors_are_shown_as_sentences_without_library_text(tmp_path):
     assert explain(IndexError("list index out of range"), "/x/y.pth") == (
         "y.pth could not be read as a checkpoint (IndexError); it may be truncated, or in a format this app does "
         "not know.")
+
+
+def test_run_metrics_can_be_hashed_for_the_cache(tmp_path):
+    """The end line repeats the final metrics as a dict; a DataFrame holding it made Streamlit warn that
+    pandas could not hash it (and fall back to pickling) on every Overview of a run."""
+    import pandas as pd
+
+    from app.loaders import read_metrics
+
+    lines = [{"kind": "start", "step": 0, "total_steps": 4}, {"kind": "epoch", "step": 4, "val_top1": 50.0},
+             {"kind": "end", "step": 4, "metrics": {"val_top1": 50.0}}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n{torn")
+    frame = read_metrics(tmp_path / "metrics.jsonl")
+    assert list(frame["kind"]) == ["start", "epoch", "end"] and "metrics" not in frame
+    assert len(pd.util.hash_pandas_object(frame)) == 3
