@@ -43,7 +43,7 @@ TALK_KEY = "talk_mode"
 #: Seeded defaults the talk path starts from (widget keys of the pages -> values).
 TALK_DEFAULTS: dict[str, Any] = {
     "density_snapshot": "final", "evo_metric": "jaccard", "evo_group": "block_type",
-    "patch_source": "Demo dataset", "patch_demo_index": 8, "patch_method": "integrated_gradients",
+    "patch_source": "Demo dataset", "patch_demo_index": 8, "patch_method": "attention_rollout",
     "compare_mode": "Two checkpoints",
 }
 

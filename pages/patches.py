@@ -11,8 +11,11 @@ from app.settings import IMAGE_SUFFIXES, IMAGE_UPLOAD_MB
 from sparsity_core import analysis
 from sparsity_core.errors import SviteError
 
-METHODS = {"integrated_gradients": "Integrated gradients (captum)", "occlusion": "Occlusion, patch by patch (captum)",
-           "input_x_gradient": "Input × gradient (captum)", "attention_rollout": "Attention rollout"}
+# Rollout first: it needs one forward pass per image, so the page (and its agreement over 32 demo images)
+# opens in about a second; the captum methods take 10-40 s for those 32 images the first time (progress
+# bar, then cached).
+METHODS = {"attention_rollout": "Attention rollout", "integrated_gradients": "Integrated gradients (captum)",
+           "occlusion": "Occlusion, patch by patch (captum)", "input_x_gradient": "Input × gradient (captum)"}
 DEFINITION = ("Attributions and rollout are computed **with every patch present**: the same backbone with the "
               "selector switched off. On the selector's own forward pass a dropped patch can change nothing, so "
               "it would score zero by construction and the agreement would flatter the selector (rollout gave "

@@ -650,14 +650,35 @@ def make_loader(
 # --------------------------------------------------------------------------------------------------
 
 # Only images shipped inside the scikit-image wheel: others (eagle, lily, ...) need a pooch download.
-_SKIMAGE_PHOTOS: dict[str, Callable[[Any], np.ndarray]] = {
-    "astronaut": lambda d: d.astronaut(),
-    "chelsea": lambda d: d.chelsea(),
-    "coffee": lambda d: d.coffee(),
-    "rocket": lambda d: d.rocket(),
-    "motorcycle": lambda d: d.stereo_motorcycle()[0],
-    "camera": lambda d: d.camera(),
+# Read straight from the wheel's data folder with Pillow: importing skimage.data takes a second or more
+# on a busy machine, and the app shows these photos on a click; skimage.data is the fallback.
+_SKIMAGE_PHOTOS: dict[str, tuple[str, Callable[[Any], np.ndarray]]] = {
+    "astronaut": ("astronaut.png", lambda d: d.astronaut()),
+    "chelsea": ("chelsea.png", lambda d: d.chelsea()),
+    "coffee": ("coffee.png", lambda d: d.coffee()),
+    "rocket": ("rocket.jpg", lambda d: d.rocket()),
+    "motorcycle": ("motorcycle_left.png", lambda d: d.stereo_motorcycle()[0]),
+    "camera": ("camera.png", lambda d: d.camera()),
 }
+
+
+def _skimage_data_dir() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(roots[0]) / "data" if roots else None
+
+
+def _read_photo(name: str) -> np.ndarray:
+    file, fallback = _SKIMAGE_PHOTOS[name]
+    folder = _skimage_data_dir()
+    if folder is not None and (folder / file).is_file():
+        with Image.open(folder / file) as im:
+            return np.asarray(im.convert("RGB"))
+    import skimage.data
+
+    return np.asarray(fallback(skimage.data))
 
 
 @functools.cache
@@ -667,12 +688,10 @@ def sample_images() -> dict[str, np.ndarray]:
     An image that fails to load (e.g. a scikit-image build without its data files) is left out rather
     than breaking the app; an error is raised only if none load. The arrays are shared: read-only.
     """
-    import skimage.data
-
     out: dict[str, np.ndarray] = {}
-    for name, load in _SKIMAGE_PHOTOS.items():
+    for name in _SKIMAGE_PHOTOS:
         try:
-            img = np.asarray(load(skimage.data))
+            img = _read_photo(name)
         except Exception:  # a missing optional photo must not break the app
             continue
         if img.ndim == 2:

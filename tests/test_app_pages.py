@@ -294,3 +294,19 @@ def test_talk_mode_tucks_controls_away_and_starts_the_seeded_path():
     assert at.session_state["ckpt"] == ckpt("svite-plus")  # the talk path starts on the richest demo
     assert [e for e in at.expander if e.label == "Controls"]
     assert any("Next: Mask evolution" in link.proto.label for link in at.get("page_link"))
+
+
+def test_retrain_form_starts_from_the_sidebar_checkpoint_with_its_settings():
+    at = open_page("retrain", "svite-plus")
+    assert at.selectbox(key="rt_init").value == ckpt("svite-plus")
+    assert at.selectbox(key="rt_method").value == "svite" and at.slider(key="rt_keep").value == 0.5
+    assert at.number_input(key="rt_epochs").value == 2 and at.number_input(key="rt_lr").value == 5e-4
+    assert any("keeping its token selector (keep ratio 0.5)" in c.value for c in at.caption)
+    at.selectbox(key="rt_init").set_value(ckpt("dense")).run()  # another start: the form follows it
+    ok(at)
+    assert at.slider(key="rt_keep").value == 0.0 and at.slider(key="rt_density").value == 0.5
+    assert any("sparsifies the dense model with SViTE" in c.value for c in at.caption)
+    at.selectbox(key="rt_init").set_value(ckpt("s2vite")).run()
+    ok(at)
+    assert at.selectbox(key="rt_method").value == "s2vite"
+    assert at.slider(key="rt_atten").value == 0.7 and at.slider(key="rt_other").value == 0.6
