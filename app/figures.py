@@ -50,7 +50,7 @@ def _panel(fig: go.Figure, title: str, mode: str = "normal") -> go.Figure:
                       title={"y": 1 - (spec["t"] * 0.55) / spec["height"]})
     fig.update_traces(selector={"type": "heatmap"},
                       colorbar={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.03, "yanchor": "top",
-                                "lenmode": "pixels", "len": side, "thickness": 14 if mode == "normal" else 22,
+                                "lenmode": "pixels", "len": int(0.8 * side), "thickness": 14 if mode == "normal" else 22,
                                 "title": {"side": "top"}})
     return fig
 
@@ -166,7 +166,7 @@ def churn_bars(churn: pd.DataFrame) -> go.Figure:
     fig.add_trace(go.Bar(x=churn["step"], y=-churn["pruned"], name="pruned", marker_color="#d62728",
                          customdata=churn["pruned"], hovertemplate="step %{x}: %{customdata} pruned<extra></extra>"))
     fig.update_layout(barmode="relative")
-    fig.update_yaxes(title="weights (grown up, pruned down)")
+    fig.update_yaxes(title="weights: grown ↑ pruned ↓")
     fig.update_xaxes(title="step of the update")
     return _layout(fig, "Churn: weights grown and pruned at each update", height=340)
 
@@ -360,8 +360,7 @@ def agreement_bars(this_image: dict[str, float], over_images: pd.DataFrame | Non
         fig.add_trace(go.Bar(x=names, y=mean, name=f"mean of {len(over_images)} demo images",
                              marker={"color": [AGREEMENT_COLORS[m] for m in names], "pattern": {"shape": "/"}},
                              error_y={"type": "data", "array": std, "visible": True},
-                             text=[f"{v:.2f}" for v in mean], textposition="outside",
                              hovertemplate="mean · %{x}: %{y:.3f}<extra></extra>"))
     fig.update_layout(barmode="group")
-    fig.update_yaxes(range=[0, 1.12], title=f"IoU with the top-{k} attributed patches")
+    fig.update_yaxes(range=[0, 1.12], title=f"IoU with top-{k} attributed")
     return _layout(fig, f"Agreement: kept {k} of {n} vs top-{k} attributed", height=400)

@@ -265,13 +265,16 @@ def plot(name: str, *args: Any, key: str, **kwargs: Any) -> None:
     st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key, theme=None if talk else "streamlit")
 
 
-def show_table(df: pd.DataFrame, name: str, key: str, height: int | None = None, **kwargs: Any) -> None:
+def show_table(df: pd.DataFrame, name: str, key: str, height: int | None = None, talk_rows: int = TALK_TABLE_ROWS,
+               **kwargs: Any) -> None:
     """A table and its CSV download button. In talk mode an HTML table (readable from the back row:
-    its font scales with the talk styles) of the first rows; the CSV holds them all."""
+    its font scales with the talk styles) of the first ``talk_rows`` rows (0: only the CSV button, for
+    raw tables a room cannot read anyway); the CSV holds them all."""
     if talk_mode():
-        st.table(df.head(TALK_TABLE_ROWS), hide_index=True)
-        if len(df) > TALK_TABLE_ROWS:
-            st.caption(f"First {TALK_TABLE_ROWS} of {len(df)} rows; the CSV has all of them.")
+        if talk_rows > 0:
+            st.table(df.head(talk_rows), hide_index=True)
+        if len(df) > talk_rows:
+            st.caption(f"{f'First {talk_rows} of' if talk_rows else 'All'} {len(df)} rows in the CSV.")
     else:
         st.dataframe(df, hide_index=True, height=height or "auto", **kwargs)
     st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"{name}.csv", mime="text/csv",

@@ -134,6 +134,11 @@ with right2:
         st.markdown(f"Chance: **{km.keep / km.of:.0%}** · best fixed mask (mean over demo images): **{prior:.0%}**")
 ui.plot("agreement_bars", this, over, km.keep, km.of, key="patch_agreement")
 if over is not None:
+    means = over[["selector", "best_fixed_mask", "centre_mask"]].agg(["mean", "std"])
+    st.caption(f"Mean over {len(over)} demo images (± one standard deviation): selector "
+               f"{means.loc['mean', 'selector']:.3f} ± {means.loc['std', 'selector']:.3f}, best fixed mask "
+               f"{means.loc['mean', 'best_fixed_mask']:.3f} ± {means.loc['std', 'best_fixed_mask']:.3f}, centre mask "
+               f"{means.loc['mean', 'centre_mask']:.3f} ± {means.loc['std', 'centre_mask']:.3f}, chance {chance:.3f}.")
     st.caption(f"Best fixed mask: the {km.keep} positions most often among the top-{km.keep} attributed patches of "
                f"other demo images; for this image, fitted on {len(others)} demo images that are not it; for the "
                "mean, cross-fitted (fitted on the odd-numbered images to score the even ones, and vice versa). Centre "
@@ -178,7 +183,7 @@ col, _ = st.columns(2)
 with col:
     ui.plot("patch_heatmap", grid, f"How often each patch is kept: {cls} ({n} images)",
             colorscale="Viridis", colorbar="kept", key="patch_freq")
-ui.show_table(freq, "keep_frequency", key="patch_freq", height=200)
+ui.show_table(freq, "keep_frequency", key="patch_freq", height=200, talk_rows=0)
 vs = patch_data.keep_vs_object(path)
 summary = vs.groupby("class")[["recall", "precision", "iou"]].mean().reset_index()
 st.caption(f"Object patches kept, mean over {len(vs)} demo images: **{vs['recall'].mean():.1%}**; chance "

@@ -83,18 +83,24 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server, tmp_path_factory):
+def pw():
+    """One Playwright driver for the module (a second sync_playwright() in the same thread is refused)."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(str(tmp_path_factory.mktemp("chromium-profile")),
-                                                    executable_path=str(CHROMIUM), args=CHROME_ARGS, headless=True,
-                                                    viewport={"width": 1400, "height": 2400})
-        pg = ctx.pages[0] if ctx.pages else ctx.new_page()
-        pg.set_default_timeout(60_000)
-        yield pg
-        ctx.close()
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def page(server, pw, tmp_path_factory):
+    ctx = pw.chromium.launch_persistent_context(str(tmp_path_factory.mktemp("chromium-profile")),
+                                                executable_path=str(CHROMIUM), args=CHROME_ARGS, headless=True,
+                                                viewport={"width": 1400, "height": 2400})
+    pg = ctx.pages[0] if ctx.pages else ctx.new_page()
+    pg.set_default_timeout(60_000)
+    yield pg
+    ctx.close()
 
 
 def _settle(pg, quiet_s: float = 1.0, timeout_s: float = 90) -> None:
@@ -156,6 +162,7 @@ def test_bad_upload_shows_a_clear_message_and_the_app_stays_up(page, server):
 def test_one_epoch_retrain_survives_a_reload_finishes_and_reaches_the_picker(page, server):
     page.goto(f"{server['url']}/retrain")
     _settle(page)
+    page.get_by_text("More settings").click()  # validation images and batch size live in the expander
     for label, value in (("Epochs", "1"), ("Train images (demo)", "256"), ("Validation images (demo)", "64"),
                          ("Batch size", "32")):
         box = page.get_by_label(label, exact=True)
@@ -231,6 +238,8 @@ def _check_plots(plots: list[dict], where: str) -> None:
                         [("tick label", b) for b in p["ticks"]] + [("colour bar", b) for b in p["colorbars"]]:
             if b is not None:
                 assert _inside(b, svg), f"{name}: {label} {b} is cut off by the figure {svg}"
+        for b in p["axisTitles"]:
+            assert p["gtitle"] is None or not _overlap(b, p["gtitle"]), f"{name}: axis title {b} runs into the title"
         legend = p["legend"]
         if legend is None:
             continue
@@ -263,44 +272,44 @@ def _screenshot_whole_page(pg, path: Path, w: int, h: int) -> None:
 
 
 @pytest.mark.parametrize("size", [(1920, 1080), (1280, 720)], ids=["1920x1080", "1280x720"])
-def test_talk_mode_reads_from_the_back_row(server, tmp_path, size):
+def test_talk_mode_reads_from_the_back_row(server, pw, tmp_path, size):
     """Each page in talk mode (``?talk=1``, the seeded SViTE+ path) against normal mode, at a projector's
     resolution: headline numbers larger, tables enlarged, image panels >= 500 px wide at 1920, and no
     legend over data or an axis title, no title, label or colour bar cut off. Screenshots are saved."""
-    from playwright.sync_api import sync_playwright
-
     w, h = size
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM),
-                                                    args=CHROME_ARGS, headless=True, viewport={"width": w, "height": h})
-        pg = ctx.pages[0] if ctx.pages else ctx.new_page()
-        pg.set_default_timeout(120_000)
-        report = {}
-        for path, title in TALK_PAGES:
-            normal = _visit(pg, server["url"], path, title, talk=False)
-            talk = _visit(pg, server["url"], path, title, talk=True)
-            _screenshot_whole_page(pg, ARTIFACTS / f"talk-{w}x{h}-{path}.png", w, h)
-            where = f"{title} at {w}×{h}"
-            _check_plots(talk["plots"], f"{where}, talk mode")
-            _check_plots(normal["plots"], f"{where}, normal mode")
-            if talk["metrics"]:
-                assert normal["metrics"], f"{where}: metrics only in talk mode?"
-                assert min(talk["metrics"]) > max(normal["metrics"]), (where, talk["metrics"], normal["metrics"])
-            if talk["tables"]:
-                assert min(talk["tables"]) >= 22, f"{where}: talk-mode table text {min(talk['tables'])} px"
-            assert talk["body"] > normal["body"], (where, talk["body"], normal["body"])
-            if path == "patches" and w >= 1920:
-                panels = [p for p in talk["plots"] if p["title"].startswith(("Kept ", "Selector scores",
-                                                                              "Attention", "Integrated"))]
-                assert len(panels) >= 3, [p["title"] for p in talk["plots"]]
-                for p in panels:
-                    side = max([b["w"] for b in p["images"] + p["areas"]] or [0])
-                    assert side >= 500, f"{where}: panel '{p['title']}' is {side:.0f} px wide"
-            report[path] = {"metric_px": [min(normal["metrics"] or [0]), min(talk["metrics"] or [0])],
-                            "table_px": min(talk["tables"] or [0]), "plots": len(talk["plots"])}
-        (ARTIFACTS / f"talk-{w}x{h}.json").write_text(json.dumps(report, indent=2))
-        ctx.close()
+    ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM),
+                                                args=CHROME_ARGS, headless=True, viewport={"width": w, "height": h})
+    pg = ctx.pages[0] if ctx.pages else ctx.new_page()
+    pg.set_default_timeout(120_000)
+    report = {}
+    for path, title in TALK_PAGES:
+        normal = _visit(pg, server["url"], path, title, talk=False)
+        talk = _visit(pg, server["url"], path, title, talk=True)
+        _screenshot_whole_page(pg, ARTIFACTS / f"talk-{w}x{h}-{path}.png", w, h)
+        where = f"{title} at {w}×{h}"
+        _check_plots(talk["plots"], f"{where}, talk mode")
+        _check_plots(normal["plots"], f"{where}, normal mode")
+        if talk["metrics"]:
+            assert normal["metrics"], f"{where}: metrics only in talk mode?"
+            assert min(talk["metrics"]) > max(normal["metrics"]), (where, talk["metrics"], normal["metrics"])
+        if talk["tables"]:
+            assert min(talk["tables"]) >= 22, f"{where}: talk-mode table text {min(talk['tables'])} px"
+        assert talk["body"] > normal["body"], (where, talk["body"], normal["body"])
+        if path == "patches" and w >= 1920:
+            panels = [p for p in talk["plots"] if p["title"].startswith(("Kept ", "Selector scores",
+                                                                          "Attention", "Integrated"))]
+            assert len(panels) >= 3, [p["title"] for p in talk["plots"]]
+            for p in panels:
+                side = max([b["w"] for b in p["images"] + p["areas"]] or [0])
+                assert side >= 500, f"{where}: panel '{p['title']}' is {side:.0f} px wide"
+        report[path] = {"metric_value_px": {"normal": max(normal["metrics"] or [0]), "talk": min(talk["metrics"] or [0])},
+                        "table_px": {"talk": min(talk["tables"] or [0])},
+                        "body_px": {"normal": normal["body"], "talk": talk["body"]}, "plots": len(talk["plots"]),
+                        "panel_px": {p["title"]: round(max([b["w"] for b in p["images"] + p["areas"]] or [0]))
+                                     for p in talk["plots"] if p["images"] or p["title"].startswith(
+                                         ("Selector", "Attention", "Integrated", "How often"))}}
+    (ARTIFACTS / f"talk-{w}x{h}.json").write_text(json.dumps(report, indent=2))
+    ctx.close()
 
 
 # ----------------------------------------------------------------------------------------------
