@@ -300,7 +300,7 @@ def test_retrain_form_starts_from_the_sidebar_checkpoint_with_its_settings():
     at = open_page("retrain", "svite-plus")
     assert at.selectbox(key="rt_init").value == ckpt("svite-plus")
     assert at.selectbox(key="rt_method").value == "svite" and at.slider(key="rt_keep").value == 0.5
-    assert at.number_input(key="rt_epochs").value == 2 and at.number_input(key="rt_lr").value == 5e-4
+    assert at.number_input(key="rt_epochs").value == 2 and at.number_input(key="rt_lr").value == 2e-4
     assert any("keeping its token selector (keep ratio 0.5)" in c.value for c in at.caption)
     at.selectbox(key="rt_init").set_value(ckpt("dense")).run()  # another start: the form follows it
     ok(at)

@@ -158,7 +158,8 @@ def test_default_retrain_from_every_shipped_checkpoint_trains(name, tmp_path):
     init = load_checkpoint(path)
     doc = inspect_checkpoint(init)
     form = retrain_form.defaults_for(doc, path)
-    assert form.init == path and form.lr == retrain_form.FINE_TUNE_LR
+    assert form.init == path
+    assert form.lr == (retrain_form.SPARSIFY_LR if name == "dense" else retrain_form.FINE_TUNE_LR)
     assert "--log-every" in form.command(tmp_path) and "--init" in form.command(tmp_path)
     out = _train_like_the_form(form, tmp_path / "run")
     run = load_checkpoint(out)
