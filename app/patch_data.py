@@ -195,6 +195,37 @@ def demo_agreement(path: str, method: str, n: int = AGREEMENT_IMAGES,
     return kept, np.stack(attrs)
 
 
+def agreement_this_image(kept: np.ndarray, attr: np.ndarray) -> dict[str, float]:
+    """IoU of the kept set with the top-k attributed patches, its exact chance level and the centre mask's
+    IoU (the best fixed mask needs other images: ``agreement_over_demo`` adds it)."""
+    k = int(kept.sum())
+    return {"selector": analysis.keep_attribution_iou(kept, attr),
+            "centre mask": analysis.keep_attribution_iou(analysis.centre_mask(kept.shape, k), attr),
+            "chance": analysis.chance_iou(int(kept.size), k)}
+
+
+def agreement_over_demo(path: str, method: str, this: dict[str, float], kept: np.ndarray, attr: np.ndarray,
+                        demo_index: int | None, n: int = AGREEMENT_IMAGES,
+                        progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, int]:
+    """The agreement over the first ``n`` demo images (cross-fitted baselines), and, added to ``this``,
+    the best fixed mask's IoU for the current image, fitted on the demo images that are not it. Returns
+    (per-image table, number of images the fixed mask for this image was fitted on)."""
+    kept_n, attrs = demo_agreement(path, method, n, progress)
+    others = [i for i in range(len(attrs)) if i != demo_index]  # never fitted on the image it is scored on
+    this["best fixed mask"] = analysis.keep_attribution_iou(analysis.fixed_mask(attrs[others], int(kept.sum())),
+                                                            attr)
+    return analysis.agreement_over_images(kept_n, attrs), len(others)
+
+
+def selector_snapshots(path: str) -> list[int]:
+    """History snapshots that hold token-selector weights."""
+    return analysis.selector_snapshots(load(path))
+
+
+def keep_frequency_grid(freq: pd.DataFrame, cls: str) -> np.ndarray:
+    return analysis.keep_frequency_grid(freq, cls).to_numpy()
+
+
 @st.cache_data(max_entries=16, show_spinner="Keep maps across snapshots…")
 def _keep_history(path: str, stamp_: Stamp, image: np.ndarray) -> pd.DataFrame:
     with MODEL_LOCK:

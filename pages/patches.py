@@ -8,7 +8,6 @@ import streamlit as st
 
 from app import figures, images, patch_data, ui
 from app.settings import IMAGE_SUFFIXES, IMAGE_UPLOAD_MB
-from sparsity_core import analysis
 from sparsity_core.errors import SviteError
 
 # Rollout first: it needs one forward pass per image, so the page (and its agreement over 32 demo images)
@@ -106,20 +105,16 @@ left2, right2 = st.columns(2)
 with left2:
     ui.plot("patch_heatmap", attr, attr_title, key="patch_attr", **attr_args)
 
-chance = analysis.chance_iou(km.of, km.keep)
-this = {"selector": analysis.keep_attribution_iou(kept, attr),
-        "centre mask": analysis.keep_attribution_iou(analysis.centre_mask(kept.shape, km.keep), attr),
-        "chance": chance}
+this = patch_data.agreement_this_image(kept, attr)
+chance = this["chance"]
 over = None
 n_demo = patch_data.AGREEMENT_IMAGES
 if not patch_data.is_large(path) or st.button(f"Compute the agreement over {n_demo} demo images", key="patch_agree"):
     bar = st.progress(0.0, text=f"Attributions over {n_demo} demo images (once per method; cached)…")
-    kept_n, attrs = patch_data.demo_agreement(
-        path, method, n_demo, progress=lambda d, t: bar.progress(d / t, text=f"Attributions: {d} of {t} demo images"))
+    over, n_fit = patch_data.agreement_over_demo(
+        path, method, this, kept, attr, demo_index,
+        progress=lambda d, t: bar.progress(d / t, text=f"Attributions: {d} of {t} demo images"))
     bar.empty()
-    over = analysis.agreement_over_images(kept_n, attrs)
-    others = [i for i in range(n_demo) if i != demo_index]  # never fitted on the image it is scored on
-    this["best fixed mask"] = analysis.keep_attribution_iou(analysis.fixed_mask(attrs[others], km.keep), attr)
 with right2:
     st.metric(f"IoU of the {km.keep} kept and the top-{km.keep} attributed patches", f"{this['selector']:.3f}",
               delta=f"{this['selector'] - chance:+.3f} vs chance", delta_color="off")
@@ -140,12 +135,12 @@ if over is not None:
                f"{means.loc['mean', 'best_fixed_mask']:.3f} ± {means.loc['std', 'best_fixed_mask']:.3f}, centre mask "
                f"{means.loc['mean', 'centre_mask']:.3f} ± {means.loc['std', 'centre_mask']:.3f}, chance {chance:.3f}.")
     st.caption(f"Best fixed mask: the {km.keep} positions most often among the top-{km.keep} attributed patches of "
-               f"other demo images; for this image, fitted on {len(others)} demo images that are not it; for the "
+               f"other demo images; for this image, fitted on {n_fit} demo images that are not it; for the "
                "mean, cross-fitted (fitted on the odd-numbered images to score the even ones, and vice versa). Centre "
                f"mask: the {km.keep} most central patches. Both ignore the image; a selector that does not beat them "
                "has learned where things usually are, not what is there.")
 
-snaps = analysis.selector_snapshots(loaded)
+snaps = patch_data.selector_snapshots(path)
 st.subheader("Keep map across training")
 if len(snaps) < 2:
     st.info("This checkpoint's history holds fewer than two selector snapshots.")
@@ -177,7 +172,7 @@ classes = ["all"] + [c for c in dict.fromkeys(freq["class"]) if c != "all"]
 with ui.controls("Class"):
     ui.keep_valid("patch_freq_class", classes)
     cls = st.selectbox("Class", classes, key="patch_freq_class")
-grid = analysis.keep_frequency_grid(freq, cls).to_numpy()
+grid = patch_data.keep_frequency_grid(freq, cls)
 n = int(freq.loc[freq["class"] == cls, "images"].iloc[0])
 col, _ = st.columns(2)
 with col:
