@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sparsity_core.data import fit_image
 from sparsity_core.errors import SviteError
 
 #: Transparent areas are composited on this colour (white, like a page or a browser).
@@ -142,3 +143,10 @@ def fit_description(shape: tuple[int, ...], img_size: int, patch_size: int) -> s
     scale = f"resized to {img_size}×{img_size} (bicubic)" if side != img_size else "used at its own size"
     return (f"Model input: {img_size}×{img_size} px, {grid}×{grid} patches of {patch_size} px. This image "
             f"({w}×{h} px) was {crop}{scale}.")
+
+
+def fit(image: np.ndarray, img_size: int) -> np.ndarray:
+    """The image fitted to the model's input (``fit_description`` says how): the exact pixels the model's
+    own preprocessing would produce, so everything downstream sees the same input, and the caches hash
+    a 32×32 (or 224×224) array instead of a 12-megapixel photo."""
+    return fit_image(image, img_size)

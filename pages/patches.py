@@ -63,6 +63,7 @@ with ui.controls("Image and attribution"):
     method = st.selectbox("Attribution", list(METHODS), format_func=METHODS.get, key="patch_method")
 
 st.caption(" ".join(notes + [images.fit_description(image.shape, img_size, patch)]))
+image = images.fit(image, img_size)  # what the model sees, from here on: small arrays to hash for the caches
 if source != "Demo dataset" and trained_on == "demo":
     st.warning(f"This model was trained on {img_size} px synthetic shapes (10 classes), so a photo is far outside "
                "what it learnt: its label for the photo means little, and its maps show where it looks, not what "

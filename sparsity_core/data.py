@@ -734,6 +734,23 @@ def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return arr
 
 
+def fit_image(image: np.ndarray, img_size: int) -> np.ndarray:
+    """Any photo -> the uint8 img_size×img_size×3 RGB the model sees: centre-cropped to a square (the
+    longer side's excess cut off, half on each side), then resized with bicubic interpolation.
+
+    ``image_to_input`` starts with exactly this, so fitting first and passing the result gives the same
+    input (the app fits a large photo once, then hashes a small array for its caches)."""
+    img_size = _check_int("img_size", img_size, 1)
+    rgb = _to_rgb_uint8(image)
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    pil = Image.fromarray(np.ascontiguousarray(rgb[top : top + side, left : left + side]))
+    if side != img_size:
+        pil = pil.resize((img_size, img_size), Image.Resampling.BICUBIC)
+    return np.asarray(pil, dtype=np.uint8)
+
+
 def image_to_input(
     image: np.ndarray,
     img_size: int,
@@ -745,17 +762,10 @@ def image_to_input(
     Accepts uint8 H×W×3, H×W (grey) or H×W×4 (RGBA, composited on white); uint16 is scaled from
     0-65535, floats in [0, 1] also work.
     """
-    img_size = _check_int("img_size", img_size, 1)
     if len(mean) != 3 or len(std) != 3 or any(float(s) <= 0 for s in std):
         raise SviteError(f"mean={tuple(mean)}, std={tuple(std)}: need 3 values each, std > 0")
-    rgb = _to_rgb_uint8(image)
-    h, w = rgb.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    pil = Image.fromarray(np.ascontiguousarray(rgb[top : top + side, left : left + side]))
-    if side != img_size:
-        pil = pil.resize((img_size, img_size), Image.Resampling.BICUBIC)
-    x = torch.from_numpy(np.array(pil, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
+    fitted = fit_image(image, img_size)
+    x = torch.from_numpy(np.array(fitted, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
     m = torch.tensor([float(v) for v in mean], dtype=torch.float32).view(3, 1, 1)
     s = torch.tensor([float(v) for v in std], dtype=torch.float32).view(3, 1, 1)
     return ((x - m) / s).unsqueeze(0).contiguous()

@@ -291,3 +291,15 @@ def test_keep_map_history_equals_a_forward_pass_at_every_snapshot(demo):
         np.testing.assert_array_equal(part["kept"].to_numpy().reshape(GRID), slow.kept)
         np.testing.assert_allclose(part["score"].to_numpy().reshape(GRID), slow.scores, rtol=1e-6, atol=1e-6)
     assert not (frame[frame.snapshot == 0]["kept"].to_numpy() == frame[frame.snapshot == 1]["kept"].to_numpy()).all()
+
+
+def test_fitting_a_photo_first_gives_the_same_input_and_maps():
+    from sparsity_core.data import fit_image, sample_images
+
+    model = _model()
+    photo = sample_images()["chelsea"]  # 451×300: cropped, then resized
+    fitted = fit_image(photo, 32)
+    assert fitted.shape == (32, 32, 3) and fitted.dtype == np.uint8
+    torch.testing.assert_close(patches.to_model_input(model, fitted), patches.to_model_input(model, photo),
+                               rtol=0, atol=0)
+    np.testing.assert_array_equal(patches.patch_keep_map(model, fitted).kept, patches.patch_keep_map(model, photo).kept)
