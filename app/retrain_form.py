@@ -50,7 +50,7 @@ class RunForm:
     init: str | None = None  # start from this checkpoint (weights, and masks if it has any)
     model_flags: dict[str, Any] = field(default_factory=lambda: {"model": "vit_tiny_demo"})
     selector_scorer: str = "mlp"  # a new selector's scorer; an --init selector's own scorer is kept
-    selector_mode: str = "gather"
+    selector_mode: str | None = None  # an --init selector's own mode; None: the trainer's default
     selector_block: int = 0
     selector_keep_warmup: float = 0.3  # 0 when the --init checkpoint's selector is already trained
     log_every: int = 2  # a metrics line every 2 steps: the progress bar moves every second or two
@@ -83,8 +83,10 @@ class RunForm:
             cmd += ["--atten-density", str(self.atten_density), "--other-density", str(self.other_density)]
         if self.keep_ratio and self.keep_ratio > 0:
             cmd += ["--keep-ratio", str(self.keep_ratio), "--selector-scorer", self.selector_scorer,
-                    "--selector-mode", self.selector_mode, "--selector-block", str(self.selector_block),
+                    "--selector-block", str(self.selector_block),
                     "--selector-keep-warmup", str(self.selector_keep_warmup)]
+            if self.selector_mode:
+                cmd += ["--selector-mode", self.selector_mode]
         if self.init:
             cmd += ["--init", str(self.init)]
         return cmd
