@@ -177,7 +177,8 @@ def test_one_epoch_retrain_survives_a_reload_finishes_and_reaches_the_picker(pag
     page.locator('[data-testid="stSidebarNav"] a:has-text("Retrain")').click()
     page.wait_for_selector('h1:has-text("Retrain")')
     page.reload()  # a new browser session: the run registry on disk still knows the run and follows it
-    page.get_by_text("finished", exact=False).first.wait_for(timeout=120_000)
+    # the run's own line (the runs table says "finished" too, but in a canvas grid that is never "visible")
+    page.locator('[data-testid="stAlertContentSuccess"]:has-text("Finished after")').wait_for(timeout=240_000)
     _settle(page)
     page.screenshot(path=str(ARTIFACTS / "retrain.png"), full_page=True)
     _no_errors(page, "Retrain")
@@ -289,19 +290,24 @@ def test_talk_mode_reads_from_the_back_row(server, pw, tmp_path, size):
     pg = ctx.pages[0] if ctx.pages else ctx.new_page()
     pg.set_default_timeout(120_000)
     report = {}
+    # normal mode is visited where there is a headline number to compare (and for the body text); at 1280
+    # only those pages are checked at all (the layout checks of every page run at 1920)
+    with_metrics = ("overview", "patches", "compare")
     for path, title in TALK_PAGES:
-        normal = _visit(pg, server["url"], path, title, talk=False)
+        if w < 1920 and path not in with_metrics:
+            continue
+        normal = _visit(pg, server["url"], path, title, talk=False) if path in with_metrics else None
         talk = _visit(pg, server["url"], path, title, talk=True)
         _screenshot_whole_page(pg, ARTIFACTS / f"talk-{w}x{h}-{path}.png", w, h)
         where = f"{title} at {w}×{h}"
         _check_plots(talk["plots"], f"{where}, talk mode")
-        _check_plots(normal["plots"], f"{where}, normal mode")
-        if talk["metrics"]:
-            assert normal["metrics"], f"{where}: metrics only in talk mode?"
+        if normal is not None:
+            _check_plots(normal["plots"], f"{where}, normal mode")
+            assert talk["metrics"] and normal["metrics"], f"{where}: no headline numbers measured"
             assert min(talk["metrics"]) > max(normal["metrics"]), (where, talk["metrics"], normal["metrics"])
+            assert talk["body"] > normal["body"], (where, talk["body"], normal["body"])
         if talk["tables"]:
             assert min(talk["tables"]) >= 22, f"{where}: talk-mode table text {min(talk['tables'])} px"
-        assert talk["body"] > normal["body"], (where, talk["body"], normal["body"])
         if path == "patches" and w >= 1920:
             panels = [p for p in talk["plots"] if p["title"].startswith(("Kept ", "Selector scores",
                                                                           "Attention", "Integrated"))]
@@ -309,6 +315,7 @@ def test_talk_mode_reads_from_the_back_row(server, pw, tmp_path, size):
             for p in panels:
                 side = max([b["w"] for b in p["images"] + p["areas"]] or [0])
                 assert side >= 500, f"{where}: panel '{p['title']}' is {side:.0f} px wide"
+        normal = normal or {"metrics": [], "body": None}
         report[path] = {"metric_value_px": {"normal": max(normal["metrics"] or [0]), "talk": min(talk["metrics"] or [0])},
                         "table_px": {"talk": min(talk["tables"] or [0])},
                         "body_px": {"normal": normal["body"], "talk": talk["body"]}, "plots": len(talk["plots"]),
