@@ -11,6 +11,8 @@ goes through the embedded ICC profile when there is one, and the EXIF orientatio
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sparsity_core.data import fit_image
 from sparsity_core.errors import SviteError
+from sparsity_core.imagefiles import MAX_PIXELS
 
 #: Transparent areas are composited on this colour (white, like a page or a browser).
 BACKGROUND = (255, 255, 255)
@@ -109,15 +112,28 @@ def to_rgb(img: Image.Image) -> tuple[Image.Image, list[str]]:
     return img.convert("RGB"), notes
 
 
+def _bomb(name: str, pixels: int | None) -> SviteError:
+    size = f"{pixels:,} pixels" if pixels else "too many pixels"
+    return SviteError(f"{name}: refused: the image declares {size}, over the {MAX_PIXELS:,}-pixel limit "
+                      "(a decompression bomb?).")
+
+
 def decode_image(data: bytes, name: str = "image") -> DecodedImage:
-    """Decode an uploaded file; a file that is not an image raises a one-line SviteError."""
+    """Decode an uploaded file; a file that is not an image, or a decompression bomb (a small file that
+    declares a gigapixel image: refused from its header, before any pixel is decoded, by the same rule as
+    ``sparsity_core.imagefiles``), raises a one-line SviteError."""
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        reason = "the file is too large to decode safely" if isinstance(err, Image.DecompressionBombError) else \
-            "the file is not an image Pillow can read"
-        raise SviteError(f"{name}: not a readable image ({reason}).") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.size[0] * img.size[1] > MAX_PIXELS:
+                raise _bomb(name, img.size[0] * img.size[1])
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        raise _bomb(name, int(found.group(1)) if found else None) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        raise SviteError(f"{name}: not a readable image (the file is not an image Pillow can read).") from None
     size, mode = img.size, img.mode
     notes: list[str] = []
     if getattr(img, "n_frames", 1) > 1:

@@ -310,3 +310,11 @@ def test_run_metrics_can_be_hashed_for_the_cache(tmp_path):
     frame = read_metrics(tmp_path / "metrics.jsonl")
     assert list(frame["kind"]) == ["start", "epoch", "end"] and "metrics" not in frame
     assert len(pd.util.hash_pandas_object(frame)) == 3
+
+
+def test_an_image_bomb_is_refused_before_decoding(tmp_path):
+    from hostile import png_bomb
+
+    data = png_bomb(tmp_path / "bomb.png").read_bytes()
+    with pytest.raises(SviteError, match=r"^bomb\.png: refused: the image declares 900,000,000 pixels"):
+        images.decode_image(data, "bomb.png")
