@@ -115,7 +115,7 @@ def to_rgb(img: Image.Image) -> tuple[Image.Image, list[str]]:
 def _bomb(name: str, pixels: int | None) -> SviteError:
     size = f"{pixels:,} pixels" if pixels else "too many pixels"
     return SviteError(f"{name}: refused: the image declares {size}, over the {MAX_PIXELS:,}-pixel limit "
-                      "(a decompression bomb?).")
+                      "(a decompression bomb?)")
 
 
 def decode_image(data: bytes, name: str = "image") -> DecodedImage:
