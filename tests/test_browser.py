@@ -262,6 +262,10 @@ def _visit(pg, base: str, path: str, title: str, talk: bool) -> dict:
     pg.wait_for_selector(f'h1:has-text("{title}")')
     if path != "retrain":
         pg.wait_for_selector(".js-plotly-plot")
+    if path in ("overview", "patches", "compare"):  # their headline numbers come after slower work
+        pg.wait_for_selector('[data-testid="stMetricValue"]')
+    if path == "patches":
+        pg.wait_for_selector('.js-plotly-plot:has-text("Agreement: kept")')
     _settle(pg, quiet_s=1.5)
     time.sleep(1.0)  # plotly lays out (automargins) after the first paint
     _no_errors(pg, f"{title} ({'talk' if talk else 'normal'} mode)")
