@@ -22,12 +22,50 @@ BLOCK_COLORS = {"patch": "#8c564b", "qkv": "#1f77b4", "proj": "#17becf", "fc1": 
 KEPT_SCALE = [[0.0, "#f2f2f2"], [1.0, "#1f3b73"]]  # pruned light, kept dark
 
 
+#: Square image-like panels (the model's view, per-patch heatmaps): figure height and margins, normal and
+#: talk mode. The panel's side is height - top - bottom (310 px normally, 550 px in talk mode), and the
+#: horizontal colour bar sits right under it, as long as the panel.
+PANEL = {"normal": {"height": 440, "t": 60, "b": 70}, "talk": {"height": 740, "t": 90, "b": 100}}
+TALK_FONT, TALK_TITLE_FONT = 20, 26
+
+
 def _layout(fig: go.Figure, title: str, height: int = 380, **kw) -> go.Figure:
-    # the title sits below the toolbar row (top 30 px), so the two never overlap in narrow columns
+    # The title sits below the toolbar row (top 30 px), so the two never overlap in narrow columns; legends
+    # go to the right of the plot (outside the data, clear of the axis titles; plotly widens the margin).
     fig.update_layout(title={"text": title, "x": 0.0, "xanchor": "left", "y": 1 - 45 / height, "yanchor": "middle",
                              "yref": "container"},
                       height=height, margin={"l": 50, "r": 20, "t": 70, "b": 40},
-                      legend={"orientation": "h", "y": -0.2}, **kw)
+                      legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1.0, "yanchor": "top"}, **kw)
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def _panel(fig: go.Figure, title: str, mode: str = "normal") -> go.Figure:
+    """Lay out a square image-like panel; its colour bar (if any) horizontal, under it, as long as it."""
+    spec = PANEL[mode]
+    side = spec["height"] - spec["t"] - spec["b"]
+    _layout(fig, title, height=spec["height"], meta={"kind": "panel"})
+    fig.update_layout(margin={"l": 10, "r": 10, "t": spec["t"], "b": spec["b"]},
+                      title={"y": 1 - (spec["t"] * 0.55) / spec["height"]})
+    fig.update_traces(selector={"type": "heatmap"},
+                      colorbar={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.03, "yanchor": "top",
+                                "lenmode": "pixels", "len": int(0.8 * side), "thickness": 14 if mode == "normal" else 22,
+                                "title": {"side": "top"}})
+    return fig
+
+
+def talk_layout(fig: go.Figure) -> go.Figure:
+    """Talk mode: larger fonts, taller figures, margins that keep axis titles whole, panels >= 500 px."""
+    fig.update_layout(font={"size": TALK_FONT}, title_font={"size": TALK_TITLE_FONT}, template="plotly_white")
+    meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+    if meta.get("kind") == "panel":
+        return _panel(fig, fig.layout.title.text, "talk")
+    height = int(round((fig.layout.height or 380) * 1.35))
+    fig.update_layout(height=height, margin={"l": 80, "r": 30, "t": 100, "b": 70},
+                      title={"y": 1 - 55 / height})
+    fig.update_xaxes(automargin=True, title_standoff=14)
+    fig.update_yaxes(automargin=True, title_standoff=14)
     return fig
 
 
@@ -128,7 +166,7 @@ def churn_bars(churn: pd.DataFrame) -> go.Figure:
     fig.add_trace(go.Bar(x=churn["step"], y=-churn["pruned"], name="pruned", marker_color="#d62728",
                          customdata=churn["pruned"], hovertemplate="step %{x}: %{customdata} pruned<extra></extra>"))
     fig.update_layout(barmode="relative")
-    fig.update_yaxes(title="weights (grown up, pruned down)")
+    fig.update_yaxes(title="weights: grown ↑ pruned ↓")
     fig.update_xaxes(title="step of the update")
     return _layout(fig, "Churn: weights grown and pruned at each update", height=340)
 
@@ -241,20 +279,31 @@ def upscale_factor(size: int, target: int = 320) -> int:
     return max(1, target // max(1, size))
 
 
+def _hatch(h: int, w: int, period: int) -> np.ndarray:
+    """A diagonal hatch, H×W in {-1, 0, +1}: +1 white strokes, -1 black strokes beside them, 0 elsewhere.
+    Pairs of a light and a dark stroke stay visible on any image, black, white or grey."""
+    d = (np.arange(h)[:, None] + np.arange(w)[None, :]) % period
+    width = max(1, period // 6)
+    return np.where(d < width, 1, np.where(d < 2 * width, -1, 0)).astype(np.int8)
+
+
 def overlay_patches(rgb: np.ndarray, patch: int, kept: np.ndarray | None = None, outline: np.ndarray | None = None,
                     target: int = 320) -> np.ndarray:
-    """The model's view of an image, upscaled; dropped patches greyed out *and darkened* (the demo
-    clutter is grey itself, so a light grey would not tell dropped from kept), the patch grid drawn, and
-    optionally the object's patches outlined (``outline``)."""
+    """The model's view of an image, upscaled, with the patch grid drawn. Dropped patches are faded to a
+    dark grey *and hatched* with paired white/black diagonal strokes, so kept and dropped stay apart on any
+    image (a dark photo, the grey demo clutter, a white page); kept patches show their own pixels.
+    ``outline`` draws a gold frame around the object's patches (demo data)."""
     f = upscale_factor(rgb.shape[0], target)
     img = np.repeat(np.repeat(rgb.astype(np.float32), f, axis=0), f, axis=1)
     p = patch * f
+    h, w = img.shape[:2]
     if kept is not None:
         drop = ~np.repeat(np.repeat(np.asarray(kept, bool), p, axis=0), p, axis=1)
         grey = img.mean(axis=2, keepdims=True)
-        faded = 25.0 + 0.3 * grey
+        faded = 40.0 + 0.35 * grey
+        hatch = _hatch(h, w, max(6, p // 2))[..., None]
+        faded = np.where(hatch > 0, 235.0, np.where(hatch < 0, 0.0, faded))
         img = np.where(drop[..., None], faded, img)
-    h, w = img.shape[:2]
     lw = 2 if f >= 4 else 1
     for k in range(0, h, p):
         img[k:k + lw, :, :] = 255.0
@@ -271,17 +320,47 @@ def overlay_patches(rgb: np.ndarray, patch: int, kept: np.ndarray | None = None,
 
 def image_figure(rgb: np.ndarray, title: str) -> go.Figure:
     fig = go.Figure(go.Image(z=rgb, hoverinfo="skip"))
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return _layout(fig, title, height=400)
+    fig.update_xaxes(visible=False, constrain="domain")
+    fig.update_yaxes(visible=False, constrain="domain")
+    return _panel(fig, title)
 
 
 def patch_heatmap(grid: np.ndarray, title: str, colorscale: str = "Viridis", zmid: float | None = None,
                   colorbar: str = "") -> go.Figure:
-    """A per-patch value (score, attribution, keep frequency) over the patch grid, image layout."""
+    """A per-patch value (score, attribution, keep frequency) over the patch grid, in image layout, as a
+    square panel the size of the image panel beside it (row/column in the hover)."""
     fig = go.Figure(go.Heatmap(z=np.asarray(grid, dtype=float), colorscale=colorscale, zmid=zmid,
-                               colorbar={"title": colorbar}, xgap=1, ygap=1,
+                               colorbar={"title": {"text": colorbar}}, xgap=1, ygap=1,
                                hovertemplate="patch row %{y}, col %{x}: %{z:.4g}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain", title="patch row")
-    fig.update_xaxes(constrain="domain", title="patch column")
-    return _layout(fig, title, height=400)
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain", showticklabels=False,
+                     showgrid=False, zeroline=False)
+    fig.update_xaxes(constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
+    return _panel(fig, title)
+
+
+AGREEMENT_COLORS = {"selector": "#1f77b4", "best fixed mask": "#8c564b", "centre mask": "#bcbd22",
+                    "chance": "#b0b0b0"}
+
+
+def agreement_bars(this_image: dict[str, float], over_images: pd.DataFrame | None, k: int, n: int) -> go.Figure:
+    """IoU of the kept set with the top-k attributed patches, beside the numbers it must beat: the best
+    fixed mask, the centre mask and chance, for this image and (if given) averaged over demo images
+    (``over_images``: ``agreement_over_images`` columns; error bars = one standard deviation)."""
+    names = list(AGREEMENT_COLORS)
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=names, y=[this_image.get(m, np.nan) for m in names], name="this image",
+                         marker_color=[AGREEMENT_COLORS[m] for m in names],
+                         text=[f"{this_image[m]:.2f}" if m in this_image else "" for m in names],
+                         textposition="outside", hovertemplate="this image · %{x}: %{y:.3f}<extra></extra>"))
+    if over_images is not None and len(over_images):
+        cols = {"selector": "selector", "best fixed mask": "best_fixed_mask", "centre mask": "centre_mask",
+                "chance": "chance"}
+        mean = [float(over_images[cols[m]].mean()) for m in names]
+        std = [float(over_images[cols[m]].std()) if m != "chance" else 0.0 for m in names]
+        fig.add_trace(go.Bar(x=names, y=mean, name=f"mean of {len(over_images)} demo images",
+                             marker={"color": [AGREEMENT_COLORS[m] for m in names], "pattern": {"shape": "/"}},
+                             error_y={"type": "data", "array": std, "visible": True},
+                             hovertemplate="mean · %{x}: %{y:.3f}<extra></extra>"))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.12], title=f"IoU with top-{k} attributed")
+    return _layout(fig, f"Agreement: kept {k} of {n} vs top-{k} attributed", height=400)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,15 @@ import torch
 
 from sparsity_core import analysis
 from sparsity_core.checkpoint import LoadedCheckpoint, load_checkpoint
-from sparsity_core.data import DemoShapes, sample_images
 from sparsity_core.errors import SviteError
 from sparsity_core.masks import MaskSet
 from sparsity_core.report import inspect_checkpoint
 
-from .gif import frames_to_gif
+from .gif import MASK_KEY, frames_to_gif
 
 # Sessions run in threads and share the cached models; analyses that run a model briefly change its
 # state (eval mode, attention flags, hooks, the selector's last keep indices), so they take turns.
 MODEL_LOCK = threading.RLock()
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 Stamp = tuple[int, int]
 
 
@@ -126,6 +122,8 @@ def run_metrics(path: str) -> pd.DataFrame:
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
+    """The scalar fields of every record: nested ones (the end line repeats the final metrics as a dict)
+    are left out, so the frame can be hashed for Streamlit's cache (pandas cannot hash a dict cell)."""
     records = []
     try:
         text = path.read_text()
@@ -137,7 +135,7 @@ def read_metrics(path: Path) -> pd.DataFrame:
         except json.JSONDecodeError:
             continue
         if isinstance(rec, dict):
-            records.append(rec)
+            records.append({k: v for k, v in rec.items() if not isinstance(v, (dict, list))})
     return pd.DataFrame.from_records(records)
 
 
@@ -232,9 +230,10 @@ def _evolution_gif(path: str, stamp_: Stamp, layer: str, max_size: int) -> bytes
     frames = analysis.layer_frames(load(path).history, layer, max_size)
     if not frames:
         raise SviteError(f"the mask history has no snapshots of '{layer}'")
+    binary = all(np.isin(m, (0.0, 1.0)).all() for _, m in frames)  # else tiles averaged: a density ramp
     return frames_to_gif([m for _, m in frames],
                          [f"{layer}  step {s.step}  ({s.info.get('event', '')})  density {m.mean():.3f}"
-                          for s, m in frames])
+                          for s, m in frames], key=MASK_KEY if binary else "tile density")
 
 
 def evolution_gif(path: str, layer: str, max_size: int = 128) -> bytes:
@@ -268,135 +267,3 @@ def _diff_image(path_a: str, stamp_a: Stamp, snap_a: int | None, path_b: str, st
 def diff_image(path_a: str, snap_a: int | None, path_b: str, snap_b: int | None, layer: str,
                max_size: int = 256) -> np.ndarray:
     return _diff_image(path_a, stamp(path_a), snap_a, path_b, stamp(path_b), snap_b, layer, int(max_size))
-
-
-# ----------------------------------------------------------------------------------------------
-# images and patches
-def normalisation(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean/std the checkpoint was trained with (ImageNet's for foreign checkpoints)."""
-    data = load(path).meta.get("data") or {}
-    mean, std = data.get("mean"), data.get("std")
-    if mean and std and len(mean) == 3 and len(std) == 3:
-        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
-def class_names(path: str) -> list[str]:
-    doc = inspect_doc(path)
-    names = (load(path).meta.get("data") or {}).get("class_names") or []
-    n = int(doc["architecture"]["num_classes"])
-    return [names[i] if i < len(names) else f"class {i}" for i in range(n)]
-
-
-@st.cache_resource(max_entries=4, show_spinner="Generating the demo images…")
-def demo_dataset(img_size: int, patch_size: int, size: int = 200) -> DemoShapes:
-    """The demo validation images at a model's geometry (deterministic, seed 0)."""
-    return DemoShapes("val", size=size, img_size=img_size, patch_size=patch_size, seed=0)
-
-
-def demo_for(path: str, size: int = 200) -> DemoShapes:
-    arch = inspect_doc(path)["architecture"]
-    return demo_dataset(int(arch["img_size"]), int(arch["patch_size"]), size)
-
-
-@st.cache_data(show_spinner=False)
-def photos() -> dict[str, np.ndarray]:
-    """The offline sample photos (scikit-image's bundled data)."""
-    return dict(sample_images())
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def _model_view(path: str, stamp_: Stamp, image: np.ndarray) -> np.ndarray:
-    with MODEL_LOCK:
-        """The image as the model sees it (centre crop, resize), back in uint8 RGB."""
-        mean, std = normalisation(path)
-        x = analysis.to_model_input(load(path), image, mean, std)[0].cpu()
-        rgb = x * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
-        return (rgb.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-
-
-def model_view(path: str, image: np.ndarray) -> np.ndarray:
-    return _model_view(path, stamp(path), image)
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def _predict(path: str, stamp_: Stamp, image: np.ndarray, top: int) -> pd.DataFrame:
-    with MODEL_LOCK:
-        loaded = load(path)
-        mean, std = normalisation(path)
-        x = analysis.to_model_input(loaded, image, mean, std)
-        with torch.no_grad():
-            probs = loaded.model.eval()(x).float().softmax(dim=1)[0]
-        values, idx = probs.topk(min(top, probs.numel()))
-        names = class_names(path)
-        return pd.DataFrame({"class": [names[i] for i in idx.tolist()], "index": idx.tolist(),
-                             "probability": values.tolist()})
-
-
-def predict(path: str, image: np.ndarray, top: int = 3) -> pd.DataFrame:
-    return _predict(path, stamp(path), image, int(top))
-
-
-@st.cache_data(max_entries=64, show_spinner="Scoring patches…")
-def _keep_map(path: str, stamp_: Stamp, image: np.ndarray, snapshot: int | None) -> analysis.PatchKeepMap:
-    with MODEL_LOCK:
-        loaded = load(path)
-        mean, std = normalisation(path)
-        model = loaded if snapshot is None else analysis.selector_at_snapshot(loaded, snapshot)
-        return analysis.patch_keep_map(model, image, mean, std)
-
-
-def keep_map(path: str, image: np.ndarray, snapshot: int | None = None) -> analysis.PatchKeepMap:
-    """The selector's kept/dropped grid and scores for one image (final, or at a snapshot)."""
-    return _keep_map(path, stamp(path), image, snapshot)
-
-
-@st.cache_data(max_entries=64, show_spinner="Computing the attribution…")
-def _attribution(path: str, stamp_: Stamp, image: np.ndarray, method: str, target: int | None) -> np.ndarray:
-    with MODEL_LOCK:
-        loaded = load(path)
-        mean, std = normalisation(path)
-        torch.manual_seed(0)
-        if method == "attention_rollout":
-            return analysis.attention_rollout(loaded, image, mean=mean, std=std)
-        return analysis.patch_attributions(loaded, image, method=method, target=target, mean=mean, std=std)
-
-
-def attribution(path: str, image: np.ndarray, method: str, target: int | None = None) -> np.ndarray:
-    """Per-patch attribution: captum (integrated gradients / occlusion / input×gradient) or rollout."""
-    return _attribution(path, stamp(path), image, method, target)
-
-
-@st.cache_data(max_entries=16, show_spinner="Keep maps across snapshots…")
-def _keep_history(path: str, stamp_: Stamp, image: np.ndarray) -> pd.DataFrame:
-    with MODEL_LOCK:
-        mean, std = normalisation(path)
-        return analysis.keep_map_history(load(path), image, mean, std)
-
-
-def keep_history(path: str, image: np.ndarray) -> pd.DataFrame:
-    return _keep_history(path, stamp(path), image)
-
-
-@st.cache_data(max_entries=8, show_spinner="Keep frequency over the demo data…")
-def _keep_frequency(path: str, stamp_: Stamp, limit: int) -> pd.DataFrame:
-    with MODEL_LOCK:
-        return analysis.keep_frequency(load(path), demo_for(path), batch_size=64, limit=limit)
-
-
-def keep_frequency(path: str, limit: int = 200) -> pd.DataFrame:
-    return _keep_frequency(path, stamp(path), int(limit))
-
-
-@st.cache_data(max_entries=8, show_spinner="Scoring kept patches against the objects…")
-def _keep_vs_object(path: str, stamp_: Stamp, limit: int) -> pd.DataFrame:
-    with MODEL_LOCK:
-        return analysis.keep_vs_object(load(path), demo_for(path), batch_size=64, limit=limit)
-
-
-def keep_vs_object(path: str, limit: int = 200) -> pd.DataFrame:
-    return _keep_vs_object(path, stamp(path), int(limit))
-
-
-def keep_map_gif(frames: Sequence[np.ndarray], captions: Sequence[str]) -> bytes:
-    return frames_to_gif(frames, captions)

@@ -16,8 +16,18 @@ if _ROOT not in sys.path:  # `streamlit run app/main.py` puts app/ on the path, 
 
 import streamlit as st  # noqa: E402
 
+# The first page of a fresh server imports torch, torchvision and timm (5-15 s on a busy 2-core machine):
+# say so at once instead of showing a blank page; later runs find them imported and skip this.
+_starting = st.empty() if "sparsity_core" not in sys.modules else None
+if _starting is not None:
+    _starting.info("Starting the explorer: loading torch and timm (first page after a server start only)…",
+                   icon=":material/hourglass_top:")
+
 import sparsity_core  # noqa: E402,F401  (before timm: installs the torchvision shim, keeps the hub offline)
 from app import ui  # noqa: E402
+
+if _starting is not None:
+    _starting.empty()
 
 _t0 = time.perf_counter()
 try:

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,66 +24,15 @@ import pandas as pd
 from sparsity_core.checkpoint import atomic_write_bytes
 from sparsity_core.errors import SviteError
 
+from .retrain_form import METHODS, RunForm
 from .settings import REPO_ROOT, runs_dir
+
+__all__ = ["FINAL", "METHODS", "RECORD", "RunForm", "RunState", "cancel", "launch", "list_runs", "state"]
 
 RECORD = "app_run.json"
 FINAL = ("finished", "failed", "cancelled")
-METHODS = ("svite", "s2vite", "dense", "static", "oneshot")
 _PROCS: dict[str, subprocess.Popen] = {}  # runs started by this server process
 _LOCK = threading.Lock()
-
-
-@dataclass
-class RunForm:
-    """What the Retrain form asks for; ``command`` turns it into ``svite train`` flags."""
-
-    method: str = "svite"
-    density: float = 0.5
-    atten_density: float = 0.7
-    other_density: float = 0.6
-    keep_ratio: float = 0.0  # 0: no token selector
-    epochs: int = 3
-    update_frequency: int = 50
-    data: str = "demo"
-    train_size: int | None = 2000  # demo data only
-    val_size: int | None = 500
-    batch_size: int = 64
-    lr: float = 1e-3
-    seed: int = 0
-    init: str | None = None  # start from this checkpoint (weights, and masks if it has any)
-    model_flags: dict[str, Any] = field(default_factory=lambda: {"model": "vit_tiny_demo"})
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise SviteError(f"method '{self.method}': choose one of {', '.join(METHODS)}")
-        if not self.data.strip():
-            raise SviteError("data: give 'demo' or an ImageFolder directory")
-        if self.data != "demo" and not Path(self.data).expanduser().is_dir():
-            raise SviteError(f"{self.data}: no such folder (an ImageFolder directory, or 'demo')")
-
-    def command(self, out: Path) -> list[str]:
-        cmd = [sys.executable, "-m", "sparsity_core", "train", "--out", str(out), "--quiet",
-               "--method", self.method, "--epochs", str(self.epochs), "--batch-size", str(self.batch_size),
-               "--lr", str(self.lr), "--seed", str(self.seed), "--data", self.data]
-        for key, value in self.model_flags.items():
-            if value is not None:
-                cmd += [f"--{key.replace('_', '-')}", str(value)]
-        if self.data == "demo":
-            if self.train_size:
-                cmd += ["--train-size", str(self.train_size)]
-            if self.val_size:
-                cmd += ["--val-size", str(self.val_size)]
-        if self.method in ("svite", "static", "oneshot"):
-            cmd += ["--density", str(self.density)]
-        if self.method in ("svite", "s2vite"):
-            cmd += ["--update-frequency", str(self.update_frequency)]
-        if self.method == "s2vite":
-            cmd += ["--atten-density", str(self.atten_density), "--other-density", str(self.other_density)]
-        if self.keep_ratio and self.keep_ratio > 0:
-            cmd += ["--keep-ratio", str(self.keep_ratio)]
-        if self.init:
-            cmd += ["--init", str(self.init)]
-        return cmd
 
 
 @dataclass
@@ -102,10 +50,50 @@ class RunState:
     error: str = ""
     checkpoint: Path | None = None
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    train_started: float | None = None  # when the loop began (data and model ready): metrics.jsonl 'start'
+    ended: float | None = None
+    val_top1: float | None = None  # the latest epoch's validation top-1 (%)
 
     @property
     def progress(self) -> float:
-        return min(1.0, self.step / self.total_steps) if self.total_steps else (1.0 if self.status == "finished" else 0.0)
+        """Fraction of training steps done; the table and the progress bar both show this one number."""
+        if self.status == "finished":
+            return 1.0
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+    @property
+    def elapsed(self) -> float:
+        return max(0.0, (self.ended or time.time()) - self.started)
+
+    @property
+    def phase(self) -> str:
+        """preparing (Python, torch and the data are loading) | training | a final status."""
+        if self.status != "running":
+            return self.status
+        return "training" if self.total_steps else "preparing"
+
+    @property
+    def seconds_left(self) -> float | None:
+        """Remaining training time at the pace so far (None until a few steps have run)."""
+        if self.status != "running" or not self.total_steps or self.step < 2 or self.train_started is None:
+            return None
+        pace = (time.time() - self.train_started) / self.step
+        return pace * (self.total_steps - self.step)
+
+    def describe(self) -> str:
+        """The progress line: the same numbers as the runs table, in words."""
+        if self.phase == "preparing":
+            return (f"Preparing ({self.elapsed:.0f} s): starting Python, torch and timm, generating the data and "
+                    "building the model")
+        done = f"step {self.step}/{self.total_steps}" if self.total_steps else "no step"
+        if self.phase == "training":
+            left = self.seconds_left
+            epochs = int(self.form.get("epochs") or 1)
+            return (f"Training ({self.elapsed:.0f} s): {done} ({self.progress:.0%}), epoch "
+                    f"{min(epochs, int(self.epoch) + 1)} of {epochs}"
+                    + (f", about {left:.0f} s left" if left is not None else ""))
+        top1 = f", validation top-1 {self.val_top1:.1f} %" if self.val_top1 is not None else ""
+        return f"{self.status.capitalize()} after {self.elapsed:.0f} s at {done}{top1}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +128,13 @@ def launch(form: RunForm) -> str:
     form.validate()
     run_dir = _new_run_dir(form.method)
     cmd = form.command(run_dir)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    # One torch thread unless SVITE_TRAIN_THREADS says otherwise: on a 2-core machine that is already busy
+    # (load average 2 and up), two intra-op threads wait on each other, and one thread trained the demo ViT
+    # 4x faster at load 11 (52 vs 13 images/s). On a quiet machine two threads can be faster: set
+    # SVITE_TRAIN_THREADS=2 there.
+    threads = os.environ.get("SVITE_TRAIN_THREADS", "1")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads,
+           "MKL_NUM_THREADS": threads}
     rec = {"id": run_dir.name, "command": cmd, "form": asdict(form), "started": time.time(), "status": "running",
            "pid": None}
     _write_record(run_dir, rec)
@@ -159,13 +153,35 @@ def _wait(proc: subprocess.Popen, run_dir: Path) -> None:
     _finalize(run_dir, code)
 
 
-def _last_error(run_dir: Path) -> str:
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _last_error(run_dir: Path, code: int | None) -> str:
+    """Why a run failed, as whole sentences: the trainer's own one-line message (bad input), or what
+    kind of crash it was and where the full log is (never a cut-off line of library text)."""
     try:
         lines = [ln.strip() for ln in (run_dir / "stderr.log").read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
-        return ""
-    errors = [ln for ln in lines if "error" in ln.lower()]
-    return (errors or lines or [""])[-1][:400]
+        lines = []
+    own = [ln.split(": error: ", 1)[1] for ln in lines if ": error: " in ln]
+    if own:
+        return _sentence(own[-1])
+    log = run_dir / "stderr.log"
+    if any(ln.startswith("Traceback") for ln in lines):
+        last = lines[-1]
+        kind = last.split(":", 1)[0] if ":" in last and " " not in last.split(":", 1)[0] else "error"
+        return f"The training process crashed with an unexpected {kind}; the full traceback is in {log}."
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"The training process was killed by {name} (out of memory, or stopped from outside)."
+    if code is not None:
+        return f"The training process exited with code {code}; its output is in {log}."
+    return "The training process ended without finishing (it was stopped while nobody watched)."
 
 
 def _finalize(run_dir: Path, code: int | None) -> dict[str, Any]:
@@ -179,8 +195,7 @@ def _finalize(run_dir: Path, code: int | None) -> dict[str, Any]:
             rec["status"] = "finished"
         else:
             rec["status"] = "failed"
-            rec["error"] = _last_error(run_dir) or (f"exited with code {code}" if code is not None else
-                                                    "the training process ended without finishing")
+            rec["error"] = _last_error(run_dir, code)
         rec["exit_code"] = code
         rec["ended"] = time.time()
         _write_record(run_dir, rec)
@@ -233,17 +248,23 @@ def state(run_id: str) -> RunState:
             rec = _finalize(run_dir, None)  # started by an earlier server, ended while nobody watched
     metrics = _metrics(run_dir)
     s = RunState(id=run_id, dir=run_dir, status=str(rec.get("status")), started=float(rec.get("started", 0)),
-                 form=rec.get("form", {}), error=str(rec.get("error", "")), metrics=metrics)
+                 form=rec.get("form", {}), error=str(rec.get("error", "")), metrics=metrics,
+                 ended=rec.get("ended"))
     if len(metrics) and "kind" in metrics:
         starts = metrics[metrics["kind"] == "start"]
         if len(starts) and "total_steps" in starts:
             s.total_steps = int(starts["total_steps"].iloc[-1])
+            if "time" in starts:
+                s.train_started = float(starts["time"].iloc[-1])
         progress = metrics[metrics["kind"].isin(["step", "epoch", "end"])]
         if len(progress) and "step" in progress:
             s.step = int(progress["step"].max())
+        if len(progress) and "epoch" in progress:
+            s.epoch = float(progress["epoch"].max())  # fractional: 0.5 = half-way through the first epoch
         epochs = metrics[metrics["kind"] == "epoch"]
         if len(epochs):
-            s.epoch = float(epochs["epoch"].max())
+            if "val_top1" in epochs and epochs["val_top1"].notna().any():
+                s.val_top1 = float(epochs["val_top1"].dropna().iloc[-1])
     ckpt = run_dir / "checkpoint.safetensors"
     if ckpt.exists():
         s.checkpoint = ckpt

@@ -3,6 +3,7 @@ helpers every page uses to show figures (PNG from plotly's toolbar) and tables (
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -11,13 +12,21 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+import torch
 
 from sparsity_core.checkpoint import LoadedCheckpoint
 from sparsity_core.errors import SviteError
 
 from . import catalog, figures, loaders
 from .figures import PLOTLY_CONFIG
-from .settings import CHECKPOINT_SUFFIXES, REPO_ROOT, checkpoints_dir, runs_dir, upload_limit_mb
+from .settings import (
+    CHECKPOINT_SUFFIXES,
+    REPO_ROOT,
+    checkpoints_dir,
+    runs_dir,
+    torch_threads,
+    upload_limit_mb,
+)
 
 #: (file in pages/, title, icon). The order is the talk-mode path through the app.
 PAGES: tuple[tuple[str, str, str], ...] = (
@@ -34,21 +43,29 @@ TALK_KEY = "talk_mode"
 #: Seeded defaults the talk path starts from (widget keys of the pages -> values).
 TALK_DEFAULTS: dict[str, Any] = {
     "density_snapshot": "final", "evo_metric": "jaccard", "evo_group": "block_type",
-    "patch_source": "Demo dataset", "patch_demo_index": 8, "patch_method": "integrated_gradients",
+    "patch_source": "Demo dataset", "patch_demo_index": 8, "patch_method": "attention_rollout",
     "compare_mode": "Two checkpoints",
 }
 
+#: Talk-mode styles. The metric rules are more specific than the paragraph rule (the metric's value is a
+#: paragraph too: a plain ``p`` rule shrank it from 36 px to 24.7 px). Tables are HTML (``st.table``) in
+#: talk mode, so their text scales here; st.dataframe draws on a canvas that CSS cannot enlarge.
 TALK_CSS = """
 <style>
 html, body { font-size: 19px; }
 [data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li { font-size: 1.3rem; }
-[data-testid="stMetricValue"] { font-size: 2.6rem; }
-[data-testid="stMetricLabel"] p { font-size: 1.15rem; }
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] [data-testid="stMarkdownContainer"] p,
+[data-testid="stMetricValue"] div { font-size: 3.4rem !important; line-height: 1.15; }
+[data-testid="stMetricLabel"] p, [data-testid="stMetricLabel"] div { font-size: 1.3rem !important; }
+[data-testid="stMetricDelta"], [data-testid="stMetricDelta"] div { font-size: 1.2rem !important; }
+[data-testid="stTable"] td, [data-testid="stTable"] th { font-size: 1.25rem !important; padding: 0.35rem 0.6rem; }
 h1 { font-size: 3rem !important; }
 h2, h3 { font-size: 2.1rem !important; }
-[data-testid="stCaptionContainer"] { font-size: 1.1rem; }
+[data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] p { font-size: 1.15rem !important; }
 </style>
 """
+#: Rows a talk-mode table shows (the CSV button below it has them all).
+TALK_TABLE_ROWS = 25
 
 _PAGE_OBJECTS: dict[str, Any] = {}
 
@@ -60,7 +77,15 @@ def talk_mode() -> bool:
 
 
 def configure_page() -> None:
-    """Page config (talk mode: wide, sidebar collapsed, larger fonts). Call first in main."""
+    """Page config (talk mode: wide, sidebar collapsed, larger fonts). Call first in main.
+
+    ``?talk=1`` in the address starts a session in talk mode (a bookmark for the talk; the toggle keeps
+    the address in step), on the same seeded path as the toggle."""
+    if torch.get_num_threads() != torch_threads():
+        torch.set_num_threads(torch_threads())
+    if TALK_KEY not in st.session_state and st.query_params.get("talk") in ("1", "true", "on"):
+        st.session_state[TALK_KEY] = True
+        _seed_talk_path()
     talk = talk_mode()
     st.set_page_config(page_title="SViTE Explorer", page_icon=":material/blur_on:",
                        layout="wide" if talk else "centered",
@@ -87,7 +112,13 @@ def _talk_default_checkpoint(entries: list[catalog.CheckpointEntry]) -> str | No
 def _on_talk_toggle() -> None:
     """Entering talk mode starts the seeded path: the best demo checkpoint, fixed page defaults."""
     if not st.session_state.get(TALK_KEY):
+        st.query_params.pop("talk", None)
         return
+    st.query_params["talk"] = "1"
+    _seed_talk_path()
+
+
+def _seed_talk_path() -> None:
     entries = catalog.find_checkpoints()
     default = _talk_default_checkpoint(entries)
     if default is not None:
@@ -157,6 +188,34 @@ def current_label() -> str:
     return labels.get(path, Path(path).name) if path else "no checkpoint"
 
 
+#: Markers of library text that the loader quotes in parentheses (torch, safetensors, pickle): the app
+#: leaves such detail out of what it shows; ``svite inspect`` on the command line still prints it.
+_LIBRARY_TEXT = ("rror", "Weights only", "PytorchStreamReader", "Unsupported", "deserializ", "magic number",
+                 "opcode", "miniz", "GLOBAL", "Traceback", "index out of range")
+
+
+def explain(err: BaseException, path: str | None = None) -> str:
+    """A loader error as whole sentences for the page: the file's name instead of its full path, the
+    quoted library text (e.g. "Unsupported operand 149") left out, a full stop at the end. Anything
+    that is not one of our SviteErrors becomes a plain "could not be read" sentence."""
+    name = Path(path).name if path else "this file"
+    if not isinstance(err, SviteError):
+        return (f"{name} could not be read as a checkpoint ({type(err).__name__}); it may be truncated, or in a "
+                "format this app does not know.")
+    text = str(err)
+    if path:
+        text = text.replace(str(path), name)
+
+    def drop(m: re.Match) -> str:
+        return "" if any(marker in m.group(0) for marker in _LIBRARY_TEXT) else m.group(0)
+
+    text = re.sub(r"\s*\((?:[^()]|\([^()]*\))*\)", drop, text).strip()
+    text = re.sub(r"\s+;", ";", text)
+    if path and not text.startswith(name):
+        text = f"{name}: {text}"
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def require_checkpoint() -> tuple[str, LoadedCheckpoint]:
     """The picked checkpoint, loaded; stops the page with a clear message if there is none or it
     cannot be read (the app itself stays up)."""
@@ -166,8 +225,8 @@ def require_checkpoint() -> tuple[str, LoadedCheckpoint]:
         st.stop()
     try:
         return path, loaders.load(path)
-    except SviteError as err:
-        st.error(f"Cannot read this checkpoint: {err}")
+    except Exception as err:  # noqa: BLE001 (any unreadable file is a message, never a traceback)
+        st.error(f"Cannot read this checkpoint: {explain(err, path)}")
         st.stop()
     raise AssertionError("unreachable")
 
@@ -182,22 +241,18 @@ def controls(label: str = "Controls") -> AbstractContextManager:
     return st.expander(label, expanded=False) if talk_mode() else st.container()
 
 
-def _talk_fonts(fig: go.Figure) -> go.Figure:
-    return fig.update_layout(font={"size": 20}, title_font={"size": 26}, template="plotly_white")
-
-
 def show_figure(fig: go.Figure, key: str) -> None:
     """A plotly chart with its toolbar (the camera icon downloads a PNG)."""
     talk = talk_mode()
     if talk:
-        _talk_fonts(fig)
+        figures.talk_layout(fig)
     st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key, theme=None if talk else "streamlit")
 
 
 @st.cache_resource(max_entries=512, show_spinner=False)
 def _built(name: str, args: tuple, kwargs: tuple, talk: bool) -> go.Figure:
     fig = getattr(figures, name)(*args, **dict(kwargs))
-    return _talk_fonts(fig) if talk else fig
+    return figures.talk_layout(fig) if talk else fig
 
 
 def plot(name: str, *args: Any, key: str, **kwargs: Any) -> None:
@@ -210,9 +265,18 @@ def plot(name: str, *args: Any, key: str, **kwargs: Any) -> None:
     st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key, theme=None if talk else "streamlit")
 
 
-def show_table(df: pd.DataFrame, name: str, key: str, height: int | None = None, **kwargs: Any) -> None:
-    """A table and its CSV download button."""
-    st.dataframe(df, hide_index=True, height=height or "auto", **kwargs)
+def show_table(df: pd.DataFrame, name: str, key: str, height: int | None = None, talk_rows: int = TALK_TABLE_ROWS,
+               **kwargs: Any) -> None:
+    """A table and its CSV download button. In talk mode an HTML table (readable from the back row:
+    its font scales with the talk styles) of the first ``talk_rows`` rows (0: only the CSV button, for
+    raw tables a room cannot read anyway); the CSV holds them all."""
+    if talk_mode():
+        if talk_rows > 0:
+            st.table(df.head(talk_rows), hide_index=True)
+        if len(df) > talk_rows:
+            st.caption(f"{f'First {talk_rows} of' if talk_rows else 'All'} {len(df)} rows in the CSV.")
+    else:
+        st.dataframe(df, hide_index=True, height=height or "auto", **kwargs)
     st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"{name}.csv", mime="text/csv",
                        key=f"csv_{key}", icon=":material/download:", on_click="ignore")
 

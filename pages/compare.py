@@ -8,7 +8,6 @@ import pandas as pd
 import streamlit as st
 
 from app import catalog, loaders, ui
-from sparsity_core.errors import SviteError
 
 path, loaded = ui.require_checkpoint()
 ui.header("Compare", "A = the checkpoint in the sidebar")
@@ -40,8 +39,8 @@ with ui.controls():
 
 try:
     loaders.load(path_b)
-except SviteError as err:
-    st.error(f"Cannot read B: {err}")
+except Exception as err:  # noqa: BLE001 (an unreadable file is a message, never a traceback)
+    st.error(f"Cannot read B: {ui.explain(err, path_b)}")
     st.stop()
 
 st.subheader("Side by side")

@@ -15,7 +15,7 @@ masked_snaps = ([int(i) for i in hist.loc[hist["overall_density"].notna(), "snap
                 if "overall_density" in hist else [])
 
 with ui.controls():
-    options = ["final"] + masked_snaps
+    options = masked_snaps + ["final"]  # in time order: the final checkpoint comes after the last snapshot
     ui.keep_valid("density_snapshot", options, "final")
     snap_choice = st.select_slider(
         "Snapshot", options, key="density_snapshot",
@@ -23,7 +23,8 @@ with ui.controls():
         f"#{s} · step {int(hist.loc[s, 'step'])} ({hist.loc[s, 'event']})") if len(options) > 1 else "final"
 snapshot = None if snap_choice == "final" else int(snap_choice)
 if not masked_snaps:
-    st.info("This checkpoint has no mask history: it shows the final weights (a dense model reads as density 1.0).")
+    st.info(f"None of this checkpoint's {len(hist)} snapshots holds masks (a dense run records snapshots but has "
+            "no masks), so this page shows its final weights: a dense model reads as density 1.0.")
 
 table = loaders.density_table(path, snapshot)
 st.subheader("Per layer")

@@ -8,16 +8,17 @@ import streamlit as st
 from app import loaders, ui
 
 path, loaded = ui.require_checkpoint()
-ui.header("Mask evolution", f"{len(loaded.history)} snapshots in the history")
 hist = loaders.history(path)
+n_masked = int(hist["overall_density"].notna().sum()) if "overall_density" in hist else 0
+ui.header("Mask evolution", f"{n_masked} of {len(hist)} snapshots hold masks")
 st.subheader("Snapshots")
 ui.show_table(hist, "history", key="evo_history", height=240)
 
 evo = loaders.evolution(path)
 heads, neurons = loaders.units(path)
 if evo.empty and heads is None and neurons is None:
-    st.info("This checkpoint has no mask history: it was trained densely (or its history holds no masks), so "
-            "there is no topology to follow. Pick a SViTE / S²ViTE checkpoint in the sidebar.")
+    st.info(f"None of this checkpoint's {len(hist)} snapshots holds masks (it was trained densely), so there is "
+            "no topology to follow. Pick a SViTE / S²ViTE checkpoint in the sidebar.")
     ui.next_page_footer("evolution")
     st.stop()
 

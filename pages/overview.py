@@ -19,7 +19,11 @@ c1.metric("Method", doc["method"] + (" + token selector" if sel else ""))
 c2.metric("Overall density", f"{doc['overall_density']:.3f}")
 top1 = metrics.get("val_top1")
 c3.metric("Val top-1", f"{top1:.1f}%" if isinstance(top1, (int, float)) else "n/a")
-c4.metric("Snapshots in history", len(doc["history"]))
+n_snaps = len(doc["history"])
+n_masked = sum(1 for h in doc["history"] if h.get("overall_density") is not None)
+c4.metric("Mask snapshots", f"{n_masked} of {n_snaps}" if n_masked != n_snaps else n_snaps,
+          help=f"{n_snaps} snapshots recorded (init, topology updates, epoch ends); {n_masked} of them hold masks. "
+               "A dense run records snapshots but has no masks, so it has no topology to follow.")
 
 st.subheader("Model and settings")
 model_rows = [

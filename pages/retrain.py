@@ -1,5 +1,8 @@
 """Retrain: a short training run from a form, launched as `python -m sparsity_core train` in its own
-process and run directory; live progress and curves; cancel; the result appears in the picker."""
+process and run directory; live progress and curves; cancel; the result appears in the picker.
+
+By default the run starts from the checkpoint in the sidebar, with settings that show something in
+about a minute (see ``app/retrain_form.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import catalog, figures, loaders, runs, ui
+from app import catalog, figures, loaders, retrain_form, runs, ui
 from app.settings import runs_dir
 from sparsity_core.errors import SviteError
 
@@ -18,52 +21,85 @@ st.caption(f"Runs go to `{runs_dir()}` (set SVITE_RUNS_DIR to change it); each o
            "it keeps going if you reload the page, and its checkpoint appears in the sidebar picker.")
 entries = catalog.find_checkpoints()
 labels = {e.path: e.label for e in entries}
-MODEL_KEYS = ("name", "img_size", "patch_size", "embed_dim", "depth", "num_heads")
+options = [e.path for e in entries] + ["scratch"]
+#: form widget key -> RunForm field
+FIELDS = {"rt_method": "method", "rt_density": "density", "rt_atten": "atten_density", "rt_other": "other_density",
+          "rt_keep": "keep_ratio", "rt_epochs": "epochs", "rt_freq": "update_frequency", "rt_data": "data",
+          "rt_train_size": "train_size", "rt_val_size": "val_size", "rt_batch": "batch_size", "rt_lr": "lr",
+          "rt_seed": "seed", "rt_scorer": "selector_scorer"}
 
 
-def _model_flags(init: str | None) -> dict:
-    """Model flags that rebuild the --init checkpoint's architecture (--init needs them to match)."""
-    if not init:
-        return {"model": "vit_tiny_demo"}
-    cfg = loaders.inspect_doc(init)["model_config"]
-    flags = {("model" if k == "name" else k): cfg.get(k) for k in MODEL_KEYS}
-    return {k: v for k, v in flags.items() if v is not None}
+def _doc(start: str) -> dict | None:
+    if start == "scratch":
+        return None
+    try:
+        return loaders.inspect_doc(start)
+    except SviteError:
+        return None
 
+
+def _apply_defaults() -> None:
+    """Fill the form with the defaults for the chosen start (called when the start changes)."""
+    start = st.session_state.get("rt_init", "scratch")
+    form = retrain_form.defaults_for(_doc(start), None if start == "scratch" else start)
+    for key, name in FIELDS.items():
+        st.session_state[key] = getattr(form, name)
+
+
+# The start follows the sidebar's checkpoint (until the user picks another one here).
+sidebar = ui.current_path()
+# Widget state is dropped when the user visits another page, so a return also refills the form.
+if (st.session_state.get("rt_follows") != sidebar or st.session_state.get("rt_init") not in options
+        or any(key not in st.session_state for key in FIELDS)):
+    if st.session_state.get("rt_follows") != sidebar or st.session_state.get("rt_init") not in options:
+        st.session_state["rt_init"] = sidebar if sidebar in options else "scratch"
+    st.session_state["rt_follows"] = sidebar
+    _apply_defaults()
+start = st.selectbox("Start from", options, key="rt_init", on_change=_apply_defaults,
+                     format_func=lambda p: "scratch (vit_tiny_demo, random weights)" if p == "scratch"
+                     else labels.get(p, p), help="The sidebar's checkpoint by default. Changing it resets the form "
+                     "to the defaults for that checkpoint.")
+doc = _doc(start)
+defaults = retrain_form.defaults_for(doc, None if start == "scratch" else start)
+st.caption(retrain_form.describe(defaults, doc))
 
 with st.form("retrain_form"):
-    c1, c2 = st.columns(2)
-    method = c1.selectbox("Method", runs.METHODS, key="rt_method",
+    c1, c2, c3 = st.columns(3)
+    method = c1.selectbox("Method", retrain_form.METHODS, key="rt_method",
                           help="svite: unstructured dynamic sparsity · s2vite: heads and neurons · dense · static / "
                                "oneshot baselines")
-    ui.keep_valid("rt_init", ["scratch"] + [e.path for e in entries], "scratch")
-    start = c2.selectbox("Start from", ["scratch"] + [e.path for e in entries], key="rt_init",
-                         format_func=lambda p: "scratch (vit_tiny_demo)" if p == "scratch" else labels.get(p, p))
+    epochs = c2.number_input("Epochs", 1, 500, key="rt_epochs")
+    train_size = c3.number_input("Train images (demo)", 32, 50000, key="rt_train_size")
     c1, c2, c3 = st.columns(3)
-    density = c1.slider("Density (SViTE)", 0.05, 1.0, 0.5, 0.05, key="rt_density")
-    atten = c2.slider("Head density (S²ViTE)", 0.1, 1.0, 0.7, 0.05, key="rt_atten")
-    other = c3.slider("Neuron density (S²ViTE)", 0.1, 1.0, 0.6, 0.05, key="rt_other")
-    c1, c2, c3 = st.columns(3)
-    keep = c1.slider("Token keep ratio (0 = no selector)", 0.0, 1.0, 0.0, 0.05, key="rt_keep")
-    epochs = c2.number_input("Epochs", 1, 500, 3, key="rt_epochs")
-    freq = c3.number_input("Update frequency (steps)", 1, 100000, 50, key="rt_freq")
-    c1, c2, c3 = st.columns(3)
-    data = c1.text_input("Data: 'demo' or an ImageFolder path", "demo", key="rt_data")
-    train_size = c2.number_input("Train images (demo)", 32, 50000, 2000, key="rt_train_size")
-    val_size = c3.number_input("Validation images (demo)", 16, 10000, 500, key="rt_val_size")
-    c1, c2, c3 = st.columns(3)
-    batch = c1.number_input("Batch size", 1, 1024, 64, key="rt_batch")
-    lr = c2.number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f", key="rt_lr")
-    seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="rt_seed")
+    density = c1.slider("Density (SViTE)", 0.05, 1.0, step=0.05, key="rt_density")
+    atten = c2.slider("Head density (S²ViTE)", 0.1, 1.0, step=0.05, key="rt_atten")
+    other = c3.slider("Neuron density (S²ViTE)", 0.1, 1.0, step=0.05, key="rt_other")
+    keep = st.slider("Token keep ratio (0 = no token selector)", 0.0, 1.0, step=0.05, key="rt_keep",
+                     help="Starting from an SViTE+ checkpoint, its selector (scorer, mode, block) is kept and "
+                          "fine-tuned; 0 trains its backbone without one.")
+    with st.expander("More settings"):
+        c1, c2, c3 = st.columns(3)
+        val_size = c1.number_input("Validation images (demo)", 16, 10000, key="rt_val_size")
+        batch = c2.number_input("Batch size", 1, 1024, key="rt_batch")
+        lr = c3.number_input("Learning rate", 1e-6, 1.0, format="%.5f", key="rt_lr")
+        c1, c2, c3 = st.columns(3)
+        freq = c1.number_input("Update frequency (steps)", 1, 100000, key="rt_freq")
+        seed = c2.number_input("Seed", 0, 2**31 - 1, key="rt_seed")
+        scorer = c3.selectbox("Scorer of a new token selector", ["mlp", "linear"], key="rt_scorer")
+        data = st.text_input("Data: 'demo' or an ImageFolder path", key="rt_data")
     submitted = st.form_submit_button("Launch training", type="primary", icon=":material/play_arrow:")
 
 if submitted:
-    init = None if start == "scratch" else start
+    form = retrain_form.defaults_for(doc, None if start == "scratch" else start)  # selector details, model flags
+    values = {"method": method, "density": float(density), "atten_density": float(atten),
+              "other_density": float(other), "keep_ratio": float(keep), "epochs": int(epochs),
+              "update_frequency": int(freq), "data": str(data).strip(), "train_size": int(train_size),
+              "val_size": int(val_size), "batch_size": int(batch), "lr": float(lr), "seed": int(seed)}
+    for name, value in values.items():
+        setattr(form, name, value)
+    if not (doc or {}).get("token_selector"):
+        form.selector_scorer = scorer
     try:
-        form = runs.RunForm(method=method, density=float(density), atten_density=float(atten),
-                            other_density=float(other), keep_ratio=float(keep), epochs=int(epochs),
-                            update_frequency=int(freq), data=data.strip(), train_size=int(train_size),
-                            val_size=int(val_size), batch_size=int(batch), lr=float(lr), seed=int(seed), init=init,
-                            model_flags=_model_flags(init))
         run_id = runs.launch(form)
     except SviteError as err:
         st.error(f"Cannot launch: {err}")
@@ -71,53 +107,62 @@ if submitted:
         st.session_state["rt_selected"] = run_id
         st.success(f"Launched {run_id}")
 
-all_runs = runs.list_runs()
-if not all_runs:
-    st.info("No runs launched from the app yet.")
-    st.stop()
-
-st.subheader("Runs")
-table = pd.DataFrame([{"run": r.id, "status": r.status, "method": r.form.get("method"),
-                       "epochs": r.form.get("epochs"), "progress": f"{r.progress:.0%}",
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))} for r in all_runs])
-ui.show_table(table, "runs", key="rt_runs")
-ids = [r.id for r in all_runs]
-if st.session_state.get("rt_selected") not in ids:
-    st.session_state["rt_selected"] = ids[0]
-selected = st.selectbox("Run", ids, key="rt_selected")
-running = runs.state(selected).status == "running"
-
 
 def _open_in_explorer(path: str) -> None:
     st.session_state[ui.CKPT_KEY] = path
 
 
-@st.fragment(run_every=1.5 if running else None)
-def live(run_id: str) -> None:
-    s = runs.state(run_id)
-    done = f"step {s.step}/{s.total_steps}" if s.total_steps else "starting…"
+def _runs_table(all_runs: list[runs.RunState]) -> pd.DataFrame:
+    return pd.DataFrame([{"run": r.id, "status": r.phase, "method": r.form.get("method"),
+                          "start": Path(r.form["init"]).stem if r.form.get("init") else "scratch",
+                          "steps": f"{r.step}/{r.total_steps}" if r.total_steps else "–",
+                          "progress": f"{r.progress:.0%}", "val top-1 (%)": r.val_top1,
+                          "time (s)": round(r.elapsed), "started": time.strftime("%H:%M:%S", time.localtime(r.started))}
+                         for r in all_runs])
+
+
+def _live(s: runs.RunState, was_running: bool) -> None:
+    """One run: its progress bar (the same number as its row in the table), curves and result."""
     if s.status == "running":
-        st.progress(s.progress, text=f"Running: {done}, epoch {s.epoch:.0f}/{s.form.get('epochs')}")
-        if st.button("Cancel this run", key=f"rt_cancel_{run_id}", icon=":material/stop:"):
-            runs.cancel(run_id)
+        st.progress(s.progress, text=s.describe())
+        if st.button("Cancel this run", key=f"rt_cancel_{s.id}", icon=":material/stop:"):
+            runs.cancel(s.id)
             st.warning("Cancelling…")
     elif s.status == "finished":
-        st.success(f"Run {run_id} finished: {done}")
+        st.success(s.describe())
     elif s.status == "cancelled":
-        st.warning(f"Run {run_id} was cancelled at {done}")
+        st.warning(s.describe())
     else:
-        st.error(f"Run {run_id} failed: {s.error}")
+        st.error(f"Run {s.id} failed. {s.error}")
     if len(s.metrics) and "kind" in s.metrics and s.metrics["kind"].isin(["step", "epoch"]).any():
-        ui.show_figure(figures.training_curves(s.metrics), key=f"rt_curves_{run_id}")  # live: not cached
+        ui.show_figure(figures.training_curves(s.metrics), key=f"rt_curves_{s.id}")  # live: not cached
     if s.status == "finished" and s.checkpoint is not None:
-        if st.button("Open this checkpoint in the explorer", key=f"rt_open_{run_id}", icon=":material/open_in_new:",
+        if st.button("Open this checkpoint in the explorer", key=f"rt_open_{s.id}", icon=":material/open_in_new:",
                      on_click=_open_in_explorer, args=(str(s.checkpoint),)):
             st.rerun(scope="app")  # the click reran only this fragment: redraw the sidebar picker too
         st.caption(f"Checkpoint: `{s.checkpoint}` (listed in the sidebar as run · {Path(s.dir).name})")
-    seen = st.session_state.setdefault("rt_seen_final", set())
-    if s.status != "running" and running and run_id not in seen:
-        seen.add(run_id)
-        st.rerun(scope="app")  # refresh the sidebar picker and stop polling
+    if s.status != "running" and was_running:
+        st.rerun(scope="app")  # it just ended: refresh the sidebar picker and stop polling
 
 
-live(selected)
+any_running = any(r.status == "running" for r in runs.list_runs())
+
+
+@st.fragment(run_every=1.0 if any_running else None)
+def runs_view(was_running: bool) -> None:
+    """The runs table and the selected run's progress, redrawn together so that they always agree."""
+    all_runs = runs.list_runs()
+    if not all_runs:
+        st.info("No runs launched from the app yet.")
+        return
+    st.subheader("Runs")
+    ui.show_table(_runs_table(all_runs), "runs", key="rt_runs")
+    ids = [r.id for r in all_runs]
+    if st.session_state.get("rt_selected") not in ids:
+        st.session_state["rt_selected"] = ids[0]
+    selected = st.selectbox("Run", ids, key="rt_selected")
+    state = next(r for r in all_runs if r.id == selected)
+    _live(state, was_running and not any(r.status == "running" for r in all_runs))
+
+
+runs_view(any_running)

@@ -650,14 +650,35 @@ def make_loader(
 # --------------------------------------------------------------------------------------------------
 
 # Only images shipped inside the scikit-image wheel: others (eagle, lily, ...) need a pooch download.
-_SKIMAGE_PHOTOS: dict[str, Callable[[Any], np.ndarray]] = {
-    "astronaut": lambda d: d.astronaut(),
-    "chelsea": lambda d: d.chelsea(),
-    "coffee": lambda d: d.coffee(),
-    "rocket": lambda d: d.rocket(),
-    "motorcycle": lambda d: d.stereo_motorcycle()[0],
-    "camera": lambda d: d.camera(),
+# Read straight from the wheel's data folder with Pillow: importing skimage.data takes a second or more
+# on a busy machine, and the app shows these photos on a click; skimage.data is the fallback.
+_SKIMAGE_PHOTOS: dict[str, tuple[str, Callable[[Any], np.ndarray]]] = {
+    "astronaut": ("astronaut.png", lambda d: d.astronaut()),
+    "chelsea": ("chelsea.png", lambda d: d.chelsea()),
+    "coffee": ("coffee.png", lambda d: d.coffee()),
+    "rocket": ("rocket.jpg", lambda d: d.rocket()),
+    "motorcycle": ("motorcycle_left.png", lambda d: d.stereo_motorcycle()[0]),
+    "camera": ("camera.png", lambda d: d.camera()),
 }
+
+
+def _skimage_data_dir() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(roots[0]) / "data" if roots else None
+
+
+def _read_photo(name: str) -> np.ndarray:
+    file, fallback = _SKIMAGE_PHOTOS[name]
+    folder = _skimage_data_dir()
+    if folder is not None and (folder / file).is_file():
+        with Image.open(folder / file) as im:
+            return np.asarray(im.convert("RGB"))
+    import skimage.data
+
+    return np.asarray(fallback(skimage.data))
 
 
 @functools.cache
@@ -667,12 +688,10 @@ def sample_images() -> dict[str, np.ndarray]:
     An image that fails to load (e.g. a scikit-image build without its data files) is left out rather
     than breaking the app; an error is raised only if none load. The arrays are shared: read-only.
     """
-    import skimage.data
-
     out: dict[str, np.ndarray] = {}
-    for name, load in _SKIMAGE_PHOTOS.items():
+    for name in _SKIMAGE_PHOTOS:
         try:
-            img = np.asarray(load(skimage.data))
+            img = _read_photo(name)
         except Exception:  # a missing optional photo must not break the app
             continue
         if img.ndim == 2:
@@ -701,7 +720,11 @@ def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     elif arr.dtype != np.uint8:
         if not np.issubdtype(arr.dtype, np.integer):
             raise SviteError(f"image of dtype {arr.dtype}: expected uint8 (or float in [0, 1])")
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
+        # 16-bit data is scaled from its 0-65535 range (clipping at 255 would turn it white); a wider
+        # integer type holding 8- or 16-bit values is read by the values' range
+        hi = int(arr.max(initial=0))
+        full = 255 if hi <= 255 and arr.dtype != np.uint16 else 65535 if hi <= 65535 else int(np.iinfo(arr.dtype).max)
+        arr = np.clip(np.rint(arr.astype(np.float64) * (255.0 / full)), 0, 255).astype(np.uint8)
     if arr.ndim == 2:
         return np.repeat(arr[..., None], 3, axis=2)
     if arr.shape[2] == 4:  # composite on white, so transparent areas do not turn black
@@ -709,6 +732,23 @@ def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
         rgb = arr[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
         return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     return arr
+
+
+def fit_image(image: np.ndarray, img_size: int) -> np.ndarray:
+    """Any photo -> the uint8 img_size×img_size×3 RGB the model sees: centre-cropped to a square (the
+    longer side's excess cut off, half on each side), then resized with bicubic interpolation.
+
+    ``image_to_input`` starts with exactly this, so fitting first and passing the result gives the same
+    input (the app fits a large photo once, then hashes a small array for its caches)."""
+    img_size = _check_int("img_size", img_size, 1)
+    rgb = _to_rgb_uint8(image)
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    pil = Image.fromarray(np.ascontiguousarray(rgb[top : top + side, left : left + side]))
+    if side != img_size:
+        pil = pil.resize((img_size, img_size), Image.Resampling.BICUBIC)
+    return np.asarray(pil, dtype=np.uint8)
 
 
 def image_to_input(
@@ -719,19 +759,13 @@ def image_to_input(
 ) -> torch.Tensor:
     """Turn any photo into a model input: centre-crop to a square, resize, normalise -> 1×3×S×S float32.
 
-    Accepts uint8 H×W×3, H×W (grey) or H×W×4 (RGBA, composited on white); floats in [0, 1] also work.
+    Accepts uint8 H×W×3, H×W (grey) or H×W×4 (RGBA, composited on white); uint16 is scaled from
+    0-65535, floats in [0, 1] also work.
     """
-    img_size = _check_int("img_size", img_size, 1)
     if len(mean) != 3 or len(std) != 3 or any(float(s) <= 0 for s in std):
         raise SviteError(f"mean={tuple(mean)}, std={tuple(std)}: need 3 values each, std > 0")
-    rgb = _to_rgb_uint8(image)
-    h, w = rgb.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    pil = Image.fromarray(np.ascontiguousarray(rgb[top : top + side, left : left + side]))
-    if side != img_size:
-        pil = pil.resize((img_size, img_size), Image.Resampling.BICUBIC)
-    x = torch.from_numpy(np.array(pil, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
+    fitted = fit_image(image, img_size)
+    x = torch.from_numpy(np.array(fitted, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
     m = torch.tensor([float(v) for v in mean], dtype=torch.float32).view(3, 1, 1)
     s = torch.tensor([float(v) for v in std], dtype=torch.float32).view(3, 1, 1)
     return ((x - m) / s).unsqueeze(0).contiguous()

@@ -319,6 +319,49 @@ def validate_config(cfg: TrainConfig) -> None:
     check_train_flags(cfg)  # size caps, the model checked on the meta device, a memory estimate
 
 
+SELECTOR_PREFIX = "token_selector."
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "×".join(str(d) for d in t.shape) or "scalar"
+
+
+def load_init_weights(model: nn.Module, source: nn.Module, what: str) -> None:
+    """Copy ``source``'s weights (an --init checkpoint's model) into the freshly built ``model``.
+
+    The token selector may differ between the two, on purpose: a checkpoint's selector is left out when
+    the run trains without one (fine-tuning an SViTE+ backbone with keep ratio 0), and a selector the
+    checkpoint lacks starts fresh (adding SViTE+ to a dense or SViTE model). Everything else must fit
+    exactly; if not, the SviteError is one whole sentence naming the first misfits and their shapes
+    (never torch's cut-off "Error(s) in loading state_dict" text).
+    """
+    own, state = model.state_dict(), source.state_dict()
+    own_sel = any(k.startswith(SELECTOR_PREFIX) for k in own)
+    src_sel = any(k.startswith(SELECTOR_PREFIX) for k in state)
+    if not own_sel or not src_sel:  # only one side has a selector: it is not part of the fit
+        own = {k: v for k, v in own.items() if not k.startswith(SELECTOR_PREFIX)}
+        state = {k: v for k, v in state.items() if not k.startswith(SELECTOR_PREFIX)}
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or extra or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} tensor(s) differ in shape (first: {shapes[0]} is "
+                         f"{_shape(state[shapes[0]])} in the checkpoint, {_shape(own[shapes[0]])} here)")
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) of this model are not in the checkpoint (first: {missing[0]})")
+        if extra:
+            parts.append(f"{len(extra)} tensor(s) of the checkpoint have no place in this model (first: {extra[0]})")
+        hint = "Pass the model flags the checkpoint was trained with (svite inspect shows them)."
+        if all(k.startswith(SELECTOR_PREFIX) for k in missing + extra + shapes):
+            kind = source.token_selector.scorer_kind
+            hint = (f"The checkpoint's token selector has {'an MLP' if kind == 'mlp' else 'a linear'} scorer: "
+                    f"pass --selector-scorer {kind}.")
+        raise SviteError(f"{what}: its weights do not fit the model these flags build: {'; '.join(parts)}. {hint}")
+    model.load_state_dict(state, strict=False)
+
+
 def _loss_is_finite(loss: torch.Tensor, ddp: Dist) -> bool:
     flag = torch.isfinite(loss.detach()).float()
     if ddp.world_size > 1:
@@ -378,11 +421,7 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
                    None)
         if bad is not None:
             raise SviteError(f"--init {cfg.init}: weight {bad} holds NaN or infinite values; refusing to start from it")
-        try:
-            model.load_state_dict(init.model.state_dict(), strict=True)
-        except RuntimeError as err:
-            raise SviteError(f"--init {cfg.init}: weights do not fit --model {cfg.model} "
-                             f"({str(err).splitlines()[0][:160]})") from None
+        load_init_weights(model, init.model, f"--init {cfg.init}")
         init_masks = init.masks
     model.to(device)
     optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)

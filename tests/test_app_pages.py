@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from sparsity_core.checkpoint import load_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app" / "main.py")
 CKPTS = Path(os.environ.get("SVITE_CHECKPOINTS_DIR", ROOT / "checkpoints"))
@@ -85,7 +87,7 @@ def test_overview_shows_summary_integrity_cost():
     at = open_page("overview", "svite")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Method"] == "svite" and float(metrics["Overall density"]) == pytest.approx(0.5, abs=0.01)
-    assert int(metrics["Snapshots in history"]) >= 10
+    assert int(metrics["Mask snapshots"]) >= 10  # every snapshot of a SViTE run holds masks
     assert any("Integrity check passed" in s.value for s in at.success)
     dense, sparse = arr(chart(at, "FLOPs per image")["data"][0]["y"])
     assert sparse < dense
@@ -175,8 +177,18 @@ def test_evolution_page_structured_and_dense():
     assert len(chart(at, "Head survival")["data"][0]["y"]) == 24  # 4 blocks × 6 heads
     assert chart(at, "MLP neuron survival timeline")
     at = open_page("evolution", "dense")
+    n = len(load_checkpoint(ckpt("dense")).history)
     assert not at.get("plotly_chart")
-    assert any("has no mask history" in i.value for i in at.info)
+    assert any(f"None of this checkpoint's {n} snapshots holds masks" in i.value for i in at.info)
+    assert any(f"0 of {n} snapshots hold masks" in c.value for c in at.caption)  # not "{n} snapshots" above it
+    at = open_page("overview", "dense")
+    assert {m.label: m.value for m in at.metric}["Mask snapshots"] == f"0 of {n}"
+
+
+def _agreement(at: AppTest) -> dict[str, dict[str, float]]:
+    """The agreement chart's bars: {trace name: {bar: IoU}}."""
+    return {t["name"]: dict(zip(t["x"], arr(t["y"]).astype(float), strict=True))
+            for t in chart(at, "Agreement: kept 32 of 64")["data"]}
 
 
 def test_patch_maps_with_a_token_selector():
@@ -184,9 +196,15 @@ def test_patch_maps_with_a_token_selector():
     assert chart(at, "Kept 32 of 64 patches")["data"][0]["type"] == "image"
     scores = z(at, "Selector scores")
     assert scores.shape == (8, 8)
-    ixg = z(at, "Input × gradient")
+    ixg = z(at, "Input × gradient, every patch present")
     assert ixg.shape == (8, 8)
-    assert any(m.label.startswith("Agreement: IoU") for m in at.metric)
+    iou = [m for m in at.metric if m.label.startswith("IoU of the 32 kept")]
+    assert len(iou) == 1
+    bars = _agreement(at)
+    assert set(bars) == {"this image", "mean of 32 demo images"}
+    assert bars["this image"]["selector"] == pytest.approx(float(iou[0].value), abs=1e-3)
+    assert bars["this image"]["chance"] == pytest.approx(0.3357, abs=1e-4)
+    assert 0 <= bars["this image"]["best fixed mask"] <= 1 and 0 <= bars["mean of 32 demo images"]["centre mask"] <= 1
     assert chart(at, "Kept patches at snapshot")
     freq = z(at, "How often each patch is kept: all")
     assert freq.shape == (8, 8) and freq.mean() == pytest.approx(0.5)  # 32 of 64 kept on average
@@ -199,17 +217,41 @@ def test_patch_maps_with_a_token_selector():
     assert not np.allclose(z(at, "Selector scores"), scores)
     at.selectbox(key="patch_method").set_value("integrated_gradients").run()
     ok(at)
-    assert z(at, "Integrated gradients").shape == (8, 8)
+    assert z(at, "Integrated gradients, every patch present").shape == (8, 8)
     at.radio(key="patch_source").set_value("Sample photos").run()
     ok(at)
     assert chart(at, "Kept 32 of 64 patches")
+    assert any("resized to 32×32 (bicubic)" in c.value for c in at.caption)
+    at.selectbox(key="patch_photo").set_value("chelsea").run()  # 451×300: cropped to its middle 300×300 first
+    ok(at)
+    assert any("(451×300 px) was centre-cropped to 300×300 (151 px of its longer side cut off) and resized to "
+               "32×32" in c.value for c in at.caption)
+    assert any("trained on 32 px synthetic shapes" in w.value for w in at.warning)
+
+
+def test_rollout_agreement_on_svite_plus_is_below_one_with_chance_and_baseline_shown():
+    """Rollout used to be computed on the selector's gathered sequence, where a dropped patch gets zero:
+    IoU 1.000 on every image. With every patch present it must fall below 1, beside chance and the
+    content-blind baselines, on the page itself."""
+    at = open_page("patches", "svite-plus", patch_method="attention_rollout", patch_demo_index=8)
+    iou = float([m for m in at.metric if m.label.startswith("IoU of the 32 kept")][0].value)
+    assert iou < 1.0
+    rollout = z(at, "Attention rollout, every patch present")
+    assert (rollout > 0).all()  # dropped patches have rollout too
+    bars = _agreement(at)
+    mean = bars["mean of 32 demo images"]
+    assert mean["selector"] < 1.0 and bars["this image"]["selector"] == pytest.approx(iou, abs=1e-3)
+    text = " ".join(m.value for m in at.markdown)
+    assert "Chance (a random 32 of 64): **0.336**" in text and "best fixed mask **" in text
+    assert "centre mask **" in text
+    assert any("with every patch present" in c.value for c in at.caption)
 
 
 def test_patch_maps_without_a_token_selector():
     at = open_page("patches", "svite", patch_method="attention_rollout")
     assert any("no token selector" in i.value for i in at.info)
     assert chart(at, "Model input with its patch grid")
-    rollout = z(at, "Attention rollout")
+    rollout = z(at, "Attention rollout, every patch present")
     assert rollout.shape == (8, 8) and rollout.min() >= 0
     assert not [t for t in charts(at) if t.startswith("Selector scores")]
 
@@ -252,3 +294,19 @@ def test_talk_mode_tucks_controls_away_and_starts_the_seeded_path():
     assert at.session_state["ckpt"] == ckpt("svite-plus")  # the talk path starts on the richest demo
     assert [e for e in at.expander if e.label == "Controls"]
     assert any("Next: Mask evolution" in link.proto.label for link in at.get("page_link"))
+
+
+def test_retrain_form_starts_from_the_sidebar_checkpoint_with_its_settings():
+    at = open_page("retrain", "svite-plus")
+    assert at.selectbox(key="rt_init").value == ckpt("svite-plus")
+    assert at.selectbox(key="rt_method").value == "svite" and at.slider(key="rt_keep").value == 0.5
+    assert at.number_input(key="rt_epochs").value == 2 and at.number_input(key="rt_lr").value == 2e-4
+    assert any("keeping its token selector (keep ratio 0.5)" in c.value for c in at.caption)
+    at.selectbox(key="rt_init").set_value(ckpt("dense")).run()  # another start: the form follows it
+    ok(at)
+    assert at.slider(key="rt_keep").value == 0.0 and at.slider(key="rt_density").value == 0.5
+    assert any("sparsifies the dense model with SViTE" in c.value for c in at.caption)
+    at.selectbox(key="rt_init").set_value(ckpt("s2vite")).run()
+    ok(at)
+    assert at.selectbox(key="rt_method").value == "s2vite"
+    assert at.slider(key="rt_atten").value == 0.7 and at.slider(key="rt_other").value == 0.6

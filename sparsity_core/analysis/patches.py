@@ -1,4 +1,5 @@
-"""Patch-level analysis: token-selector keep maps, keep frequency, captum attributions, rollout.
+"""Patch-level analysis: token-selector keep maps, keep frequency, object recall, keep maps across
+training, and switching the selector off (``all_patches``). Attributions live in ``attribution.py``.
 
 Pure functions: they take a model (or a ``LoadedCheckpoint``) and an image or dataset, and return
 numpy arrays or pandas frames; nothing is drawn here (the app does that) and the model is left as it
@@ -28,25 +29,19 @@ from ..errors import SviteError
 from ..models import grid_size, model_input_size
 
 __all__ = [
-    "ATTRIBUTION_METHODS",
     "PatchKeepMap",
-    "attention_rollout",
-    "keep_attribution_iou",
+    "all_patches",
     "keep_frequency",
     "keep_frequency_grid",
     "keep_map_history",
     "keep_vs_object",
     "object_patch_recall",
-    "patch_attributions",
     "patch_keep_map",
     "positional_prior_recall",
     "selector_at_snapshot",
     "selector_snapshots",
     "to_model_input",
 ]
-
-ATTRIBUTION_METHODS = ("integrated_gradients", "occlusion", "input_x_gradient")
-
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -74,6 +69,31 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def all_patches(model: Any) -> Iterator[nn.Module]:
+    """The model with its token selector switched off: every patch token reaches every block.
+
+    In eval mode the selector keeps the top ``keep`` of its scores; with ``keep`` = all patches that is
+    every patch in its own order, so the gathered (or zeroed) sequence is the full one and the model is
+    exactly its backbone without a selector (tested against one built without it). Attributions are
+    computed this way: on the selector's own forward pass a dropped patch cannot affect anything, so it
+    would get zero attribution by construction and any agreement score with the kept set would flatter
+    the selector (attention rollout gave IoU 1.000 on every image). A model without a selector is
+    returned as it is.
+    """
+    model = _model_of(model)
+    selector = getattr(model, "token_selector", None)
+    if selector is None:
+        yield model
+        return
+    keep = selector.keep
+    selector.keep = int(selector.num_patches)
+    try:
+        yield model
+    finally:
+        selector.keep = keep
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -314,166 +334,62 @@ def selector_at_snapshot(loaded: Any, i: int) -> nn.Module:
     return copy_
 
 
+def _selector_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The token tensor the selector receives for input ``x`` (eval mode): only the layers before it run."""
+    selector = _selector_of(model)
+    block = model.blocks[selector.block_index]
+    seen: list[torch.Tensor] = []
+
+    class _Stop(Exception):
+        pass
+
+    def grab(module: nn.Module, args: tuple[Any, ...]) -> None:
+        seen.append(args[0].detach())
+        raise _Stop
+
+    # registered after the selector's own pre-hook, which keeps every patch in order here: what this hook
+    # sees is exactly what the selector saw; the blocks after it never run
+    handle = block.register_forward_pre_hook(grab)
+    try:
+        with all_patches(model), _eval_mode(model), torch.no_grad():
+            try:
+                model(x)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise SviteError("the token selector's block did not run")
+    return seen[0]
+
+
 def keep_map_history(loaded: Any, image: np.ndarray | torch.Tensor, mean: Sequence[float] | None = None,
                      std: Sequence[float] | None = None) -> pd.DataFrame:
     """Keep map of one image at every snapshot that holds selector weights (long format:
     ``snapshot, step, epoch, row, col, kept, score``). Only the selector changes between rows: the
-    rest of the model has its final weights, so this shows how the scorer's preferences evolved."""
-    model = copy.deepcopy(_model_of(loaded))
-    _selector_of(model)
+    rest of the model has its final weights, so this shows how the scorer's preferences evolved.
+
+    The tokens entering the selector do not depend on the snapshot, so they are computed once and each
+    snapshot's scorer only scores them (a few ms per snapshot instead of a forward pass each)."""
+    model = _model_of(loaded)
+    selector = copy.deepcopy(_selector_of(model)).eval()
     history = list(getattr(loaded, "history", []) or [])
-    x = to_model_input(model, image, mean, std)
+    tokens = _selector_input(model, to_model_input(model, image, mean, std))
     gh, gw = grid_size(model)
     rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
     frames = []
+    holder = nn.Module()
+    holder.token_selector = selector
     for i in selector_snapshots(loaded):
-        _load_selector_state(model, history[i], i)
-        kept, scores = _select_batch(model, x)
+        _load_selector_state(holder, history[i], i)
+        with torch.no_grad():
+            scores = selector.score(tokens)
+            idx, _ = selector.select(scores)
+        kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, idx, True)
         frames.append(pd.DataFrame({"snapshot": i, "step": history[i].step, "epoch": history[i].epoch,
-                                    "row": rows.ravel(), "col": cols.ravel(), "kept": kept[0].ravel(),
-                                    "score": scores[0].ravel()}))
+                                    "row": rows.ravel(), "col": cols.ravel(),
+                                    "kept": kept[0].cpu().numpy().ravel(),
+                                    "score": scores[0].cpu().numpy().ravel()}))
     if not frames:
         raise SviteError("the checkpoint's history holds no token-selector weights")
     return pd.concat(frames, ignore_index=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# attributions (captum) and attention rollout
-def _logits_fn(model: nn.Module):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(x)
-
-    return forward
-
-
-def _patch_ids(model: nn.Module, device: torch.device) -> torch.Tensor:
-    """1×1×H×W map of each pixel's patch index (captum's feature mask for patch-level ablation)."""
-    gh, gw = grid_size(model)
-    p = _patch_size(model)
-    ids = torch.arange(gh * gw, device=device).reshape(gh, gw)
-    return ids.repeat_interleave(p, 0).repeat_interleave(p, 1)[None, None]
-
-
-def patch_attributions(model: Any, image: np.ndarray | torch.Tensor, method: str = "integrated_gradients",
-                       target: int | None = None, n_steps: int = 32, baseline: float = 0.0,
-                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                       batch_size: int = 32) -> np.ndarray:
-    """Attribution of the class ``target`` (default: the predicted class) to each patch, ``(H/p, W/p)``.
-
-    * ``integrated_gradients``: captum IntegratedGradients from a constant ``baseline`` (0 in
-      normalised space = the data mean colour), summed over each patch's pixels and channels.
-    * ``occlusion``: captum FeatureAblation with a patch-level feature mask: each patch in turn is
-      replaced by the baseline, and its attribution is the drop in the target logit.
-    * ``input_x_gradient``: captum InputXGradient summed per patch (cheap, one backward).
-
-    Works with and without a token selector (the selector's hard top-k simply runs inside the model).
-    """
-    from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients
-
-    model = _model_of(model)
-    if method not in ATTRIBUTION_METHODS:
-        raise SviteError(f"attribution method '{method}': use one of {', '.join(ATTRIBUTION_METHODS)}")
-    if n_steps < 1 or batch_size < 1:
-        raise SviteError("n_steps and batch_size must be >= 1")
-    x = to_model_input(model, image, mean, std)
-    gh, gw = grid_size(model)
-    p = _patch_size(model)
-    forward = _logits_fn(model)
-    with _eval_mode(model):
-        if target is None:
-            with torch.no_grad():
-                target = int(model(x).argmax(dim=1)[0])
-        if method == "integrated_gradients":
-            attr = IntegratedGradients(forward).attribute(x, baselines=float(baseline), target=int(target),
-                                                          n_steps=int(n_steps), internal_batch_size=int(batch_size))
-        elif method == "input_x_gradient":
-            attr = InputXGradient(forward).attribute(x.clone().requires_grad_(True), target=int(target))
-        else:
-            ids = _patch_ids(model, x.device)
-            with torch.no_grad():
-                attr = FeatureAblation(forward).attribute(x, baselines=float(baseline), target=int(target),
-                                                          feature_mask=ids, perturbations_per_eval=int(batch_size))
-            # every pixel of a patch carries that patch's whole attribution: read one pixel per patch
-            return attr[0, 0].reshape(gh, p, gw, p)[:, 0, :, 0].detach().cpu().numpy().astype(np.float32)
-    per_patch = attr.detach()[0].sum(dim=0).reshape(gh, p, gw, p).sum(dim=(1, 3))
-    return per_patch.cpu().numpy().astype(np.float32)
-
-
-def attention_rollout(model: Any, image: np.ndarray | torch.Tensor, head_fusion: str = "mean",
-                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
-    """Attention rollout (Abnar & Zuidema 2020) from the class token to each patch, ``(H/p, W/p)``.
-
-    Each block's attention (heads fused by mean/max/min) is mixed with the identity for the residual,
-    rows renormalised, and the blocks multiplied. With a gathering selector, blocks after it only see
-    the kept tokens: their attention is placed back at the kept positions, so dropped patches receive
-    rollout only through the blocks before the selector. Attention probabilities come from a forward
-    hook on each timm ``Attention.attn_drop`` with ``fused_attn`` off for the call (no timm code copied).
-    """
-    model = _model_of(model)
-    if head_fusion not in ("mean", "max", "min"):
-        raise SviteError(f"head_fusion '{head_fusion}': use mean, max or min")
-    x = to_model_input(model, image, mean, std)
-    attns: list[torch.Tensor] = []
-    handles, fused = [], []
-    for block in model.blocks:
-        attn = getattr(block, "attn", None)
-        if attn is None or not hasattr(attn, "attn_drop") or not hasattr(attn, "fused_attn"):
-            raise SviteError("attention rollout needs timm ViT blocks with a standard Attention module")
-        fused.append((attn, attn.fused_attn))
-        attn.fused_attn = False
-        handles.append(attn.attn_drop.register_forward_hook(lambda m, a, out: attns.append(out.detach())))
-    try:
-        with _eval_mode(model), torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        for attn, flag in fused:
-            attn.fused_attn = flag
-    if len(attns) != len(model.blocks):
-        raise SviteError("attention rollout: did not see every block's attention")
-    prefix = int(getattr(model, "num_prefix_tokens", 1))
-    n = prefix + grid_size(model)[0] * grid_size(model)[1]
-    selector = getattr(model, "token_selector", None)
-    positions = None
-    if selector is not None and selector.gathers_at_inference:
-        idx = selector.last_keep_indices[0].to(torch.long).cpu()
-        positions = torch.cat([torch.arange(prefix), prefix + idx])
-    rollout = torch.eye(n, dtype=torch.float64)
-    for a in attns:
-        a = a[0].to(torch.float64).cpu()
-        fused_a = {"mean": a.mean(0), "max": a.amax(0), "min": a.amin(0)}[head_fusion]
-        t = fused_a.shape[0]
-        fused_a = 0.5 * fused_a + 0.5 * torch.eye(t, dtype=torch.float64)
-        fused_a = fused_a / fused_a.sum(dim=-1, keepdim=True)
-        if t != n:
-            if positions is None or t != len(positions):
-                raise SviteError(f"attention rollout: a block saw {t} tokens, expected {n}")
-            full = torch.eye(n, dtype=torch.float64)
-            full[positions.unsqueeze(1), positions.unsqueeze(0)] = fused_a
-            fused_a = full
-        rollout = fused_a @ rollout
-    source = rollout[0] if prefix > 0 else rollout.mean(0)
-    gh, gw = grid_size(model)
-    return source[prefix:].reshape(gh, gw).numpy().astype(np.float32)
-
-
-def keep_attribution_iou(kept: np.ndarray, attribution: np.ndarray, k: int | None = None) -> float:
-    """IoU between the kept patches and the ``k`` most-attributed patches (``k`` = number kept).
-
-    Ties in the attribution are broken by patch order, so the result is deterministic.
-    """
-    kept = np.asarray(kept, dtype=bool)
-    attribution = np.asarray(attribution, dtype=np.float64)
-    if kept.shape != attribution.shape:
-        raise SviteError(f"kept grid {kept.shape} and attribution grid {attribution.shape} differ in shape")
-    k = int(kept.sum()) if k is None else int(k)
-    if not 0 <= k <= kept.size:
-        raise SviteError(f"k={k}: must be in [0, {kept.size}]")
-    if not np.isfinite(attribution).all():
-        raise SviteError("attribution contains NaN or infinite values")
-    top = np.zeros(kept.size, dtype=bool)
-    top[np.argsort(-attribution.ravel(), kind="stable")[:k]] = True
-    top = top.reshape(kept.shape)
-    union = int((kept | top).sum())
-    return float((kept & top).sum() / union) if union else 1.0
