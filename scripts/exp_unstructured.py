@@ -102,7 +102,7 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
              "fixed_ERK per-layer budgets, identical for all three.",
              "SViTE (svite): " + ", ".join(f"{k}={v}" for k, v in METHODS["svite"].items()
                                            if k not in ("method",) and k not in SPARSE)
-             + " (and the TrainConfig defaults: grown_moments=keep, update_start=warmup).",
+             + " (and the TrainConfig defaults: grown_moments=keep, update_start=plateau).",
              "Ablations, where run: svite_zero (grown weights' AdamW moments zeroed: our former default), "
              "svite_zero_avg (first moment zeroed), svite_start5ep (updates from epoch 5), svite_dr02 (death rate 0.2).",
              "One-shot: dense for half the run, then per-layer magnitude prune to the same budgets, fine-tune.",

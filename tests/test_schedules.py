@@ -172,3 +172,20 @@ def test_fixed_starts_ignore_the_loss():
     clock = UpdateClock.from_config(TrainConfig(update_frequency=10, t_end=1.0, update_start="30"), 100, 10)
     clock.observe(float("nan"))
     assert [s for s in range(1, 101) if clock.due(s)] == [30, 40, 50, 60, 70, 80, 90]
+
+
+def test_plateau_start_does_not_wait_when_the_model_starts_trained():
+    """A fine-tune (an --init model that has learned) has no plateau to leave: its loss starts well below
+    the chance loss ln C and stays flat, so updates start at the first scheduled step once the 20-step
+    window is full and the warm-up is over. A model at chance (loss ln 10 flat) still waits for ever."""
+    cfg = TrainConfig(update_frequency=10, t_end=1.0, warmup_epochs=1.0, update_start="plateau")
+    trained = UpdateClock.from_config(cfg, total_steps=400, steps_per_epoch=20, num_classes=10)
+    at_chance = UpdateClock.from_config(cfg, total_steps=400, steps_per_epoch=20, num_classes=10)
+    trained_due, chance_due = [], []
+    for step in range(1, 401):
+        trained.observe(0.4)
+        at_chance.observe(math.log(10))
+        trained_due.append(trained.due(step))
+        chance_due.append(at_chance.due(step))
+    assert [s for s, d in enumerate(trained_due, start=1) if d][0] == 20 == trained.started_at
+    assert not any(chance_due) and at_chance.started_at is None

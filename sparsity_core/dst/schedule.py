@@ -122,8 +122,10 @@ class UpdateClock:
 
     The plateau is left once the running mean of the training loss (an EMA with a ~50-step horizon) has
     fallen to ``PLATEAU_RATIO`` (0.9) of its mean over the first ``PLATEAU_WINDOW`` (20) steps: at chance
-    a 10-class model's loss sits at ln 10 for epochs, then falls fast. Once started, updates follow the
-    schedule to the end. Under DDP the decision uses the loss averaged over ranks (``reduce``), so every
+    a 10-class model's loss sits at ln 10 for epochs, then falls fast. A run whose first losses are
+    already below 0.9 of the chance loss ln C (an ``--init`` model that has learned: a fine-tune, or the
+    explorer's retrain) has no plateau to leave, so its updates start at the first scheduled step after
+    that window. Once started, updates follow the schedule to the end. Under DDP the decision uses the loss averaged over ranks (``reduce``), so every
     rank decides alike. Its state is part of the engine's, so a resumed run decides exactly as an
     uninterrupted one.
     """
@@ -132,17 +134,19 @@ class UpdateClock:
     PLATEAU_WINDOW = 20
     EMA_BETA = 0.98
 
-    def __init__(self, schedule: PruneSchedule, wait_for_plateau: bool) -> None:
+    def __init__(self, schedule: PruneSchedule, wait_for_plateau: bool, num_classes: int | None = None) -> None:
         self.schedule = schedule
         self.wait_for_plateau = wait_for_plateau
+        self.chance_loss = math.log(num_classes) if num_classes and num_classes > 1 else None
         self.started_at: int | None = None if wait_for_plateau else schedule.start
         self._first: list[float] = []
         self._ema: float | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any, total_steps: int, steps_per_epoch: int) -> UpdateClock:
+    def from_config(cls, cfg: Any, total_steps: int, steps_per_epoch: int,
+                    num_classes: int | None = None) -> UpdateClock:
         schedule = PruneSchedule.from_config(cfg, total_steps, steps_per_epoch)
-        return cls(schedule, str(cfg.update_start).strip().lower() == "plateau")
+        return cls(schedule, str(cfg.update_start).strip().lower() == "plateau", num_classes)
 
     def observe(self, loss: float | None) -> None:
         """Feed the training loss of the step just taken (the loop does; None or non-finite: ignored)."""
@@ -166,7 +170,8 @@ class UpdateClock:
             initial, ema = sum(self._first) / len(self._first), self._ema
             if reduce is not None:
                 initial, ema = reduce([initial, ema])
-            if ema > self.PLATEAU_RATIO * initial:
+            learned_already = self.chance_loss is not None and initial <= self.PLATEAU_RATIO * self.chance_loss
+            if ema > self.PLATEAU_RATIO * initial and not learned_already:
                 return False
             self.started_at = steps_done
         return True

@@ -100,7 +100,8 @@ class StructuredEngine(SparsityEngine):
         self.num_heads = [attention_of(b, i).num_heads for i, b in enumerate(self.blocks)]
         self.hidden = [mlp_of(b, i).fc1.out_features for i, b in enumerate(self.blocks)]
         self.head_budget, self.neuron_budget = unit_budgets(self.model, cfg.atten_density, cfg.other_density)
-        self.clock = UpdateClock.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch)
+        self.clock = UpdateClock.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch,
+                                            getattr(ctx.model, "num_classes", None))
         self.schedule = self.clock.schedule
         self.grown_moments = check_policy(str(cfg.grown_moments))
         self.generator = torch.Generator().manual_seed(int(cfg.seed))

@@ -164,7 +164,8 @@ class SViTEEngine(WeightEngine):
         cfg = ctx.config
         self._grow = WEIGHT_GROWTH[str(cfg.growth)]
         self.grown_moments = check_policy(str(cfg.grown_moments))
-        self.clock = UpdateClock.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch) if self.dynamic else None
+        self.clock = UpdateClock.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch,
+                                            getattr(ctx.model, "num_classes", None)) if self.dynamic else None
         self.schedule = self.clock.schedule if self.clock is not None else None
         self._generator = _seeded_generator(cfg.seed)
         self._masks, self.init_topology = self._initial_masks(ctx.init_masks)
