@@ -54,6 +54,9 @@ METHODS = {
     "svite_start5ep": dict(SVITE, update_start="5ep"),
     "svite_dr02": dict(SVITE, death_rate=0.2, update_start="warmup"),
     "svite_momentum": dict(SVITE, growth="momentum", update_start="warmup"),
+    # mechanism test: weights grown at one update are pruned at the next only after every older weight
+    # (most of each update's pruned weights had been grown at the update before)
+    "svite_mature": dict(SVITE, death="magnitude-mature"),
     # updates from the end of the LR warm-up (step 156: the first at step 200), not from the loss plateau's end
     "svite_warmup": dict(SVITE, update_start="warmup"),
     # a longer schedule (--methods dense_40ep static_40ep svite_40ep): 40 epochs, SViTE's schedule stretched
@@ -126,6 +129,7 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
                                  ("svite_start5ep", "static"), ("svite_dr02", "static"),
                                  ("svite_momentum", "svite"), ("svite_momentum", "static"),
                                  ("svite_warmup", "svite"), ("svite_warmup", "static"),
+                                 ("svite_mature", "svite"), ("svite_mature", "static"), ("svite_mature", "dense"),
                                  ("svite_40ep", "static_40ep"), ("svite_40ep", "dense_40ep"), ("static_40ep", "dense_40ep"))
              if a in wide and b in wide]
     if pairs:

@@ -79,7 +79,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--growth", default=d.growth, choices=["gradient", "momentum", "random"],
                    help="gradient: |grad| of the last minibatch (RigL, the reference); momentum: |AdamW first "
                         "moment| (SViTE only); random: SET")
-    g.add_argument("--death", default=d.death, choices=["magnitude"])
+    g.add_argument("--death", default=d.death, choices=["magnitude", "magnitude-mature"],
+                   help="prune by |w| (the reference), or by |w| with weights grown at the previous update "
+                        "pruned last (magnitude-mature)")
     g.add_argument("--grown-moments", default=d.grown_moments, choices=["keep", "zero-avg", "zero"],
                    help="AdamW moments of grown weights: keep (default, the reference), zero-avg (first moment "
                         "only), zero (both; harmful, for ablations)")

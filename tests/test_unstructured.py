@@ -567,3 +567,47 @@ def test_plateau_start_holds_updates_until_the_loss_falls_and_resumes_alike():
     assert all(events[s - 1] for s in range(first, 121, 5))
     assert a.snapshot_info()["updates_started_at"] == first == b.clock.started_at
     assert a.describe()["settings"]["updates_started_at"] == first
+
+
+def test_mature_death_prunes_last_update_growth_only_after_every_older_weight():
+    """--death magnitude-mature: the new connections of one update (at 0, the smallest weights) are not
+    pruned at the next while older weights remain to prune; budgets stay exact; a resumed engine decides
+    exactly as an uninterrupted one. The reference rule prunes most of them straight away."""
+    def run(death, stop=6, state=None):
+        torch.manual_seed(0)
+        model = Layers([(12, 10), (16, 8)])
+        engine, opt = make_engine(model, total_steps=40, update_frequency=1, density=0.4, seed=3, death=death,
+                                  death_rate=0.3, t_end=1.0)
+        start = 0
+        if state is not None:
+            engine.load_state_dict(state[0])
+            model.load_state_dict(state[1])
+            opt.load_state_dict(state[2])
+            start = state[3]
+        young_pruned = young_total = 0
+        previous = None
+        for step in range(start, stop):
+            torch.manual_seed(100 + step)
+            for p in model.parameters():
+                p.grad = torch.randn_like(p)
+            before = {n: m.clone() for n, m in engine.masks.items()}
+            opt.step()
+            engine.after_optimizer_step(step)
+            after = {n: m.clone() for n, m in engine.masks.items()}
+            assert_exact(engine, model)
+            if previous is not None:
+                for n in after:
+                    grown = previous[1][n] & ~previous[0][n]
+                    young_total += int(grown.sum())
+                    young_pruned += int((grown & before[n] & ~after[n]).sum())
+            previous = (before, after)
+        return engine, model, opt, young_pruned, young_total
+
+    engine, _, _, young_pruned, young_total = run("magnitude-mature")
+    assert young_total > 0 and young_pruned == 0
+    _, _, _, reference_pruned, _ = run("magnitude")
+    assert reference_pruned > 0  # the reference prunes fresh zeros first: the mechanism this rule removes
+    half = run("magnitude-mature", stop=3)
+    resumed = run("magnitude-mature", stop=6, state=(half[0].state_dict(), half[1].state_dict(),
+                                                      half[2].state_dict(), 3))[0]
+    assert resumed.masks.equal(engine.masks)
