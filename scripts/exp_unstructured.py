@@ -29,6 +29,7 @@ from _experiment import (  # noqa: E402
     write_results,
 )
 
+from sparsity_core.analysis import young_pruning  # noqa: E402
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.train import CHECKPOINT_NAME  # noqa: E402
 
@@ -86,10 +87,13 @@ def collect(seeds: list[int]) -> pd.DataFrame:
             metrics = loaded.meta.get("metrics", {})
             train_s = train_seconds(run)
             updates = sum(1 for s in loaded.history if s.info.get("event") == "update")
+            young = young_pruning(loaded.history) if updates > 1 and name != "oneshot" else None
             rows.append({"method": name, "seed": seed, "top1": metrics.get("val_top1"),
                          "top5": metrics.get("val_top5"), "density": metrics.get("density", 1.0),
                          "fired": loaded.fired.overall_density() if loaded.fired is not None else 1.0,
                          "updates": updates, "train_s": train_s,
+                         "young_of_pruned": young["young_share_of_pruned"].mean() if young is not None else None,
+                         "young_of_active": young["young_share_of_active"].mean() if young is not None else None,
                          "run": str(run.relative_to(ROOT))})
     return pd.DataFrame(rows)
 
@@ -143,11 +147,13 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
                                for s in wide.index)
             lines.append(f"| {a} − {b} | {cells} | {d.mean():+.2f} ± {std:.2f} |")
     lines += ["", "Per seed (train s: time in the training loop, evaluation excluded, on the shared 2-core machine):", "",
-              "| method | seed | top-1 (%) | top-5 (%) | updates | fired | train s | run |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| method | seed | top-1 (%) | top-5 (%) | updates | fired | pruned that were grown at the update before "
+              "(their share of the active weights) | train s | run |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
+        young = "" if pd.isna(r.young_of_pruned) else f"{r.young_of_pruned:.2f} ({r.young_of_active:.2f})"
         lines.append(f"| {r.method} | {r.seed} | {r.top1:.2f} | {r.top5:.2f} | {r.updates} | {r.fired:.3f} | "
-                     f"{r.train_s:.0f} | `{r.run}` |")
+                     f"{young} | {r.train_s:.0f} | `{r.run}` |")
     return write_results(RESULTS, lines)
 
 

@@ -37,6 +37,7 @@ from sparsity_core.analysis import (
     snapshot_layer_mask,
     speed_comparison,
     unit_alive,
+    young_pruning,
 )
 from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
 from sparsity_core.errors import SviteError
@@ -359,3 +360,28 @@ def test_checkpoint_masks_skip_unit_masks(ckpts):
     assert {block_type(n) for n in masks} == {"qkv", "fc1", "fc2"}
     table = layer_density_table(masks).set_index("layer")
     assert table.loc["blocks.0.attn.qkv.weight", "density"] == pytest.approx(0.75)  # 3 of 4 heads
+
+
+def test_young_pruning_counts_what_each_update_undid_of_the_one_before(ckpts):
+    """Brute force over the truth masks: the weights each update pruned, the share of them grown at the
+    update before, that share's chance level (the young ones' share of the active weights) and the share
+    of the previous update's new connections pruned again."""
+    truth = ckpts["svite"]
+    loaded = load_checkpoint(truth["path"])
+    table = young_pruning(loaded.history)
+    events = [s.info.get("event") for s in loaded.history]
+    ups = [i for i, e in enumerate(events) if e == "update"]
+    assert len(table) == len(ups) - 1 > 0
+    masks = truth["masks"]
+    for row, (p, u) in zip(table.itertuples(), zip(ups, ups[1:], strict=False), strict=True):
+        names = [n for n in masks[u] if masks[u][n].dim() >= 2]
+        grown = {n: masks[p][n] & ~masks[p - 1][n] for n in names}
+        cut = {n: masks[u - 1][n] & ~masks[u][n] for n in names}
+        pruned = sum(int(cut[n].sum()) for n in names)
+        young_cut = sum(int((grown[n] & cut[n]).sum()) for n in names)
+        young = sum(int(grown[n].sum()) for n in names)
+        active = sum(int(masks[u - 1][n].sum()) for n in names)
+        assert row.snapshot == u and row.pruned == pruned > 0
+        assert row.young_share_of_pruned == pytest.approx(young_cut / pruned)
+        assert row.young_share_of_active == pytest.approx(young / active)
+        assert row.young_pruned_again == pytest.approx(young_cut / young)

@@ -40,6 +40,7 @@ __all__ = [
     "distance_basis",
     "mask_churn",
     "fired_rate",
+    "young_pruning",
     "head_survival",
     "neuron_survival",
     "layer_frames",
@@ -292,6 +293,37 @@ def fired_rate(history: HistoryLike) -> pd.DataFrame:
     out["density"] = stats.ones[:, cols].sum(axis=1) / total
     out["fired"] = stats.fired[:, cols].sum(axis=1) / total
     return out[columns]
+
+
+def young_pruning(history: HistoryLike) -> pd.DataFrame:
+    """How much of each topology update undoes the one before: per update after the first, the weights it
+    pruned, the share of them grown at the previous update (``young_share_of_pruned``) beside the share of
+    the active weights those young ones were (``young_share_of_active``: what a prune blind to age would
+    take), and the share of the previous update's new connections pruned again (``young_pruned_again``).
+    Decodes the weight masks of the snapshots around each update, one layer at a time."""
+    h = as_history(history)
+    _, cols = _weights(h)
+    names = [h.layers["masks"][j].name for j in cols] if cols else []
+    columns = ["snapshot", "step", "epoch", "event", "pruned", "young_share_of_pruned", "young_share_of_active",
+               "young_pruned_again"]
+    masked = [i for i in range(len(h)) if h.has(i, "masks")]
+    updates = [i for i in masked if h.infos[i].get("event") == "update" and masked.index(i) > 0]
+    rows = []
+    for prev_update, update in zip(updates, updates[1:], strict=False):
+        before_prev = masked[masked.index(prev_update) - 1]
+        before = masked[masked.index(update) - 1]
+        pruned = young = young_pruned = active = 0
+        for name in names:
+            grown = h.layer(prev_update, name) & ~h.layer(before_prev, name)
+            now_before, now_after = h.layer(before, name), h.layer(update, name)
+            cut = now_before & ~now_after
+            pruned, young = pruned + int(cut.sum()), young + int(grown.sum())
+            young_pruned, active = young_pruned + int((grown & cut).sum()), active + int(now_before.sum())
+        rows.append({**_base(h, update), "pruned": pruned,
+                     "young_share_of_pruned": young_pruned / pruned if pruned else 0.0,
+                     "young_share_of_active": young / active if active else 0.0,
+                     "young_pruned_again": young_pruned / young if young else 0.0})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _unit_timeline(history: HistoryLike, fn: Any) -> tuple[MaskHistory, list[tuple[int, str]]]:
