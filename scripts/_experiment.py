@@ -45,6 +45,9 @@ SVITE = dict(method="svite", density=0.5, sparse_init="fixed_ERK", update_freque
 
 # config fields that do not change what a run computes
 _NOT_OUTCOME = {"out", "resume", "device", "log_every", "checkpoint_every", "num_workers"}
+# Settings of topology updates: no outcome of a method that never updates its topology (dense, static)
+_UPDATE_ONLY = {"update_frequency", "update_start", "death_rate", "decay_schedule", "t_end", "growth", "death",
+                "grown_moments"}
 
 
 def is_complete(run: Path) -> bool:
@@ -60,7 +63,7 @@ def same_outcome(theirs: dict, mine: dict) -> bool:
     """Do two training configs (TrainConfig dicts) compute the same run? The selector's settings only
     count for runs with a token selector."""
     theirs = {**_LEGACY, **theirs}
-    ignore = set(_NOT_OUTCOME)
+    ignore = set(_NOT_OUTCOME) | (_UPDATE_ONLY if mine.get("method") in ("dense", "static") else set())
     if mine.get("token_number") is None and mine.get("keep_ratio") is None:
         ignore |= {k for k in mine if k.startswith("selector_")}
     return all(theirs.get(k) == v for k, v in mine.items() if k not in ignore)
