@@ -50,9 +50,6 @@ METHODS = {
     "s2vite_warmup": dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=100,
                           death_rate=0.5, decay_schedule="cosine", t_end=0.8, growth="gradient",
                           update_start="warmup"),
-    # mechanism test: heads grown by gradient norm per proj column norm (a dead head's columns decay)
-    "s2vite_scaled": dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=100,
-                          death_rate=0.5, decay_schedule="cosine", t_end=0.8, growth="gradient-scaled"),
     # control: the same random initial heads/neurons, never updated (isolates the prune-and-grow part
     # from the capacity cut); an update frequency beyond the run's 1560 steps means no update
     "s2vite_static": dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=10**6,
@@ -134,9 +131,6 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
     if {"dense", "s2vite"} <= set(summary.index):
         gap = summary.loc["s2vite", "top1_mean"] - summary.loc["dense", "top1_mean"]
         lines += ["", f"S2ViTE − dense: {gap:+.2f} points (target: within 3 points)."]
-    if {"s2vite_scaled", "dense"} <= set(summary.index):
-        gap = summary.loc["s2vite_scaled", "top1_mean"] - summary.loc["dense", "top1_mean"]
-        lines += [f"S2ViTE with scale-free head growth (gradient-scaled) − dense: {gap:+.2f} points."]
     if {"s2vite_uf200", "dense"} <= set(summary.index):
         gap = summary.loc["s2vite_uf200", "top1_mean"] - summary.loc["dense", "top1_mean"]
         lines += [f"S2ViTE with an update every 200 steps − dense: {gap:+.2f} points."]

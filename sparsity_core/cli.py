@@ -76,9 +76,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--death-rate", type=float, default=d.death_rate, help="initial prune rate")
     g.add_argument("--decay-schedule", default=d.decay_schedule, choices=["cosine", "constant"])
     g.add_argument("--t-end", type=float, default=d.t_end, help="fraction of training after which topology is fixed")
-    g.add_argument("--growth", default=d.growth, choices=["gradient", "gradient-scaled", "momentum", "random"],
-                   help="gradient: |grad| of the last minibatch (RigL, the reference); gradient-scaled: S2ViTE heads by "
-                        "gradient norm per proj column norm; momentum: |AdamW first "
+    g.add_argument("--growth", default=d.growth, choices=["gradient", "momentum", "random"],
+                   help="gradient: |grad| of the last minibatch (RigL, the reference); momentum: |AdamW first "
                         "moment| (SViTE only); random: SET")
     g.add_argument("--death", default=d.death, choices=["magnitude", "magnitude-mature"],
                    help="prune by |w| (the reference), or by |w| with weights grown at the previous update "

@@ -526,27 +526,3 @@ def test_cli_compacts_an_official_s2vite_checkpoint(tmp_path, capsys):
     assert doc["source_method"] == "s2vite" and doc["max_abs_logit_diff"] <= 1e-5
     assert [r["heads_after"] for r in doc["blocks"]] == [2, 2]
     assert max_logit_diff(model.eval(), load_checkpoint(out).model, batch=4) <= 1e-5  # b_v folded into proj.bias
-
-
-@pytest.mark.parametrize("growth, grown_back", [("gradient", 1), ("gradient-scaled", 2)])
-def test_scaled_head_growth_is_blind_to_the_decay_of_dead_proj_columns(growth, grown_back, monkeypatch):
-    """A dead head's proj columns get no gradient and shrink under weight decay, and the plain growth score
-    ||dL/da_h|| = ||W_proj[:, h]^T dL/dy|| shrinks with them, so a just-pruned head always comes straight
-    back. ``--growth gradient-scaled`` divides by the columns' norm: here head 2's columns are 10x smaller
-    and its plain score 1 (vs 4 for the pruned head 1), i.e. 10 per unit of column norm."""
-    model = _small_model(4, depth=1)
-    engine, _ = _engine(model, total_steps=40, update_frequency=1, atten_density=0.5, other_density=1.0,
-                        t_end=1.0, death_rate=0.5, decay_schedule="constant", growth=growth)
-    engine._units[head_unit_name(0)] = torch.tensor([True, True, False, False])
-    attn = model.blocks[0].attn
-    with torch.no_grad():
-        cols = attn.proj.weight.view(attn.proj.out_features, 4, attn.head_dim)
-        cols.div_(cols.norm(dim=(0, 2), keepdim=True))
-        cols[:, 2] *= 0.1
-    hidden = model.blocks[0].mlp.fc1.out_features
-    monkeypatch.setattr(engine, "_scores", lambda: ([torch.tensor([5.0, 1.0, 0.0, 0.0])],
-                                                    [torch.tensor([5.0, 4.0, 1.0, 0.5])],
-                                                    [torch.ones(hidden)]))
-    engine._update(1)
-    alive = engine.units[head_unit_name(0)]
-    assert int(alive.sum()) == 2 and bool(alive[0]) and bool(alive[grown_back])
