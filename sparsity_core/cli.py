@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import SviteError
 
-if TYPE_CHECKING:  # train imports torch; the CLI imports it lazily, so --help and errors stay fast
-    from .train import TrainConfig
+if TYPE_CHECKING:  # config imports torch; the CLI imports it lazily, so --help and errors stay fast
+    from .config import TrainConfig
 
 EXIT_BAD_INPUT = 2
 
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a dense or sparse ViT", description="Train a ViT/DeiT densely or with "
@@ -118,7 +118,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that parsed ``svite train`` arguments stand for."""
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})

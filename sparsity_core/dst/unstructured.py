@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,9 +25,9 @@ import torch
 from ..errors import SviteError
 from ..masks import MaskSet
 from ..units import sparsifiable_names
-from .budgets import SPARSE_INITS, layer_budgets, layer_densities, load_custom_densities
+from .budgets import layer_budgets, layer_densities, load_custom_densities
 from .engine import EngineContext, SparsityEngine, register
-from .optim_state import check_policy, reset_grown_state
+from .optim_state import reset_grown_state
 from .schedule import PruneSchedule, UpdateClock
 from .scorers import WEIGHT_GROWTH, WeightScorer, magnitude_into
 from .select import choose
@@ -135,7 +134,6 @@ class WeightEngine(SparsityEngine):
     def __init__(self, ctx: EngineContext) -> None:
         super().__init__(ctx)
         cfg = ctx.config
-        validate_config(cfg)
         self.names = sparsifiable_names(ctx.model, cfg.include or (), cfg.exclude or ())
         params = dict(ctx.model.named_parameters())
         self._params = [params[n] for n in self.names]
@@ -170,7 +168,7 @@ class SViTEEngine(WeightEngine):
         super().__init__(ctx)
         cfg = ctx.config
         self._grow = WEIGHT_GROWTH[str(cfg.growth)]
-        self.grown_moments = check_policy(str(cfg.grown_moments))
+        self.grown_moments = str(cfg.grown_moments)  # checked with the flags (config.py)
         # --death magnitude-mature: per layer, the new connections of the last update (flat bool)
         self._young: dict[str, torch.Tensor] | None = {} if str(cfg.death) == "magnitude-mature" else None
         self.clock = UpdateClock.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch,
@@ -408,23 +406,3 @@ class OneShotEngine(WeightEngine):
         self._masks = _masks_from_state(state["masks"], self.names, self._params)
         if self.pruned:
             self._masks.apply_to(self._params)
-
-
-def validate_config(cfg: Any) -> None:
-    """Reject bad unstructured-method flags with one line naming the flag. Needs only the config, so the
-    training loop can call it before it creates anything on disk."""
-    if cfg.sparse_init not in SPARSE_INITS:
-        raise SviteError(f"--sparse-init: unknown mode '{cfg.sparse_init}' (choose {', '.join(SPARSE_INITS)})")
-    if cfg.sparse_init == "custom" and not cfg.mask_path:
-        raise SviteError("--sparse-init custom needs --mask-path FILE (a JSON object {param_name: density})")
-    if cfg.sparse_init == "custom" and not Path(cfg.mask_path).is_file():
-        raise SviteError(f"--mask-path {cfg.mask_path}: no such file")
-    if cfg.growth not in WEIGHT_GROWTH:
-        raise SviteError(f"--growth: unknown mode '{cfg.growth}' (choose {', '.join(WEIGHT_GROWTH)})")
-    if cfg.death not in DEATHS:
-        raise SviteError(f"--death: unknown mode '{cfg.death}' (choose {', '.join(DEATHS)})")
-    if not 0 < float(cfg.density) <= 1:
-        raise SviteError(f"--density must be in (0, 1], got {cfg.density}")
-    if cfg.method == "oneshot" and not 0 < float(cfg.oneshot_at) < 1:
-        raise SviteError(f"--oneshot-at must be in (0, 1), got {cfg.oneshot_at}")
-
