@@ -143,15 +143,12 @@ class Run:
     autocast: Callable[[], Any]
     mixup: Mixup | None
     loss_fn: nn.Module
+    steps_per_epoch: int  # len(train_loader) of a whole epoch (a resumed epoch's loader skips its start)
     log: MetricsLog = field(default_factory=lambda: MetricsLog(None, echo=False))
     history: MaskHistory = field(default_factory=MaskHistory)  # encodes each snapshot as it is taken
     step: int = 0  # optimizer steps done
     start_epoch: int = 0
     last_metrics: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train_loader)
 
     @property
     def total_steps(self) -> int:
@@ -238,7 +235,7 @@ def _build(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, use_ini
     return Run(cfg=cfg, out=out, ddp=ddp, device=device, model_config=model_config, data=data,
                train_loader=train_loader, val_loader=val_loader, model=model, train_model=train_model,
                optimizer=optimizer, scheduler=scheduler, engine=engine, autocast=autocast, mixup=mixup,
-               loss_fn=loss_fn)
+               loss_fn=loss_fn, steps_per_epoch=steps_per_epoch)
 
 
 def _loss(cfg: TrainConfig, num_classes: int) -> tuple[Mixup | None, nn.Module]:
