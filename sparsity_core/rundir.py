@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .checkpoint import atomic_write_bytes
+from .atomic import atomic_write_bytes
 from .errors import SviteError
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # the one-file checkpoint

@@ -37,7 +37,8 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import atomic_write_bytes, save_checkpoint, save_resume_state
+from .atomic import atomic_write_bytes
+from .checkpoint import save_checkpoint, save_resume_state
 from .config import TrainConfig, validate_config
 from .data import DataBundle, build_data, make_loader
 from .dst import EngineContext, SparsityEngine, build_engine
