@@ -9,7 +9,7 @@ charts read without decoding. :mod:`sparsity_core.history` strings entries into 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,15 +129,22 @@ def packed_group(packed: PackedMasks) -> tuple[list[Layer], list[np.ndarray]] | 
     return layers, arrays
 
 
-def byte_group(state: Mapping[str, torch.Tensor]) -> tuple[list[Layer], list[np.ndarray]] | None:
+def _unsupported(name: str, dtype: str) -> Exception:
+    return SviteError(f"snapshot state '{name}' has dtype {dtype}, which the history cannot store")
+
+
+def byte_group(state: Mapping[str, torch.Tensor], unsupported: Callable[[str, str], Exception] = _unsupported
+               ) -> tuple[list[Layer], list[np.ndarray]] | None:
+    """A snapshot's state tensors as byte layers and their raw bytes (None for no state);
+    ``unsupported(name, dtype)`` is the error for a dtype the history cannot store."""
     if not state:
         return None
     layers, arrays = [], []
     for name, value in state.items():
         dtype = str(value.dtype).removeprefix("torch.")
         if dtype not in DTYPES:
-            raise SviteError(f"snapshot state '{name}' has dtype {dtype}, which the history cannot store")
-        layers.append(Layer(name, tuple(value.shape), dtype))
+            raise unsupported(str(name), dtype)
+        layers.append(Layer(str(name), tuple(value.shape), dtype))
         arrays.append(value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().copy())
     return layers, arrays
 
