@@ -18,7 +18,7 @@ from .dst.budgets import SPARSE_INITS
 from .dst.optim_state import check_policy
 from .dst.schedule import PruneSchedule
 from .dst.scorers import WEIGHT_GROWTH
-from .dst.unstructured import DEATHS
+from .dst.weights import DEATHS
 from .errors import FlagError
 from .limits import check_train_flags
 from .models import ModelConfig, SelectorConfig, is_vit_name

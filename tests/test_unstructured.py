@@ -19,7 +19,8 @@ from sparsity_core.dst import EngineContext, build_engine
 from sparsity_core.dst.budgets import layer_budgets, layer_densities
 from sparsity_core.dst.schedule import PruneSchedule
 from sparsity_core.dst.scorers import WEIGHT_GROWTH
-from sparsity_core.dst.unstructured import OneShotEngine, SViTEEngine, exchange
+from sparsity_core.dst.unstructured import OneShotEngine, SViTEEngine
+from sparsity_core.dst.weights import exchange
 from sparsity_core.errors import FlagError, SviteError
 from sparsity_core.masks import MaskSet
 from sparsity_core.models import ModelConfig, build_model
