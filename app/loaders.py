@@ -164,6 +164,17 @@ def mask_image(path: str, layer: str, snapshot: int | None = None, max_size: int
     return _mask_image(path, stamp(path), layer, snapshot, int(max_size))
 
 
+def density_by_group(table: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Weighted density per ``block_type`` or per ``stage`` of a :func:`density_table`."""
+    return analysis.density_by_group(table, by)
+
+
+def unit_alive(path: str) -> tuple[np.ndarray | None, pd.DataFrame | None]:
+    """The final head/neuron masks: a blocks × heads alive grid and a per-block neuron table (None for
+    each kind the checkpoint does not have)."""
+    return analysis.unit_alive(load(path).units)
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def _history(path: str, stamp_: Stamp) -> pd.DataFrame:
     return analysis.history_table(load(path).history)

@@ -18,10 +18,11 @@ import streamlit as st
 import torch
 
 from sparsity_core import analysis
-from sparsity_core.data import DemoShapes, sample_images
+from sparsity_core.data import DemoShapes
 
 from .gif import frames_to_gif
 from .loaders import MODEL_LOCK, Stamp, inspect_doc, load, stamp
+from .photos import sample_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from sparsity_core.checkpoint import atomic_write_bytes
+from sparsity_core.atomic import atomic_write_bytes
 from sparsity_core.errors import SviteError
 
 from .retrain_form import METHODS, RunForm

@@ -6,9 +6,8 @@ import numpy as np
 import streamlit as st
 
 from app import loaders, ui
-from sparsity_core import analysis
 
-path, loaded = ui.require_checkpoint()
+path, _ = ui.require_checkpoint()
 ui.header("Layer density", "how much of every sparsified weight is kept")
 hist = loaders.history(path)
 masked_snaps = ([int(i) for i in hist.loc[hist["overall_density"].notna(), "snapshot"]]
@@ -30,7 +29,7 @@ table = loaders.density_table(path, snapshot)
 st.subheader("Per layer")
 ui.show_table(table, "layer_density", key="density_table")
 ui.plot("density_by_stage", table, key="density_stage")
-ui.plot("density_by_type", analysis.density_by_group(table, "block_type"), key="density_type")
+ui.plot("density_by_type", loaders.density_by_group(table, "block_type"), key="density_type")
 
 st.subheader("One layer's mask")
 with ui.controls("Layer"):
@@ -52,7 +51,7 @@ def _heatmap() -> None:
 ui.guard(_heatmap, "Heatmap")
 
 st.subheader("Heads and neurons")
-alive, neurons = analysis.unit_alive(loaded.units)
+alive, neurons = loaders.unit_alive(path)
 if alive is None and neurons is None:
     st.info("This checkpoint has no head/neuron masks (they come from structured S²ViTE runs).")
 else:

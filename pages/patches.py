@@ -7,8 +7,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app import figures, images, patch_data, ui
+from app.errors import SviteError
 from app.settings import IMAGE_SUFFIXES, IMAGE_UPLOAD_MB
-from sparsity_core.errors import SviteError
 
 # Rollout first: it needs one forward pass per image, so the page (and its agreement over 32 demo images)
 # opens in about a second; the captum methods take 10-40 s for those 32 images the first time (progress

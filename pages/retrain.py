@@ -13,8 +13,8 @@ import pandas as pd
 import streamlit as st
 
 from app import catalog, figures, loaders, retrain_form, runs, ui
+from app.errors import SviteError
 from app.settings import runs_dir
-from sparsity_core.errors import SviteError
 
 st.title("Retrain")
 st.caption(f"Runs go to `{runs_dir()}` (set SVITE_RUNS_DIR to change it); each one runs as its own process, so "

@@ -22,7 +22,8 @@ import torch  # noqa: E402
 
 import sparsity_core  # noqa: E402,F401  (before timm)
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
-from sparsity_core.train import CHECKPOINT_NAME, TrainConfig, train  # noqa: E402
+from sparsity_core.config import TrainConfig  # noqa: E402
+from sparsity_core.train import CHECKPOINT_NAME, train  # noqa: E402
 
 RUNS_ROOT = ROOT / "runs"
 EXPERIMENTS = ("exp_unstructured", "exp_structured", "exp_token_selector")

@@ -11,8 +11,8 @@ the history's index). Format 1 files (every snapshot bit-packed in full) still l
 
 Loading never unpickles arbitrary objects: safetensors, or ``torch.load(weights_only=True)`` with
 only ``argparse.Namespace`` allow-listed (the official SViTE checkpoint stores its args that way).
-Writes go to a temporary file in the same directory and are renamed into place, so a crash or a
-full disk never leaves a half-written checkpoint where a good one was.
+Writes are atomic (``atomic.py``): a crash or a full disk never leaves a half-written checkpoint where a
+good one was.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import pickle
 import platform
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from . import validate
+from .atomic import atomic_write_bytes
 from .errors import CheckpointError, SviteError
 from .history import MaskHistory, as_history
 from .history_io import history_from_file, history_from_legacy, history_to_file
@@ -70,42 +69,7 @@ class LoadedCheckpoint:
 
 
 # ----------------------------------------------------------------------------------------------
-# small file helpers
-def atomic_write_bytes(path: str | Path, payload: bytes | Callable[[io.BufferedWriter], None]) -> Path:
-    """Write to a temp file beside ``path``, fsync, then rename over it (never a torn file).
-
-    A filesystem failure (no space, read-only, a path under a file) is the environment's, not a bug:
-    it raises SviteError naming ``path``, and the previous version of the file stays as it was."""
-    path = Path(path)
-    try:
-        return _atomic_write(path, payload)
-    except OSError as err:
-        raise SviteError(f"{path}: cannot write ({err.strerror or err}); "
-                         f"{'the previous version was left as it was' if path.exists() else 'nothing was written'}"
-                         ) from None
-
-
-def _atomic_write(path: Path, payload: bytes | Callable[[io.BufferedWriter], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if callable(payload):
-                payload(fh)
-            else:
-                fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
+# saving
 def package_versions() -> dict[str, str]:
     import numpy
     import safetensors
@@ -118,8 +82,6 @@ def package_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-# ----------------------------------------------------------------------------------------------
-# saving
 def _put_packed(tensors: dict[str, torch.Tensor], prefix: str, packed: PackedMasks) -> dict[str, list[int]]:
     for name, data in packed.data.items():
         tensors[f"{prefix}/{name}"] = data.contiguous()

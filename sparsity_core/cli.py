@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import SviteError
 
-if TYPE_CHECKING:  # train imports torch; the CLI imports it lazily, so --help and errors stay fast
-    from .train import TrainConfig
+if TYPE_CHECKING:  # config imports torch; the CLI imports it lazily, so --help and errors stay fast
+    from .config import TrainConfig
 
 EXIT_BAD_INPUT = 2
 
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a dense or sparse ViT", description="Train a ViT/DeiT densely or with "
@@ -67,6 +67,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", required=True, help="run directory")
     g.add_argument("--resume", default=None, help="run directory or checkpoint to continue")
     g.add_argument("--init", default=None, help="checkpoint to start from (weights, and masks if it has any)")
+    _add_sparsity_flags(p, d)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_sparsity_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """``svite train``'s sparsity and token-selector (SViTE+) flags."""
     g = p.add_argument_group("sparsity")
     g.add_argument("--method", default=d.method, choices=["dense", "static", "oneshot", "svite", "s2vite"])
     g.add_argument("--density", type=float, default=d.density, help="fraction of sparsified weights kept")
@@ -107,8 +114,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="soft (default): train on every token with dropped ones masked out of attention, so each "
                         "patch gets its own gradient; gather: drop tokens in training too (faster); zero: the "
                         "reference's zeroing. Inference gathers the top-k in soft and gather modes")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -117,7 +122,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that parsed ``svite train`` arguments stand for."""
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})

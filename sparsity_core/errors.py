@@ -13,3 +13,11 @@ class CheckpointError(SviteError):
 
 class MethodUnavailable(SviteError):
     """A sparsity method or option that this build does not provide (yet)."""
+
+
+class FlagError(SviteError):
+    """A flag (or a combination of flags) of ``svite train`` that cannot work; ``flag`` names it."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(message)
+        self.flag = flag

@@ -40,14 +40,13 @@ from .history_entry import (
     BIT_GROUPS,
     DTYPES,
     GROUPS,
-    STATS,
+    Encoder,
     Entry,
+    GroupStats,
     Layer,
-    bits_entry,
     byte_group,
-    bytes_entry,
+    group_stats,
     packed_group,
-    popcount,
 )
 from .masks import MaskSet, PackedMasks, Snapshot
 
@@ -56,34 +55,6 @@ KEYFRAME_BUDGET = 8
 SAMPLE_MIN = 1 << 22  # masked weights from which the distance sample is worth its bytes
 SAMPLE_TARGET = 1 << 18  # sampled positions: a distance's standard error is <= 0.5 / 512
 CACHE_BYTES = 256 << 20
-
-
-
-@dataclass(frozen=True)
-class GroupStats:
-    """Per-snapshot counts of a bit group, no decoding needed: rows follow ``index`` (the
-    snapshots that hold the group), columns follow ``layers``."""
-
-    index: np.ndarray
-    layers: list[Layer]
-    ones: np.ndarray
-    flips: np.ndarray
-    grown: np.ndarray
-    fired: np.ndarray
-
-    @property
-    def numel(self) -> np.ndarray:
-        return np.array([layer.numel for layer in self.layers], dtype=np.int64)
-
-
-@dataclass
-class _Encoder:
-    prev: list[np.ndarray] | None = None  # last state held (packed bits / raw bytes)
-    gap: bool = False  # the group was absent since ``prev``: the next entry must be a keyframe
-    fired: list[np.ndarray] | None = None
-    since_key: int = 0
-    bytes_since_key: int = 0
-    key_bytes: int = 0
 
 
 class MaskHistory(Sequence[Snapshot]):
@@ -108,7 +79,7 @@ class MaskHistory(Sequence[Snapshot]):
         self.layers: dict[str, list[Layer]] = {}
         self.entries: dict[str, list[Entry | None]] = {g: [] for g in GROUPS}
         self.sample_stride = 0  # 0: no distance sample (small models: distances are exact)
-        self._encoders: dict[str, _Encoder] | None = {g: _Encoder() for g in GROUPS}
+        self._encoders: dict[str, Encoder] | None = {g: Encoder() for g in GROUPS}
         self._cache: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
         self._lock = threading.RLock()
@@ -141,20 +112,21 @@ class MaskHistory(Sequence[Snapshot]):
                    "state": byte_group(snap.state)}
         if current["masks"] is not None:
             current["sample"] = self._sample_of(*current["masks"])
-        staged: dict[str, tuple[Entry | None, _Encoder, list[Layer] | None]] = {}
+        staged: dict[str, tuple[Entry | None, Encoder, list[Layer] | None]] = {}
         for group in GROUPS:
             cur = current.get(group)
             if cur is None:
                 was = encoders[group]
-                staged[group] = (None, _Encoder(prev=was.prev, fired=was.fired, gap=was.prev is not None), None)
+                staged[group] = (None, Encoder(prev=was.prev, fired=was.fired, gap=was.prev is not None), None)
                 continue
             layers, arrays = cur
             known = self.layers.get(group)
             if known is not None and known != layers:
                 raise SviteError(f"{self.source}: snapshot at step {snap.step} has other {group} "
                                  f"({len(layers)} tensors) than the history ({len(known)})")
-            enc = _Encoder(**vars(encoders[group]))
-            staged[group] = (self._encode(group, enc, layers, arrays), enc, layers)
+            enc = Encoder(**vars(encoders[group]))
+            entry = enc.encode(layers, arrays, group in BIT_GROUPS, self.keyframe_every, self.keyframe_budget)
+            staged[group] = (entry, enc, layers)
         for group, (entry, enc, layers) in staged.items():
             self.entries[group].append(entry)
             encoders[group] = enc
@@ -164,35 +136,6 @@ class MaskHistory(Sequence[Snapshot]):
         self.epochs.append(float(snap.epoch))
         self.infos.append(dict(snap.info))
         self._stats.clear()
-
-    def _encode(self, group: str, enc: _Encoder, layers: list[Layer], cur: list[np.ndarray]) -> Entry:
-        bits = group in BIT_GROUPS
-        stats = None
-        if bits:
-            enc.fired = [c.copy() for c in cur] if enc.fired is None else [f | c for f, c in zip(enc.fired, cur, strict=True)]
-            stats = {"ones": tuple(popcount(c) for c in cur), "fired": tuple(popcount(f) for f in enc.fired),
-                     "flips": (0,) * len(cur), "grown": (0,) * len(cur)}
-        entry = None
-        if enc.prev is not None:
-            xors = [c ^ p for c, p in zip(cur, enc.prev, strict=True)]
-            if bits:
-                stats["flips"] = tuple(popcount(x) for x in xors)
-                stats["grown"] = tuple(popcount(c & ~p) for c, p in zip(cur, enc.prev, strict=True))
-            if not enc.gap and not any(x.any() for x in xors):
-                enc.prev = cur
-                return Entry("same")
-            if not enc.gap and enc.since_key < self.keyframe_every:
-                entry = bits_entry("delta", layers, xors, stats) if bits else bytes_entry("delta", layers, xors)
-                if enc.bytes_since_key + entry.payload > self.keyframe_budget * max(enc.key_bytes, 1):
-                    entry = None
-        if entry is None:
-            entry = bits_entry("key", layers, cur, stats) if bits else bytes_entry("key", layers, cur)
-            enc.since_key, enc.bytes_since_key, enc.key_bytes = 0, 0, entry.payload
-        else:
-            enc.since_key += 1
-            enc.bytes_since_key += entry.payload
-        enc.prev, enc.gap = cur, False
-        return entry
 
     def _sample_of(self, layers: list[Layer], packed: list[np.ndarray]) -> tuple[list[Layer], list[np.ndarray]] | None:
         """The distance sample: every ``sample_stride``-th masked weight (layers concatenated)."""
@@ -227,14 +170,14 @@ class MaskHistory(Sequence[Snapshot]):
             return 1
         return -(-total // self.sample_target) | 1
 
-    def _resume_encoders(self) -> dict[str, _Encoder]:
+    def _resume_encoders(self) -> dict[str, Encoder]:
         """Encoder state of a history read from a file: the last state of every group, the
         ever-active union (one pass over the history) and the keyframe counters."""
         if self._encoders is not None:
             return self._encoders
         encoders = {}
         for group in GROUPS:
-            enc = _Encoder()
+            enc = Encoder()
             entries = self.entries[group]
             layers = self.layers.get(group, [])
             if layers and any(e is not None for e in entries):
@@ -375,25 +318,10 @@ class MaskHistory(Sequence[Snapshot]):
 
     # --- statistics without decoding ----------------------------------------------------------
     def stats(self, group: str = "masks") -> GroupStats:
-        if group in self._stats:
-            return self._stats[group]
-        layers = self.layers.get(group, [])
-        index, rows, last = [], [], None
-        for t, entry in enumerate(self.entries[group]):
-            if entry is None:
-                continue
-            if entry.kind == "same":
-                zero = (0,) * len(layers)
-                row = {"ones": last["ones"], "fired": last["fired"], "flips": zero, "grown": zero}
-            else:
-                row = entry.stats
-            index.append(t)
-            rows.append(row)
-            last = row
-        arrays = {s: np.array([r[s] for r in rows], dtype=np.int64).reshape(len(rows), len(layers)) for s in STATS}
-        out = GroupStats(np.array(index, dtype=np.int64), layers, **arrays)
-        self._stats[group] = out
-        return out
+        """Per-snapshot counts of a bit group (density, churn, ever active), read from the entries."""
+        if group not in self._stats:
+            self._stats[group] = group_stats(self.entries[group], self.layers.get(group, []))
+        return self._stats[group]
 
 
 @dataclass

@@ -9,7 +9,7 @@ charts read without decoding. :mod:`sparsity_core.history` strings entries into 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,14 +129,101 @@ def packed_group(packed: PackedMasks) -> tuple[list[Layer], list[np.ndarray]] | 
     return layers, arrays
 
 
-def byte_group(state: Mapping[str, torch.Tensor]) -> tuple[list[Layer], list[np.ndarray]] | None:
+def _unsupported(name: str, dtype: str) -> Exception:
+    return SviteError(f"snapshot state '{name}' has dtype {dtype}, which the history cannot store")
+
+
+def byte_group(state: Mapping[str, torch.Tensor], unsupported: Callable[[str, str], Exception] = _unsupported
+               ) -> tuple[list[Layer], list[np.ndarray]] | None:
+    """A snapshot's state tensors as byte layers and their raw bytes (None for no state);
+    ``unsupported(name, dtype)`` is the error for a dtype the history cannot store."""
     if not state:
         return None
     layers, arrays = [], []
     for name, value in state.items():
         dtype = str(value.dtype).removeprefix("torch.")
         if dtype not in DTYPES:
-            raise SviteError(f"snapshot state '{name}' has dtype {dtype}, which the history cannot store")
-        layers.append(Layer(name, tuple(value.shape), dtype))
+            raise unsupported(str(name), dtype)
+        layers.append(Layer(str(name), tuple(value.shape), dtype))
         arrays.append(value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().copy())
     return layers, arrays
+
+
+@dataclass
+class Encoder:
+    """A group's encoding state between snapshots: what the next entry is coded against."""
+
+    prev: list[np.ndarray] | None = None  # last state held (packed bits / raw bytes)
+    gap: bool = False  # the group was absent since ``prev``: the next entry must be a keyframe
+    fired: list[np.ndarray] | None = None
+    since_key: int = 0
+    bytes_since_key: int = 0
+    key_bytes: int = 0
+
+    def encode(self, layers: list[Layer], cur: list[np.ndarray], bits: bool, keyframe_every: int,
+               keyframe_budget: float) -> Entry:
+        """The entry of state ``cur``: ``same``, a ``delta`` against the previous state, or a ``key``
+        (after ``keyframe_every`` deltas, or once the deltas since the last key take ``keyframe_budget``
+        times its bytes). Bit groups also count ones, flips, grown and ever-active positions."""
+        stats = None
+        if bits:
+            self.fired = [c.copy() for c in cur] if self.fired is None else [
+                f | c for f, c in zip(self.fired, cur, strict=True)]
+            stats = {"ones": tuple(popcount(c) for c in cur), "fired": tuple(popcount(f) for f in self.fired),
+                     "flips": (0,) * len(cur), "grown": (0,) * len(cur)}
+        entry = None
+        if self.prev is not None:
+            xors = [c ^ p for c, p in zip(cur, self.prev, strict=True)]
+            if bits:
+                stats["flips"] = tuple(popcount(x) for x in xors)
+                stats["grown"] = tuple(popcount(c & ~p) for c, p in zip(cur, self.prev, strict=True))
+            if not self.gap and not any(x.any() for x in xors):
+                self.prev = cur
+                return Entry("same")
+            if not self.gap and self.since_key < keyframe_every:
+                entry = bits_entry("delta", layers, xors, stats) if bits else bytes_entry("delta", layers, xors)
+                if self.bytes_since_key + entry.payload > keyframe_budget * max(self.key_bytes, 1):
+                    entry = None
+        if entry is None:
+            entry = bits_entry("key", layers, cur, stats) if bits else bytes_entry("key", layers, cur)
+            self.since_key, self.bytes_since_key, self.key_bytes = 0, 0, entry.payload
+        else:
+            self.since_key += 1
+            self.bytes_since_key += entry.payload
+        self.prev, self.gap = cur, False
+        return entry
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Per-snapshot counts of a bit group, no decoding needed: rows follow ``index`` (the
+    snapshots that hold the group), columns follow ``layers``."""
+
+    index: np.ndarray
+    layers: list[Layer]
+    ones: np.ndarray
+    flips: np.ndarray
+    grown: np.ndarray
+    fired: np.ndarray
+
+    @property
+    def numel(self) -> np.ndarray:
+        return np.array([layer.numel for layer in self.layers], dtype=np.int64)
+
+
+def group_stats(entries: Sequence[Entry | None], layers: list[Layer]) -> GroupStats:
+    """The counts a bit group's entries carry, one row per snapshot that holds the group."""
+    index, rows, last = [], [], None
+    for t, entry in enumerate(entries):
+        if entry is None:
+            continue
+        if entry.kind == "same":
+            zero = (0,) * len(layers)
+            row = {"ones": last["ones"], "fired": last["fired"], "flips": zero, "grown": zero}
+        else:
+            row = entry.stats
+        index.append(t)
+        rows.append(row)
+        last = row
+    arrays = {s: np.array([r[s] for r in rows], dtype=np.int64).reshape(len(rows), len(layers)) for s in STATS}
+    return GroupStats(np.array(index, dtype=np.int64), layers, **arrays)

@@ -34,7 +34,17 @@ import torch
 from .errors import CheckpointError
 from .history import MaskHistory
 from .history_codec import BITMAP, RAW, check_bits_header, check_bytes_header
-from .history_entry import BIT_GROUPS, DTYPES, GROUPS, STATS, Entry, Layer, popcount, split_segments
+from .history_entry import (
+    BIT_GROUPS,
+    DTYPES,
+    GROUPS,
+    STATS,
+    Entry,
+    Layer,
+    byte_group,
+    popcount,
+    split_segments,
+)
 from .masks import PackedMasks, Snapshot, check_packed
 
 ENCODING = "svite-keyframe-delta-1"
@@ -285,15 +295,11 @@ def _from_legacy(snapshots: list[Snapshot], source: str) -> MaskHistory:
 
 
 def _legacy_state(history: MaskHistory, i: int, state: Mapping[str, torch.Tensor]) -> Entry | None:
-    if not state:
+    group = byte_group(state, lambda name, dtype: _Bad(f"tensor history/{i}/state/{name} has an unsupported dtype "
+                                                      f"({dtype})"))
+    if group is None:
         return None
-    layers, raws = [], []
-    for name, t in state.items():
-        dtype = str(t.dtype).removeprefix("torch.")
-        if dtype not in DTYPES:
-            raise _Bad(f"tensor history/{i}/state/{name} has an unsupported dtype ({dtype})")
-        layers.append(Layer(str(name), tuple(t.shape), dtype))
-        raws.append(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+    layers, raws = group
     if history.layers.setdefault("state", layers) != layers:
         raise _Bad(f"snapshot {i}: its selector state differs from the first snapshot's")
     n = len(layers)

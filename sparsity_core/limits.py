@@ -41,7 +41,7 @@ MAX_BATCH = 65_536
 MAX_DEMO_IMAGES = 10_000_000
 MAX_WORKERS = 256
 MAX_SEED = 2**63 - 1
-_DEMO_CHUNK = 1024  # samples the demo generator renders at once (data.py)
+_DEMO_CHUNK = 1024  # samples the demo generator renders at once (data/demo.py)
 _FLAG_NAMES = {"name": "--model", "keep": "--token-number", "keep_ratio": "--keep-ratio", "block_index": "--selector-block",
                "scorer": "--selector-scorer", "mode": "--selector-mode"}
 
@@ -162,7 +162,7 @@ def human_bytes(n: float) -> str:
 
 def demo_data_bytes(images: int, img_size: int, largest_split: int) -> int:
     """Memory of generated demo images (uint8 HWC + CHW copy + pixel masks) plus the float32
-    temporaries of one rendering chunk (data.py renders up to 1024 samples at once)."""
+    temporaries of one rendering chunk (data/demo.py renders up to 1024 samples at once)."""
     pixels = img_size * img_size
     return images * pixels * 7 + min(largest_split, _DEMO_CHUNK) * pixels * 64
 

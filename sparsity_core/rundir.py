@@ -1,4 +1,5 @@
-"""The ``--out`` run directory before a run is known to start, and after one that never did.
+"""The ``--out`` run directory: its files, its metrics log, and its state before a run is known to start
+and after one that never did.
 
 A run must change nothing until it is sure to start: ``--out`` is checked up front (an existing file,
 ``/dev/null``, a path under a file, a read-only place each get one sentence naming ``--out``), and a
@@ -8,13 +9,22 @@ leaves an empty run directory behind that the app's picker or the next ``--out``
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
+from tqdm import tqdm
+
+from .atomic import atomic_write_bytes
 from .errors import SviteError
 
+CHECKPOINT_NAME = "checkpoint.safetensors"  # the one-file checkpoint
+METRICS_NAME = "metrics.jsonl"  # one JSON line per log interval and per epoch
+CONFIG_NAME = "config.json"  # the run's TrainConfig
 #: Files a run writes into its directory before (or beside) its first checkpoint.
-_RUN_FILES = ("config.json", "metrics.jsonl", ".lock")
+_RUN_FILES = (CONFIG_NAME, METRICS_NAME, ".lock")
 
 
 def check_out_dir(out: Path) -> Path | None:
@@ -57,3 +67,47 @@ def remove_unstarted(created: Path, out: Path) -> None:
         if folder == created or folder.parent == folder:
             return
         folder = folder.parent
+
+
+class MetricsLog:
+    """Appends one JSON object per line; the app tails this file for live progress."""
+
+    def __init__(self, path: Path | None, echo: bool) -> None:
+        self.path, self.echo = path, echo
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, default=float)
+        if self.path is not None:
+            with open(self.path, "a") as fh:
+                fh.write(line + "\n")
+        if self.echo:
+            tqdm.write(line, file=sys.stdout)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics lines a killed attempt wrote after the step we (re)start from, and torn lines.
+
+    A line that is JSON but no metrics record, or a file that is not text, is somebody's edit, not a
+    kill: refused (naming the line) before anything is written, rather than silently dropped."""
+    if not path.exists():
+        return
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SviteError(f"{path}: not UTF-8 text (bad byte at offset {err.start}); fix or remove the file "
+                         "to continue this run") from None
+    kept = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by the kill
+        except RecursionError:
+            record = None
+        at = record.get("step", 0) if isinstance(record, dict) else None
+        if isinstance(at, bool) or not isinstance(at, (int, float)):
+            raise SviteError(f"{path}: line {number} is not a metrics record ({line[:40]!r}); fix or remove it "
+                             "to continue this run")
+        if record.get("kind") in ("start", "end") or at <= step:
+            kept.append(line)
+    atomic_write_bytes(path, ("\n".join(kept) + "\n").encode() if kept else b"")

@@ -216,10 +216,10 @@ def test_16bit_grey_png_is_scaled_not_clipped_to_white():
     assert (decoded.rgb[..., 0] == decoded.rgb[..., 2]).all()
     assert grey.min() == 0 and grey.max() == 255 and abs(grey.mean() - 127.5) < 1.5  # not 99.6 % white
     assert any("16-bit grey values were scaled from 0-65535" in n for n in decoded.notes)
-    # the numpy path (sparsity_core.data) agrees: uint16 is scaled, not clipped
-    from sparsity_core.data import _to_rgb_uint8
+    # the numpy path (sparsity_core.data.images) agrees: uint16 is scaled, not clipped
+    from sparsity_core.data.images import to_rgb_uint8
 
-    np.testing.assert_allclose(_to_rgb_uint8(ramp)[..., 0], decoded.rgb[..., 0], atol=1)
+    np.testing.assert_allclose(to_rgb_uint8(ramp)[..., 0], decoded.rgb[..., 0], atol=1)
 
 
 def test_rgba_palette_grey_and_cmyk_are_normalised_and_said_so():

@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_model_config
 from safetensors.torch import save_file
 
+from sparsity_core.atomic import atomic_write_bytes
 from sparsity_core.checkpoint import (
-    atomic_write_bytes,
     load_checkpoint,
     load_resume_state,
     save_checkpoint,

@@ -1,4 +1,5 @@
-"""Tests for sparsity_core.data: the demo set, ImageFolder loading, resumable sampling, app helpers."""
+"""Tests for sparsity_core.data: the demo set, ImageFolder loading, resumable sampling, photo inputs; and
+app.photos."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import sparsity_core  # noqa: F401  (must come before anything that imports timm)
+from app import photos
 from sparsity_core import data as D
+from sparsity_core.data import demo
 from sparsity_core.errors import SviteError
 
 # ------------------------------------------------------------------------------------------------
@@ -38,7 +41,7 @@ def test_demo_generation_is_cached() -> None:
 
 
 def test_demo_deterministic_and_keyed_by_seed_and_split() -> None:
-    fresh = D._generate_demo.__wrapped__("train", 64, 32, 4, 0)
+    fresh = demo._generate_demo.__wrapped__("train", 64, 32, 4, 0)
     cached = D.DemoShapes("train", size=64, seed=0)
     for key in ("images", "labels", "pixel_masks", "patch_masks"):
         np.testing.assert_array_equal(fresh[key], getattr(cached, key))
@@ -53,7 +56,7 @@ def test_demo_deterministic_and_keyed_by_seed_and_split() -> None:
 
 
 def test_demo_prefix_across_render_chunks(train: D.DemoShapes) -> None:
-    n = D._CHUNK + 37  # spans a chunk boundary of the renderer
+    n = demo._CHUNK + 37  # spans a chunk boundary of the renderer
     part = D.DemoShapes("train", size=n)
     np.testing.assert_array_equal(part.images, train.images[:n])
     np.testing.assert_array_equal(part.pixel_masks, train.pixel_masks[:n])
@@ -388,13 +391,13 @@ def test_loader_resume_mid_epoch_matches_uninterrupted() -> None:
 
 
 def test_sample_images_offline_rgb() -> None:
-    imgs = D.sample_images()
+    imgs = photos.sample_images()
     assert len(imgs) >= 3
-    assert set(imgs) == set(D._SKIMAGE_PHOTOS)  # every listed photo is bundled (no download needed)
+    assert set(imgs) == set(photos._SKIMAGE_PHOTOS)  # every listed photo is bundled (no download needed)
     for name, img in imgs.items():
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, name
         assert min(img.shape[:2]) >= 100
-    assert D.sample_images() is imgs
+    assert photos.sample_images() is imgs
 
 
 def test_image_to_input_shapes_and_values(train: D.DemoShapes) -> None:
@@ -409,7 +412,7 @@ def test_image_to_input_shapes_and_values(train: D.DemoShapes) -> None:
     )
     # A demo image at its own size is only normalised: it matches what the dataset feeds the model.
     torch.testing.assert_close(D.image_to_input(train.images[5], 32, D.DEMO_MEAN, D.DEMO_STD)[0], train[5][0])
-    photo = next(iter(D.sample_images().values()))
+    photo = next(iter(photos.sample_images().values()))
     assert D.image_to_input(photo, 32, D.DEMO_MEAN, D.DEMO_STD).shape == (1, 3, 32, 32)
     with pytest.raises(SviteError, match="shape"):
         D.image_to_input(np.zeros((4, 4, 2), np.uint8), 32, D.DEMO_MEAN, D.DEMO_STD)

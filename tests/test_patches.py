@@ -294,7 +294,8 @@ def test_keep_map_history_equals_a_forward_pass_at_every_snapshot(demo):
 
 
 def test_fitting_a_photo_first_gives_the_same_input_and_maps():
-    from sparsity_core.data import fit_image, sample_images
+    from app.photos import sample_images
+    from sparsity_core.data import fit_image
 
     model = _model()
     photo = sample_images()["chelsea"]  # 451×300: cropped, then resized

@@ -16,13 +16,14 @@ from timm.models.vision_transformer import Attention
 from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
 from sparsity_core.cli import main
 from sparsity_core.compact import compact_model, max_logit_diff, reshape_blocks
+from sparsity_core.config import TrainConfig, check_method_flags
 from sparsity_core.dst import EngineContext, build_engine
 from sparsity_core.dst.select import select_units as select_top
 from sparsity_core.dst.structured import prune_and_grow
 from sparsity_core.errors import SviteError
 from sparsity_core.masks import MaskSet, head_unit_name, neuron_unit_name
 from sparsity_core.models import ModelConfig, build_model
-from sparsity_core.train import TrainConfig, train
+from sparsity_core.train import train
 from sparsity_core.units import head_rows, unit_weight_masks
 
 
@@ -156,8 +157,10 @@ def test_bad_densities_and_flags_are_rejected():
         _engine(_small_model(4), atten_density=0.2)
     with pytest.raises(SviteError, match="--other-density"):
         _engine(_small_model(4, mlp_ratio=0.25), other_density=0.1)
-    with pytest.raises(SviteError, match="--include"):
-        _engine(_small_model(4), include=["*qkv*"])
+    with pytest.raises(SviteError, match="--include"):  # a flag check: no model needed
+        check_method_flags(TrainConfig(method="s2vite", include=["*qkv*"]))
+    with pytest.raises(SviteError, match="--growth momentum"):
+        check_method_flags(TrainConfig(method="s2vite", growth="momentum"))
 
 
 # ----------------------------------------------------------------------------------------------

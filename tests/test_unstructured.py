@@ -14,15 +14,17 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sparsity_core.checkpoint import load_checkpoint
+from sparsity_core.config import TrainConfig, check_method_flags
 from sparsity_core.dst import EngineContext, build_engine
 from sparsity_core.dst.budgets import layer_budgets, layer_densities
 from sparsity_core.dst.schedule import PruneSchedule
 from sparsity_core.dst.scorers import WEIGHT_GROWTH
-from sparsity_core.dst.unstructured import OneShotEngine, SViTEEngine, exchange, validate_config
-from sparsity_core.errors import SviteError
+from sparsity_core.dst.unstructured import OneShotEngine, SViTEEngine
+from sparsity_core.dst.weights import exchange
+from sparsity_core.errors import FlagError, SviteError
 from sparsity_core.masks import MaskSet
 from sparsity_core.models import ModelConfig, build_model
-from sparsity_core.train import TrainConfig, train
+from sparsity_core.train import train
 from sparsity_core.units import sparsifiable_names
 
 
@@ -453,20 +455,25 @@ def test_static_masks_never_change_and_oneshot_prunes_once():
     (dict(growth="lottery"), "--growth"),
     (dict(death="SET"), "--death"),
     (dict(sparse_init="snip"), "--sparse-init"),
-    (dict(include=["nothing.*"]), "--include"),
 ])
 def test_bad_settings_raise_one_line_errors(overrides, message):
-    with pytest.raises(SviteError, match=message):
-        make_engine(Layers([(8, 8)]), **overrides)
+    with pytest.raises(FlagError, match=message) as caught:  # checked with the flags, before any model exists
+        check_method_flags(TrainConfig(**{"method": "svite", **overrides}))
+    assert caught.value.flag == message
+
+
+def test_an_include_glob_that_matches_nothing_is_a_one_line_error():
+    with pytest.raises(SviteError, match="--include"):  # needs the model: checked by the engine
+        make_engine(Layers([(8, 8)]), include=["nothing.*"])
 
 
 def test_flags_can_be_checked_before_any_model_exists(tmp_path):
-    validate_config(TrainConfig(method="svite"))
+    check_method_flags(TrainConfig(method="svite"))
     for overrides, message in [(dict(method="oneshot", oneshot_at=0.0), "--oneshot-at"),
                                (dict(sparse_init="custom"), "needs --mask-path"),
                                (dict(sparse_init="custom", mask_path=str(tmp_path / "nope.json")), "no such file")]:
         with pytest.raises(SviteError, match=message):
-            validate_config(TrainConfig(**{"method": "svite", **overrides}))
+            check_method_flags(TrainConfig(**{"method": "svite", **overrides}))
 
 
 def test_init_masks_are_used_and_rescaled_to_the_budget():

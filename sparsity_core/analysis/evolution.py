@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 
 from ..errors import SviteError
-from ..history import GroupStats, MaskHistory, as_history
+from ..history import MaskHistory, as_history
+from ..history_entry import GroupStats
 from ..masks import MaskSet, Snapshot, head_unit_name, neuron_unit_name
 from .masks import (
     _BLOCK_RE,

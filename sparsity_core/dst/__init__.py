@@ -11,7 +11,8 @@ Where prune and grow happen: an engine's ``after_optimizer_step`` (``engine.py``
 * one **selection** rule, an exact top-k with ties to the lower index (``select.py``),
 * one **policy** for the optimizer state of grown units (``optim_state.py``).
 
-``unstructured.py`` composes SViTE and its static and one-shot baselines, ``structured.py`` S2ViTE;
+``unstructured.py`` composes SViTE and its static and one-shot baselines over the weight unit
+(``weights.py``: random masks, one layer's prune-and-grow), ``structured.py`` S2ViTE;
 every engine checks its exact budgets after every update (``engine.SparsityEngine.assert_budgets``).
 Importing this package registers them with :func:`build_engine`.
 """

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import SviteError
+from ..errors import FlagError
 
 GROWN_MOMENTS = ("keep", "zero-avg", "zero")
 _FIRST_MOMENTS = ("exp_avg", "momentum_buffer")
@@ -33,7 +33,8 @@ _ALL_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
 def check_policy(policy: str) -> str:
     if policy not in GROWN_MOMENTS:
-        raise SviteError(f"--grown-moments: unknown policy '{policy}' (choose {', '.join(GROWN_MOMENTS)})")
+        raise FlagError("--grown-moments",
+                        f"--grown-moments: unknown policy '{policy}' (choose {', '.join(GROWN_MOMENTS)})")
     return policy
 
 

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import SviteError
+from ..errors import FlagError, SviteError
 
 DECAYS = ("cosine", "constant")
 
@@ -44,15 +44,17 @@ class PruneSchedule:
         if self.total_steps < 1:
             raise SviteError("the schedule needs at least one training step")
         if self.update_frequency < 1:
-            raise SviteError(f"--update-frequency must be >= 1, got {self.update_frequency}")
+            raise FlagError("--update-frequency",
+                            f"--update-frequency must be >= 1, got {self.update_frequency}")
         if self.decay not in DECAYS:
-            raise SviteError(f"--decay-schedule: unknown schedule '{self.decay}' (cosine or constant)")
+            raise FlagError("--decay-schedule",
+                            f"--decay-schedule: unknown schedule '{self.decay}' (cosine or constant)")
         if not 0 <= self.death_rate < 1:
-            raise SviteError(f"--death-rate must be in [0, 1), got {self.death_rate}")
+            raise FlagError("--death-rate", f"--death-rate must be in [0, 1), got {self.death_rate}")
         if not 0 < self.t_end <= 1:
-            raise SviteError(f"--t-end must be in (0, 1], got {self.t_end}")
+            raise FlagError("--t-end", f"--t-end must be in (0, 1], got {self.t_end}")
         if self.start < 0:
-            raise SviteError(f"--update-start must be >= 0 steps, got {self.start}")
+            raise FlagError("--update-start", f"--update-start must be >= 0 steps, got {self.start}")
 
     @classmethod
     def from_config(cls, cfg: Any, total_steps: int, steps_per_epoch: int) -> PruneSchedule:
@@ -111,8 +113,8 @@ def resolve_update_start(spec: str | int, steps_per_epoch: int, warmup_epochs: f
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0:
-        raise SviteError(f"--update-start: expected 'warmup', 'plateau', a number of steps (400) or of epochs "
-                         f"(2.5ep), got {spec!r}")
+        raise FlagError("--update-start", "--update-start: expected 'warmup', 'plateau', a number of steps (400) or "
+                        f"of epochs (2.5ep), got {spec!r}")
     return int(round(value))
 
 

@@ -25,7 +25,7 @@ from .budgets import unit_budgets
 from .capture import UnitCapture
 from .engine import EngineContext, SparsityEngine, register
 from .neuron_shadow import INIT_STD, ShadowNeurons
-from .optim_state import check_policy, reset_grown_state
+from .optim_state import reset_grown_state
 from .schedule import PruneSchedule, UpdateClock
 from .scorers import neuron_magnitude, random_scores
 from .select import select_units
@@ -90,11 +90,6 @@ class StructuredEngine(SparsityEngine):
         cfg = ctx.config
         self.model = ctx.model
         self.cfg = cfg
-        if cfg.include or cfg.exclude:
-            raise SviteError("--include/--exclude choose weights for unstructured methods; --method s2vite "
-                             "masks whole heads and neurons")
-        if cfg.growth not in ("gradient", "random"):
-            raise SviteError(f"--growth {cfg.growth}: S2ViTE grows heads and neurons by gradient or at random")
         self.blocks = list(self.model.blocks)
         self.head_dims = [attention_of(b, i).head_dim for i, b in enumerate(self.blocks)]
         self.num_heads = [attention_of(b, i).num_heads for i, b in enumerate(self.blocks)]
@@ -103,7 +98,7 @@ class StructuredEngine(SparsityEngine):
         self.clock = UpdateClock.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch,
                                             getattr(ctx.model, "num_classes", None))
         self.schedule = self.clock.schedule
-        self.grown_moments = check_policy(str(cfg.grown_moments))
+        self.grown_moments = str(cfg.grown_moments)  # checked with the flags (config.py)
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         units = self._units_from_init(ctx.init_masks) if ctx.init_masks is not None else None
         if units is None:

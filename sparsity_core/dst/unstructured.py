@@ -1,10 +1,11 @@
 """SViTE: unstructured dynamic sparse training at a fixed per-layer budget, and the ``static`` and
 ``oneshot`` baselines that share its constructor.
 
-A method is a composition (ARCHITECTURE.md, "Sparse training as explicit state"):
+A method is a composition (docs/architecture.md, "Sparse training: where prune and grow happen"):
 
 * **units** -- single weights of the sparsified parameters (:func:`units.sparsifiable_names`: the
-  reference's rule, or ``--include`` / ``--exclude`` globs);
+  reference's rule, or ``--include`` / ``--exclude`` globs); one layer's prune-and-grow is
+  :func:`.weights.exchange`;
 * **distribution** -- how much each layer keeps (:mod:`.budgets`: ``fixed_ERK``, ``ER``, ``uniform``,
   ``custom``, as exact counts);
 * **schedule** -- when and how much changes (:class:`.schedule.PruneSchedule`);
@@ -17,8 +18,7 @@ A method is a composition (ARCHITECTURE.md, "Sparse training as explicit state")
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -26,106 +26,12 @@ import torch
 from ..errors import SviteError
 from ..masks import MaskSet
 from ..units import sparsifiable_names
-from .budgets import SPARSE_INITS, layer_budgets, layer_densities, load_custom_densities
+from .budgets import layer_budgets, layer_densities, load_custom_densities
 from .engine import EngineContext, SparsityEngine, register
-from .optim_state import check_policy, reset_grown_state
+from .optim_state import reset_grown_state
 from .schedule import PruneSchedule, UpdateClock
-from .scorers import WEIGHT_GROWTH, WeightScorer, magnitude_into
-from .select import choose
-
-# magnitude: the reference's. magnitude-mature: the same, but a weight grown at the previous update is pruned
-# only after every older one (measured on the demo runs: 62-78% of each update's pruned weights had been
-# grown at the update before, while they were 10-29% of the active weights: grown at 0, they rarely reach
-# an old weight's magnitude in one update period, so about half of every exploration was undone unseen).
-DEATHS = ("magnitude", "magnitude-mature")
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """A 1-D view sharing storage (in-place edits must reach the parameter / optimizer state)."""
-    if not t.is_contiguous():
-        raise ValueError("sparsity engine needs contiguous tensors")
-    return t.view(-1)
-
-
-def random_mask(shape: Sequence[int], k: int, generator: torch.Generator, device: torch.device | str = "cpu"
-                ) -> torch.Tensor:
-    """Exactly ``k`` active positions, uniformly at random (a seeded permutation, so ranks agree)."""
-    n = math.prod(shape)
-    idx = torch.randperm(n, generator=generator)[:k]
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[idx] = True
-    return mask.view(tuple(shape)).to(device)
-
-
-class Scratch:
-    """Reusable flat buffers for :func:`exchange`, so an update allocates nothing the size of a layer
-    (fresh multi-megabyte tensors cost page faults on every use; on a busy CPU that dominates)."""
-
-    def __init__(self) -> None:
-        self._float: torch.Tensor | None = None
-        self._flags: torch.Tensor | None = None  # all False between calls
-
-    def get(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._float is None or self._float.numel() < n or self._float.device != device:
-            self._float = torch.empty(n, device=device)
-            self._flags = torch.zeros(n, dtype=torch.bool, device=device)
-        assert self._flags is not None
-        return self._float[:n], self._flags[:n]
-
-
-def _seeded_generator(seed: int) -> torch.Generator:
-    """A CPU generator private to the engine: identical on every rank, independent of the global
-    stream that initialised the weights (same seed, different constant)."""
-    return torch.Generator().manual_seed((int(seed) * 0x9E3779B1 + 0x5EED) % (2**63))
-
-
-def _masks_state(masks: MaskSet) -> dict[str, torch.Tensor]:
-    return {n: m.detach().to("cpu").clone() for n, m in masks.items()}
-
-
-def _masks_from_state(state: Mapping[str, torch.Tensor], names: Sequence[str], params: Sequence[torch.Tensor]
-                      ) -> MaskSet:
-    """Own copies on the parameters' devices (updates edit masks in place; the state must not change)."""
-    return MaskSet({n: state[n].to(device=p.device, dtype=torch.bool).clone().contiguous()
-                    for n, p in zip(names, params, strict=True)})
-
-
-
-@torch.no_grad()
-def exchange(weight: torch.Tensor, mask: torch.Tensor, n: int, grow: WeightScorer,
-             optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None,
-             active: int | None = None, scratch: Scratch | None = None, young: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One layer's prune-and-grow, applied to ``mask`` in place; returns flat indices ``(pruned, grown)``,
-    each of length ``n``, and ``revived`` (bool, aligned with ``grown``: grown straight back after being
-    pruned in this same call).
-
-    Prune: the ``n`` active weights of smallest |w|. Grow: ``n`` positions inactive *after* pruning
-    (so a just-pruned weight may come straight back, as in the reference) with the largest ``grow``
-    score. Ineligible positions get a score that can never be selected (+inf for pruning, -1 below
-    every |grad| or uniform draw for growth), so exactly ``n`` go and ``n`` come whatever the ties.
-    ``active`` (the layer's budget, when the caller knows it) saves a count over the mask. ``young``
-    (flat bool, ``--death magnitude-mature``): positions pruned only after every other active weight.
-    """
-    m = _flat(mask)
-    if active is None:
-        active = int(torch.count_nonzero(m))
-    if not 0 <= n <= active:
-        raise ValueError(f"cannot prune {n} of {active} active weights")
-    buf, flags = (scratch or Scratch()).get(m.numel(), m.device)
-    magnitude_into(buf, weight, m)
-    if young is not None:  # above every older active weight, below +inf (inactive): still exact counts
-        buf.add_(young.to(buf.dtype), alpha=float(buf.masked_fill(~m, 0).max()) + 1.0)
-    pruned = choose(buf, n, largest=False)
-    m.index_fill_(0, pruned, False)  # the mask after pruning: growth candidates are where it is False
-    grow(buf, weight, optimizer, generator)
-    buf.masked_fill_(m, -1.0)
-    grown = choose(buf, n, largest=True)
-    flags.index_fill_(0, pruned, True)
-    revived = flags.index_select(0, grown)
-    flags.index_fill_(0, pruned, False)
-    m.index_fill_(0, grown, True)
-    return pruned, grown, revived
+from .scorers import WEIGHT_GROWTH
+from .weights import Scratch, exchange, flat, masks_from_state, masks_state, random_mask, seeded_generator
 
 
 class WeightEngine(SparsityEngine):
@@ -135,7 +41,6 @@ class WeightEngine(SparsityEngine):
     def __init__(self, ctx: EngineContext) -> None:
         super().__init__(ctx)
         cfg = ctx.config
-        validate_config(cfg)
         self.names = sparsifiable_names(ctx.model, cfg.include or (), cfg.exclude or ())
         params = dict(ctx.model.named_parameters())
         self._params = [params[n] for n in self.names]
@@ -170,13 +75,13 @@ class SViTEEngine(WeightEngine):
         super().__init__(ctx)
         cfg = ctx.config
         self._grow = WEIGHT_GROWTH[str(cfg.growth)]
-        self.grown_moments = check_policy(str(cfg.grown_moments))
+        self.grown_moments = str(cfg.grown_moments)  # checked with the flags (config.py)
         # --death magnitude-mature: per layer, the new connections of the last update (flat bool)
         self._young: dict[str, torch.Tensor] | None = {} if str(cfg.death) == "magnitude-mature" else None
         self.clock = UpdateClock.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch,
                                             getattr(ctx.model, "num_classes", None)) if self.dynamic else None
         self.schedule = self.clock.schedule if self.clock is not None else None
-        self._generator = _seeded_generator(cfg.seed)
+        self._generator = seeded_generator(cfg.seed)
         self._masks, self.init_topology = self._initial_masks(ctx.init_masks)
         self._fired = self._masks.clone()
         self.updates_done = 0
@@ -202,14 +107,14 @@ class SViTEEngine(WeightEngine):
             m = init_masks[name].to(device=p.device, dtype=torch.bool).clone().contiguous()
             have, want = int(m.sum()), self.budgets[name]
             if have > want:  # keep the largest |w| among the active
-                score = p.detach().abs().reshape(-1).masked_fill(~_flat(m), -1.0)
+                score = p.detach().abs().reshape(-1).masked_fill(~flat(m), -1.0)
                 keep = torch.topk(score, want, sorted=False).indices
                 m = torch.zeros_like(m)
-                _flat(m)[keep] = True
+                flat(m)[keep] = True
                 adjusted.append(name)
             elif have < want:  # add random inactive positions (their weights are zero: no magnitude to rank)
-                score = torch.rand(m.numel(), generator=self._generator).to(p.device).masked_fill_(_flat(m), -1.0)
-                _flat(m)[torch.topk(score, want - have, sorted=False).indices] = True
+                score = torch.rand(m.numel(), generator=self._generator).to(p.device).masked_fill_(flat(m), -1.0)
+                flat(m)[torch.topk(score, want - have, sorted=False).indices] = True
                 adjusted.append(name)
             masks[name] = m
         return MaskSet(masks), {"source": "init", "adjusted_layers": adjusted}
@@ -247,7 +152,7 @@ class SViTEEngine(WeightEngine):
             if n == 0:
                 continue
             mask = self._masks[name]
-            w = _flat(param.data)
+            w = flat(param.data)
             # A position grown straight back after pruning ("revived") simply stays: it keeps its value and
             # moments. Gathering the grown positions' values (zeroed unless revived) before pruning and
             # writing them back afterwards restores the revived ones and starts new connections at exactly
@@ -263,7 +168,7 @@ class SViTEEngine(WeightEngine):
             w.index_copy_(0, grown, grown_values)
             if self.grown_moments != "keep":
                 reset_grown_state(optimizer, param, grown[~revived], self.grown_moments)
-            _flat(self._fired[name]).index_fill_(0, grown, True)
+            flat(self._fired[name]).index_fill_(0, grown, True)
             revived_n[name] = int(torch.count_nonzero(revived))
             self._masks[name] = mask  # same tensor: re-setting it invalidates the fused-multiply cache
             pruned_n[name] = n
@@ -301,7 +206,7 @@ class SViTEEngine(WeightEngine):
 
     def state_dict(self) -> dict[str, Any]:
         return {"method": self.method, "names": list(self.names), "budgets": dict(self.budgets),
-                "masks": _masks_state(self._masks), "fired": _masks_state(self._fired),
+                "masks": masks_state(self._masks), "fired": masks_state(self._fired),
                 "generator": self._generator.get_state(), "updates_done": self.updates_done,
                 "steps_done": self.steps_done, "last": dict(self._last),
                 "clock": self.clock.state_dict() if self.clock is not None else None,
@@ -314,8 +219,8 @@ class SViTEEngine(WeightEngine):
         if dict(state["budgets"]) != self.budgets:
             raise SviteError("--resume: the saved layer budgets differ from this run's (--density / --sparse-init "
                              "changed?)")
-        self._masks = _masks_from_state(state["masks"], self.names, self._params)
-        self._fired = _masks_from_state(state["fired"], self.names, self._params)
+        self._masks = masks_from_state(state["masks"], self.names, self._params)
+        self._fired = masks_from_state(state["fired"], self.names, self._params)
         self._generator.set_state(state["generator"])
         self.updates_done = int(state["updates_done"])
         self.steps_done = int(state["steps_done"])
@@ -398,33 +303,13 @@ class OneShotEngine(WeightEngine):
 
     def state_dict(self) -> dict[str, Any]:
         return {"method": self.method, "names": list(self.names), "pruned": self.pruned,
-                "steps_done": self.steps_done, "masks": _masks_state(self._masks)}
+                "steps_done": self.steps_done, "masks": masks_state(self._masks)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("method") != self.method or list(state.get("names", [])) != self.names:
             raise SviteError(f"--resume: the saved {state.get('method')} engine does not match this --method oneshot")
         self.pruned = bool(state["pruned"])
         self.steps_done = int(state["steps_done"])
-        self._masks = _masks_from_state(state["masks"], self.names, self._params)
+        self._masks = masks_from_state(state["masks"], self.names, self._params)
         if self.pruned:
             self._masks.apply_to(self._params)
-
-
-def validate_config(cfg: Any) -> None:
-    """Reject bad unstructured-method flags with one line naming the flag. Needs only the config, so the
-    training loop can call it before it creates anything on disk."""
-    if cfg.sparse_init not in SPARSE_INITS:
-        raise SviteError(f"--sparse-init: unknown mode '{cfg.sparse_init}' (choose {', '.join(SPARSE_INITS)})")
-    if cfg.sparse_init == "custom" and not cfg.mask_path:
-        raise SviteError("--sparse-init custom needs --mask-path FILE (a JSON object {param_name: density})")
-    if cfg.sparse_init == "custom" and not Path(cfg.mask_path).is_file():
-        raise SviteError(f"--mask-path {cfg.mask_path}: no such file")
-    if cfg.growth not in WEIGHT_GROWTH:
-        raise SviteError(f"--growth: unknown mode '{cfg.growth}' (choose {', '.join(WEIGHT_GROWTH)})")
-    if cfg.death not in DEATHS:
-        raise SviteError(f"--death: unknown mode '{cfg.death}' (choose {', '.join(DEATHS)})")
-    if not 0 < float(cfg.density) <= 1:
-        raise SviteError(f"--density must be in (0, 1], got {cfg.density}")
-    if cfg.method == "oneshot" and not 0 < float(cfg.oneshot_at) < 1:
-        raise SviteError(f"--oneshot-at must be in (0, 1), got {cfg.oneshot_at}")
-
