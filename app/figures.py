@@ -171,6 +171,19 @@ def churn_bars(churn: pd.DataFrame) -> go.Figure:
     return _layout(fig, "Churn: weights grown and pruned at each update", height=340)
 
 
+def young_pruning_lines(young: pd.DataFrame) -> go.Figure:
+    """The share of each update's pruned weights grown at the update before, beside what a prune blind to
+    a weight's age would give (the young weights' share of the active ones)."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=young["step"], y=young["young_share_of_pruned"], mode="lines+markers",
+                             name="pruned that were grown at the update before"))
+    fig.add_trace(go.Scatter(x=young["step"], y=young["young_share_of_active"], mode="lines+markers",
+                             name="if age did not matter (their share of active)", line={"dash": "dot"}))
+    fig.update_yaxes(title="share of pruned weights", range=[0, 1.05])
+    fig.update_xaxes(title="step of the update")
+    return _layout(fig, "Does each update undo the one before?", height=340)
+
+
 def head_timeline(heads: pd.DataFrame) -> go.Figure:
     """Every head (rows: block·head) alive or pruned at every snapshot (columns)."""
     heads = heads.sort_values(["block", "head", "snapshot"])

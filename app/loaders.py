@@ -216,6 +216,16 @@ def churn(path: str, per_layer: bool = False) -> pd.DataFrame:
     return _churn(path, stamp(path), per_layer)
 
 
+@st.cache_data(max_entries=16, show_spinner="Decoding the masks around every update…")
+def _young(path: str, stamp_: Stamp) -> pd.DataFrame:
+    return analysis.young_pruning(load(path).history)
+
+
+def young_pruning(path: str) -> pd.DataFrame:
+    """Per update, the pruned weights that were grown at the update before (decodes every update's masks)."""
+    return _young(path, stamp(path))
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def _fired(path: str, stamp_: Stamp) -> pd.DataFrame:
     return analysis.fired_rate(load(path).history)

@@ -35,13 +35,21 @@ if not evo.empty:
     dist, idx = loaders.distances(path, metric)
     labels = [f"#{i} s{int(hist.loc[i, 'step'])}" for i in idx]
     ui.plot("distance_heatmap", dist, labels, metric, key="evo_distance")
-    st.caption(f"Distances {loaders.distance_basis(path)['text']}.")
+    basis = loaders.distance_basis(path)
+    st.caption(f"Distances {basis['text']}.")
 
     st.subheader("Churn per update")
     churn = loaders.churn(path)
     updates = churn[churn["event"] == "update"] if (churn["event"] == "update").any() else churn
     ui.plot("churn_bars", updates, key="evo_churn")
     ui.show_table(churn, "churn", key="evo_churn", height=240)
+    if int((churn["event"] == "update").sum()) >= 2 and heads is None and neurons is None:
+        if basis["exact"] or st.button("Compare each update with the one before (decodes every update's masks)",
+                                       key="evo_young_go"):
+            young = loaders.young_pruning(path)
+            ui.plot("young_pruning_lines", young, key="evo_young")
+            st.caption("A new connection starts at 0, so a magnitude prune tends to take it first at the next "
+                       "update. The dotted line is what pruning blind to age would give.")
 
 if heads is not None or neurons is not None:
     st.subheader("Heads and neurons")

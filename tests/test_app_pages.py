@@ -158,6 +158,9 @@ def test_evolution_page_charts_and_widgets():
     ham = z(at, "Hamming distance")
     assert ham.shape == jac.shape and not np.allclose(ham, jac)
     assert arr(chart(at, "Churn")["data"][0]["y"]).sum() > 0  # weights were grown
+    young = chart(at, "Does each update undo the one before?")["data"]  # the demo's own measurement
+    pruned_young, age_blind = arr(young[0]["y"]), arr(young[1]["y"])
+    assert len(pruned_young) >= 2 and (pruned_young > age_blind).all()
     at.radio(key="evo_group").set_value("layer").run()
     assert len(chart(at, "Density per layer across")["data"]) == 18  # one line per sparsified weight
     at.selectbox(key="evo_layer").set_value("blocks.0.attn.qkv.weight").run()
@@ -175,6 +178,7 @@ def test_evolution_page_charts_and_widgets():
 def test_evolution_page_structured_and_dense():
     at = open_page("evolution", "s2vite")
     assert len(chart(at, "Head survival")["data"][0]["y"]) == 24  # 4 blocks × 6 heads
+    assert not [t for t in charts(at) if t.startswith("Does each update undo")]  # a weight-level question
     assert chart(at, "MLP neuron survival timeline")
     at = open_page("evolution", "dense")
     n = len(load_checkpoint(ckpt("dense")).history)
