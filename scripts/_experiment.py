@@ -104,6 +104,20 @@ def train_run(experiment: str, name: str, fields: dict, seed: int, shared_name: 
     return run
 
 
+def finished_runs(experiment: str, configs: dict[str, dict], seeds: list[int], *, seed_major: bool = False,
+                  shared_names: dict[str, str] | None = None):
+    """Every finished run of these configs (name -> TrainConfig fields) and seeds, in method-major order
+    (or seed-major): yields (name, seed, run directory, loaded checkpoint, its metrics, wall seconds or None)."""
+    order = [(n, s) for s in seeds for n in configs] if seed_major else [(n, s) for n in configs for s in seeds]
+    for name, seed in order:
+        run = find_run(experiment, name, configs[name], seed, (shared_names or {}).get(name))
+        if not is_complete(run):
+            continue
+        loaded = load_checkpoint(run / CHECKPOINT_NAME)
+        wall = run / "wall_s.txt"
+        yield name, seed, run, loaded, loaded.meta.get("metrics", {}), float(wall.read_text()) if wall.exists() else None
+
+
 def train_seconds(run: Path) -> float:
     """Seconds spent in the training loop, summed over epochs (the last record of each epoch, so a run
     that was interrupted and resumed counts its final attempt at that epoch)."""

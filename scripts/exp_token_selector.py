@@ -25,14 +25,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from _experiment import RECIPE, SVITE, experiment_parser, find_run, is_complete, train_run, write_results  # noqa: E402
+from _experiment import RECIPE, SVITE, experiment_parser, finished_runs, train_run, write_results  # noqa: E402
 
 from sparsity_core.analysis.patches import object_patch_recall, positional_prior_recall  # noqa: E402
-from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.data import DemoShapes  # noqa: E402
 from sparsity_core.evaluate import count_flops  # noqa: E402
 from sparsity_core.models import build_model  # noqa: E402
-from sparsity_core.train import CHECKPOINT_NAME  # noqa: E402
 
 EXPERIMENT = "exp_token_selector"
 RESULTS = ROOT / "docs" / "token_selector_results.md"
@@ -70,30 +68,25 @@ def run_all(base: str, seeds: list[int], only: str | None = None) -> None:
 
 def collect(base: str, seeds: list[int]) -> pd.DataFrame:
     rows = []
-    for seed in seeds:
-        val = DemoShapes("val", RECIPE["val_size"], seed=seed)
-        for name, fields in configs(base).items():
-            run = find_run(EXPERIMENT, name, fields, seed, SHARED_NAMES.get(name))
-            if not is_complete(run):
-                continue
-            loaded = load_checkpoint(run / CHECKPOINT_NAME)
-            metrics = loaded.meta.get("metrics", {})
-            wall = run / "wall_s.txt"
-            row = {"config": name, "seed": seed, "top1": metrics.get("val_top1"), "top5": metrics.get("val_top5"),
-                   "density": metrics.get("density"),
-                   "mflops": count_flops(loaded.model, loaded.masks, loaded.units)["sparse"] / 1e6,
-                   "wall_s": float(wall.read_text()) if wall.exists() else None, "run": str(run.relative_to(ROOT)),
-                   "recall": None, "recall_untrained": None, "recall_fixed_mask": None, "keep_ratio": None}
-            selector = getattr(loaded.model, "token_selector", None)
-            if selector is not None:
-                torch.manual_seed(seed)
-                untrained = build_model(loaded.model_config)
-                train_split = DemoShapes("train", RECIPE["train_size"], seed=seed)
-                row.update(keep_ratio=selector.keep / selector.num_patches,
-                           recall=object_patch_recall(loaded.model, val),
-                           recall_untrained=object_patch_recall(untrained, val),
-                           recall_fixed_mask=positional_prior_recall(train_split, val, selector.keep))
-            rows.append(row)
+    vals = {seed: DemoShapes("val", RECIPE["val_size"], seed=seed) for seed in seeds}
+    for name, seed, run, loaded, metrics, wall in finished_runs(EXPERIMENT, configs(base), seeds, seed_major=True,
+                                                                shared_names=SHARED_NAMES):
+        val = vals[seed]
+        row = {"config": name, "seed": seed, "top1": metrics.get("val_top1"), "top5": metrics.get("val_top5"),
+               "density": metrics.get("density"),
+               "mflops": count_flops(loaded.model, loaded.masks, loaded.units)["sparse"] / 1e6,
+               "wall_s": wall, "run": str(run.relative_to(ROOT)),
+               "recall": None, "recall_untrained": None, "recall_fixed_mask": None, "keep_ratio": None}
+        selector = getattr(loaded.model, "token_selector", None)
+        if selector is not None:
+            torch.manual_seed(seed)
+            untrained = build_model(loaded.model_config)
+            train_split = DemoShapes("train", RECIPE["train_size"], seed=seed)
+            row.update(keep_ratio=selector.keep / selector.num_patches,
+                       recall=object_patch_recall(loaded.model, val),
+                       recall_untrained=object_patch_recall(untrained, val),
+                       recall_fixed_mask=positional_prior_recall(train_split, val, selector.keep))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -21,8 +21,7 @@ import pandas as pd  # noqa: E402
 from _experiment import (  # noqa: E402
     RECIPE,
     SVITE,
-    find_run,
-    is_complete,
+    finished_runs,
     method_experiment_main,
     train_run,
     train_seconds,
@@ -30,8 +29,6 @@ from _experiment import (  # noqa: E402
 )
 
 from sparsity_core.analysis import young_pruning  # noqa: E402
-from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
-from sparsity_core.train import CHECKPOINT_NAME  # noqa: E402
 
 EXPERIMENT = "exp_unstructured"
 RESULTS = ROOT / "docs" / "unstructured_results.md"
@@ -80,23 +77,18 @@ def run_all(seeds: list[int], methods: list[str]) -> None:
 
 def collect(seeds: list[int]) -> pd.DataFrame:
     rows = []
-    for name in METHODS:
-        for seed in seeds:
-            run = find_run(EXPERIMENT, name, {**RECIPE, **METHODS[name]}, seed)
-            if not is_complete(run):
-                continue
-            loaded = load_checkpoint(run / CHECKPOINT_NAME)
-            metrics = loaded.meta.get("metrics", {})
-            train_s = train_seconds(run)
-            updates = sum(1 for s in loaded.history if s.info.get("event") == "update")
-            young = young_pruning(loaded.history) if updates > 1 and name != "oneshot" else None
-            rows.append({"method": name, "seed": seed, "top1": metrics.get("val_top1"),
-                         "top5": metrics.get("val_top5"), "density": metrics.get("density", 1.0),
-                         "fired": loaded.fired.overall_density() if loaded.fired is not None else 1.0,
-                         "updates": updates, "train_s": train_s,
-                         "young_of_pruned": young["young_share_of_pruned"].mean() if young is not None else None,
-                         "young_of_active": young["young_share_of_active"].mean() if young is not None else None,
-                         "run": str(run.relative_to(ROOT))})
+    configs = {name: {**RECIPE, **fields} for name, fields in METHODS.items()}
+    for name, seed, run, loaded, metrics, _wall in finished_runs(EXPERIMENT, configs, seeds):
+        train_s = train_seconds(run)
+        updates = sum(1 for s in loaded.history if s.info.get("event") == "update")
+        young = young_pruning(loaded.history) if updates > 1 and name != "oneshot" else None
+        rows.append({"method": name, "seed": seed, "top1": metrics.get("val_top1"),
+                     "top5": metrics.get("val_top5"), "density": metrics.get("density", 1.0),
+                     "fired": loaded.fired.overall_density() if loaded.fired is not None else 1.0,
+                     "updates": updates, "train_s": train_s,
+                     "young_of_pruned": young["young_share_of_pruned"].mean() if young is not None else None,
+                     "young_of_active": young["young_share_of_active"].mean() if young is not None else None,
+                     "run": str(run.relative_to(ROOT))})
     return pd.DataFrame(rows)
 
 
