@@ -147,9 +147,5 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
     return write_results(RESULTS, lines)
 
 
-def main() -> None:
+if __name__ == "__main__":  # train what is missing (unless --table), then write the table
     method_experiment_main(__doc__, METHODS, DEFAULT_METHODS, run_all, collect, write_table)
-
-
-if __name__ == "__main__":
-    main()
