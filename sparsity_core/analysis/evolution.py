@@ -308,18 +308,24 @@ def young_pruning(history: HistoryLike) -> pd.DataFrame:
     columns = ["snapshot", "step", "epoch", "event", "pruned", "young_share_of_pruned", "young_share_of_active",
                "young_pruned_again"]
     masked = [i for i in range(len(h)) if h.has(i, "masks")]
-    updates = [i for i in masked if h.infos[i].get("event") == "update" and masked.index(i) > 0]
+    before = {i: masked[k - 1] for k, i in enumerate(masked) if k > 0}  # the masked snapshot before each
+    updates = [i for i in masked[1:] if h.infos[i].get("event") == "update"]
+    pairs = list(zip(updates, updates[1:], strict=False))
+    counts = np.zeros((len(pairs), 4), dtype=np.int64)  # pruned, young, young pruned, active
+    for name in names:
+        decoded: dict[int, torch.Tensor] = {}  # this layer at the snapshots still ahead: each decoded once
+        for k, (prev_update, update) in enumerate(pairs):
+            for i in (before[prev_update], prev_update, before[update], update):
+                if i not in decoded:
+                    decoded[i] = h.layer(i, name)
+            grown = decoded[prev_update] & ~decoded[before[prev_update]]
+            now_before = decoded[before[update]]
+            cut = now_before & ~decoded[update]
+            counts[k] += [int(cut.sum()), int(grown.sum()), int((grown & cut).sum()), int(now_before.sum())]
+            for i in [i for i in decoded if i < prev_update]:  # never needed again
+                del decoded[i]
     rows = []
-    for prev_update, update in zip(updates, updates[1:], strict=False):
-        before_prev = masked[masked.index(prev_update) - 1]
-        before = masked[masked.index(update) - 1]
-        pruned = young = young_pruned = active = 0
-        for name in names:
-            grown = h.layer(prev_update, name) & ~h.layer(before_prev, name)
-            now_before, now_after = h.layer(before, name), h.layer(update, name)
-            cut = now_before & ~now_after
-            pruned, young = pruned + int(cut.sum()), young + int(grown.sum())
-            young_pruned, active = young_pruned + int((grown & cut).sum()), active + int(now_before.sum())
+    for (_, update), (pruned, young, young_pruned, active) in zip(pairs, counts.tolist(), strict=True):
         rows.append({**_base(h, update), "pruned": pruned,
                      "young_share_of_pruned": young_pruned / pruned if pruned else 0.0,
                      "young_share_of_active": young / active if active else 0.0,
