@@ -142,6 +142,10 @@ class MaskSet(Mapping[str, torch.Tensor]):
     def nonzeros(self) -> dict[str, int]:
         return {n: count_true(m) for n, m in self._masks.items()}
 
+    def count(self, name: str) -> int:
+        """Active entries of one mask."""
+        return count_true(self._masks[name])
+
     def numels(self) -> dict[str, int]:
         return {n: m.numel() for n, m in self._masks.items()}
 

@@ -95,7 +95,7 @@ class SparsityEngine:
         """Every budgeted mask holds exactly its budget: called by every engine after every update."""
         masks, budgets = self.budgets_of()
         for name, want in budgets.items():
-            have = int(torch.count_nonzero(masks[name]))
+            have = masks.count(name)
             if have != want:  # an internal invariant, not user input
                 raise RuntimeError(f"{self.method}: budget broken for {name}: {have} active, expected {want}")
 

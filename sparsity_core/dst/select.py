@@ -12,12 +12,18 @@ Scores of ineligible entries must be a value that can never be chosen (``+inf`` 
 smallest, a value below every eligible score when choosing the largest); :func:`select_units` builds
 such a score from an eligibility mask, maps NaN to ``-inf`` (pruned first, grown last) and never asks
 for more entries than are eligible.
+
+:func:`choose_keys` is the same rule in linear time for the weight update on the CPU, where a
+``topk`` of a fifth of a layer was two thirds of an update: scores are unsigned 32-bit keys (the bits of
+a non-negative float order like the float), numpy's SIMD ``partition`` finds the boundary key, and one
+comparison pass lists the chosen entries (a second one only when the boundary is tied).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -61,3 +67,27 @@ def select_units(score: torch.Tensor, eligible: torch.Tensor, k: int, *, largest
     masked = score.masked_fill(~eligible, -math.inf if largest else math.inf)
     chosen[choose(masked, k, largest=largest, eligible=eligible)] = True
     return chosen
+
+
+def choose_keys(keys: np.ndarray, k: int, *, largest: bool, work: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """:func:`choose` over unsigned integer ``keys`` (1-D): flat indices (int64, order unspecified) of the
+    ``k`` largest (or smallest), the lower indices first among keys tied at the boundary. ``work`` (same dtype)
+    and ``flags`` (bool), each at least as long as ``keys``, are scratch: nothing the size of ``keys`` is
+    allocated beyond the answer."""
+    n = keys.size
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if k >= n:
+        return np.arange(n, dtype=np.int64)
+    work, flags = work[:n], flags[:n]
+    np.copyto(work, keys)
+    at = n - k if largest else k - 1
+    work.partition(at)
+    boundary = work[at]
+    (np.greater_equal if largest else np.less_equal)(keys, boundary, out=flags)
+    if np.count_nonzero(flags) == k:  # nothing tied across the boundary (the usual case)
+        return np.flatnonzero(flags)
+    (np.greater if largest else np.less)(keys, boundary, out=flags)
+    strict = np.flatnonzero(flags)
+    np.equal(keys, boundary, out=flags)
+    return np.concatenate([strict, np.flatnonzero(flags)[: k - strict.size]])

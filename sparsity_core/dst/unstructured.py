@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..bitmasks import BitMaskSet
 from ..errors import SviteError
 from ..masks import MaskSet
 from ..units import sparsifiable_names
@@ -76,8 +77,8 @@ class SViTEEngine(WeightEngine):
         cfg = ctx.config
         self._grow = WEIGHT_GROWTH[str(cfg.growth)]
         self.grown_moments = str(cfg.grown_moments)  # checked with the flags (config.py)
-        # --death magnitude-mature: per layer, the new connections of the last update (flat bool)
-        self._young: dict[str, torch.Tensor] | None = {} if str(cfg.death) == "magnitude-mature" else None
+        # --death magnitude-mature: per layer, the new connections of the last update (flat, as bits)
+        self._young: BitMaskSet | None = BitMaskSet() if str(cfg.death) == "magnitude-mature" else None
         self.clock = UpdateClock.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch,
                                             getattr(ctx.model, "num_classes", None)) if self.dynamic else None
         self.schedule = self.clock.schedule if self.clock is not None else None
@@ -89,10 +90,12 @@ class SViTEEngine(WeightEngine):
         self._scratch = Scratch()
         self._masks.apply_to(self._params)
 
-    def _initial_masks(self, init_masks: MaskSet | None) -> tuple[MaskSet, dict[str, Any]]:
+    def _initial_masks(self, init_masks: MaskSet | None) -> tuple[BitMaskSet, dict[str, Any]]:
+        """Masks as bits (one layer unpacked at a time, here and in every update: see bitmasks.py)."""
+        masks = BitMaskSet()
         if init_masks is None or not len(init_masks):
-            masks = MaskSet({n: random_mask(self.shapes[n], self.budgets[n], self._generator, p.device)
-                             for n, p in zip(self.names, self._params, strict=True)})
+            for name, p in zip(self.names, self._params, strict=True):
+                masks[name] = random_mask(self.shapes[name], self.budgets[name], self._generator, p.device)
             return masks, {"source": "random"}
         missing = [n for n in self.names if n not in init_masks]
         if missing:
@@ -102,7 +105,7 @@ class SViTEEngine(WeightEngine):
         if wrong:
             raise SviteError(f"--init: mask of '{wrong[0]}' has shape {tuple(init_masks[wrong[0]].shape)}, the model's "
                              f"weight has {self.shapes[wrong[0]]}")
-        masks, adjusted = {}, []
+        adjusted = []
         for name, p in zip(self.names, self._params, strict=True):
             m = init_masks[name].to(device=p.device, dtype=torch.bool).clone().contiguous()
             have, want = int(m.sum()), self.budgets[name]
@@ -117,7 +120,7 @@ class SViTEEngine(WeightEngine):
                 flat(m)[torch.topk(score, want - have, sorted=False).indices] = True
                 adjusted.append(name)
             masks[name] = m
-        return MaskSet(masks), {"source": "init", "adjusted_layers": adjusted}
+        return masks, {"source": "init", "adjusted_layers": adjusted}
 
     def after_optimizer_step(self, step: int, loss: float | None = None) -> bool:
         """Zero masked weights (one fused multiply), then, on schedule, update the topology: the weights
@@ -151,26 +154,28 @@ class SViTEEngine(WeightEngine):
             n = PruneSchedule.n_prune(rate, budget)
             if n == 0:
                 continue
-            mask = self._masks[name]
+            mask = self._masks.unpack_into(name, self._scratch.mask_bytes(param.numel(), param.device))
             w = flat(param.data)
             # A position grown straight back after pruning ("revived") simply stays: it keeps its value and
             # moments. Gathering the grown positions' values (zeroed unless revived) before pruning and
             # writing them back afterwards restores the revived ones and starts new connections at exactly
             # 0, without set arithmetic (nonzero) over the index lists.
-            young = self._young.get(name) if self._young is not None else None
+            young = None
+            if self._young is not None and name in self._young:
+                young = self._young.unpack_into(name, self._scratch.mask_bytes(param.numel(), param.device, 1))
             pruned, grown, revived = exchange(param, mask, n, self._grow, optimizer, self._generator,
                                               active=budget, scratch=self._scratch, young=young)
             if self._young is not None:
-                self._young[name] = torch.zeros(param.numel(), dtype=torch.bool, device=param.device).index_fill_(
-                    0, grown[~revived], True)
+                fresh = self._scratch.mask_bytes(param.numel(), param.device, 1)[:param.numel()].zero_()
+                self._young[name] = fresh.index_fill_(0, grown[~revived], 1).view(torch.bool)
             grown_values = w.index_select(0, grown).mul_(revived)
             w.index_fill_(0, pruned, 0)  # pruned weights are zero now, not after the next step
             w.index_copy_(0, grown, grown_values)
             if self.grown_moments != "keep":
                 reset_grown_state(optimizer, param, grown[~revived], self.grown_moments)
-            flat(self._fired[name]).index_fill_(0, grown, True)
+            self._masks.store(name, mask)
+            self._fired.bits(name).bitwise_or_(self._masks.bits(name))  # ever active: grown ones join
             revived_n[name] = int(torch.count_nonzero(revived))
-            self._masks[name] = mask  # same tensor: re-setting it invalidates the fused-multiply cache
             pruned_n[name] = n
         self.updates_done += 1
         self.assert_budgets()
@@ -210,7 +215,7 @@ class SViTEEngine(WeightEngine):
                 "generator": self._generator.get_state(), "updates_done": self.updates_done,
                 "steps_done": self.steps_done, "last": dict(self._last),
                 "clock": self.clock.state_dict() if self.clock is not None else None,
-                **({"young": {k: v.clone() for k, v in self._young.items()}} if self._young is not None else {})}
+                **({"young": masks_state(self._young)} if self._young is not None else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("method") != self.method or list(state.get("names", [])) != self.names:
@@ -219,8 +224,10 @@ class SViTEEngine(WeightEngine):
         if dict(state["budgets"]) != self.budgets:
             raise SviteError("--resume: the saved layer budgets differ from this run's (--density / --sparse-init "
                              "changed?)")
-        self._masks = masks_from_state(state["masks"], self.names, self._params)
-        self._fired = masks_from_state(state["fired"], self.names, self._params)
+        shapes, device = [self.shapes[n] for n in self.names], self._params[0].device
+        self._masks = masks_from_state(state["masks"], self.names, shapes, device)
+        self._fired = masks_from_state(state["fired"], self.names, shapes, device, "ever-active masks")
+        self.assert_budgets()
         self._generator.set_state(state["generator"])
         self.updates_done = int(state["updates_done"])
         self.steps_done = int(state["steps_done"])
@@ -228,11 +235,11 @@ class SViTEEngine(WeightEngine):
         if self.clock is not None and state.get("clock"):
             self.clock.load_state_dict(state["clock"])
         if self._young is not None:
-            sizes = {n: p.numel() for n, p in zip(self.names, self._params, strict=True)}
             young = state.get("young") or {}
-            if any(n not in sizes or v.dtype != torch.bool or v.numel() != sizes[n] for n, v in young.items()):
+            if not isinstance(young, Mapping) or any(n not in self.shapes for n in young):
                 raise SviteError("--resume: the saved young-weight masks do not fit this model")
-            self._young = {n: v.to(self._masks[n].device) for n, v in young.items()}
+            self._young = masks_from_state(young, list(young), [(math.prod(self.shapes[n]),) for n in young],
+                                           device, "young-weight masks")
         self._masks.apply_to(self._params)
 
 
@@ -257,7 +264,9 @@ class OneShotEngine(WeightEngine):
         super().__init__(ctx)
         self.prune_step = max(1, round(float(ctx.config.oneshot_at) * ctx.total_steps))
         self.pruned = False
-        self._masks = MaskSet.full(ctx.model, self.names)  # dense phase: every weight active
+        self._masks = BitMaskSet()  # dense phase: every weight active
+        for name, p in zip(self.names, self._params, strict=True):
+            self._masks[name] = torch.ones_like(p, dtype=torch.bool)
         self._fired = self._masks.clone()
 
     def budgets_of(self) -> tuple[MaskSet | None, Mapping[str, int]]:
@@ -277,13 +286,13 @@ class OneShotEngine(WeightEngine):
     @torch.no_grad()
     def prune(self) -> None:
         """Keep the ``budget`` largest |w| of every layer; zero the rest."""
-        masks = {}
+        masks = BitMaskSet()
         for name, param in zip(self.names, self._params, strict=True):
             keep = torch.topk(param.detach().abs().reshape(-1), self.budgets[name], sorted=False).indices
             m = torch.zeros(param.numel(), dtype=torch.bool, device=param.device)
             m[keep] = True
             masks[name] = m.view(param.shape)
-        self._masks = MaskSet(masks)
+        self._masks = masks
         self._masks.apply_to(self._params)
         self.pruned = True
 
@@ -310,6 +319,8 @@ class OneShotEngine(WeightEngine):
             raise SviteError(f"--resume: the saved {state.get('method')} engine does not match this --method oneshot")
         self.pruned = bool(state["pruned"])
         self.steps_done = int(state["steps_done"])
-        self._masks = masks_from_state(state["masks"], self.names, self._params)
+        self._masks = masks_from_state(state["masks"], self.names, [self.shapes[n] for n in self.names],
+                                       self._params[0].device)
+        self.assert_budgets()
         if self.pruned:
             self._masks.apply_to(self._params)

@@ -2,6 +2,9 @@
 (:func:`exchange`: magnitude prune, scored growth, one selection rule), and copies of mask state.
 
 A prune-and-grow update of one layer happens here; :mod:`.unstructured` decides when and how much.
+On the CPU (float32 weights) a layer's choices are made on 32-bit keys in linear time
+(:func:`.select.choose_keys`); elsewhere by ``topk`` on float scores (:func:`.select.choose`). Both
+apply one rule, so they choose the same entries (tested on tied data).
 """
 
 from __future__ import annotations
@@ -9,11 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 
-from ..masks import MaskSet
+from ..bitmasks import BitMaskSet
+from ..errors import SviteError
+from ..masks import MaskSet, check_packed
 from .scorers import WeightScorer, magnitude_into
-from .select import choose
+from .select import choose, choose_keys
 
 # magnitude: the reference's. magnitude-mature: the same, but a weight grown at the previous update is pruned
 # only after every older one (measured on the demo runs: 62-78% of each update's pruned weights had been
@@ -40,19 +46,42 @@ def random_mask(shape: Sequence[int], k: int, generator: torch.Generator, device
 
 
 class Scratch:
-    """Reusable flat buffers for :func:`exchange`, so an update allocates nothing the size of a layer
-    (fresh multi-megabyte tensors cost page faults on every use; on a busy CPU that dominates)."""
+    """Reusable flat buffers for :func:`exchange` and its caller, grown to the largest layer, so an update
+    allocates nothing the size of a layer but its answers (fresh multi-megabyte tensors cost page faults
+    on every use; on a busy CPU that dominates): a float score buffer that doubles as the 32-bit keys, a
+    second key buffer and a flag buffer for the selection, and two byte buffers for unpacked masks."""
 
     def __init__(self) -> None:
         self._float: torch.Tensor | None = None
-        self._flags: torch.Tensor | None = None  # all False between calls
+        self._flags: torch.Tensor | None = None  # all False between calls (the topk path)
+        self._work: torch.Tensor | None = None
+        self._bytes: list[torch.Tensor | None] = [None, None]
 
     def get(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self._float is None or self._float.numel() < n or self._float.device != device:
             self._float = torch.empty(n, device=device)
             self._flags = torch.zeros(n, dtype=torch.bool, device=device)
+            self._work = torch.empty(n, dtype=torch.int32, device=device)
         assert self._flags is not None
         return self._float[:n], self._flags[:n]
+
+    def keys(self, n: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """CPU: the score buffer (float32), a key work buffer (uint32) and flags (bool), ``n`` long."""
+        buf, flags = self.get(n, torch.device("cpu"))
+        assert self._work is not None
+        return buf, self._work[:n].numpy().view(np.uint32), flags.numpy()
+
+    def mask_bytes(self, n: int, device: torch.device, which: int = 0) -> torch.Tensor:
+        """Byte buffer ``which`` (0: the layer's mask, 1: its young weights) for unpacking ``n`` bits."""
+        size = (n + 7) // 8 * 8
+        buf = self._bytes[which]
+        if buf is None or buf.numel() < size or buf.device != device:
+            buf = self._bytes[which] = torch.empty(size, dtype=torch.uint8, device=device)
+        return buf[:size]
+
+    def nbytes(self) -> int:
+        own = [self._float, self._flags, self._work, *self._bytes]
+        return sum(t.numel() * t.element_size() for t in own if t is not None)
 
 
 def seeded_generator(seed: int) -> torch.Generator:
@@ -62,14 +91,31 @@ def seeded_generator(seed: int) -> torch.Generator:
 
 
 def masks_state(masks: MaskSet) -> dict[str, torch.Tensor]:
-    return {n: m.detach().to("cpu").clone() for n, m in masks.items()}
+    """Resume state of masks: their bits (uint8, ``pack_bool`` order), one eighth of a bool copy."""
+    packed = masks.pack()
+    return {n: packed.data[n] for n in masks}
 
 
-def masks_from_state(state: Mapping[str, torch.Tensor], names: Sequence[str], params: Sequence[torch.Tensor]
-                      ) -> MaskSet:
-    """Own copies on the parameters' devices (updates edit masks in place; the state must not change)."""
-    return MaskSet({n: state[n].to(device=p.device, dtype=torch.bool).clone().contiguous()
-                    for n, p in zip(names, params, strict=True)})
+def masks_from_state(state: Mapping[str, torch.Tensor], names: Sequence[str], shapes: Sequence[Sequence[int]],
+                     device: torch.device, what: str = "masks") -> BitMaskSet:
+    """Own bit-packed copies on ``device`` of masks saved by :func:`masks_state` (packed bits) or by
+    earlier versions (bool tensors of the full shape); anything else is a one-line error naming ``what``."""
+    out = BitMaskSet()
+    for name, shape in zip(names, shapes, strict=True):
+        mask = state.get(name) if isinstance(state, Mapping) else None
+        try:
+            if not isinstance(mask, torch.Tensor):
+                raise ValueError("missing")
+            if mask.dtype == torch.bool:
+                if tuple(mask.shape) != tuple(shape):
+                    raise ValueError(f"shape {tuple(mask.shape)}, expected {tuple(shape)}")
+                out[name] = mask.to(device)
+            else:
+                check_packed(mask, list(shape))
+                out.add_bits(name, mask.to(device), tuple(shape))
+        except ValueError as err:
+            raise SviteError(f"--resume: the saved {what} of '{name}' do not fit this model ({err})") from None
+    return out
 
 
 @torch.no_grad()
@@ -93,7 +139,10 @@ def exchange(weight: torch.Tensor, mask: torch.Tensor, n: int, grow: WeightScore
         active = int(torch.count_nonzero(m))
     if not 0 <= n <= active:
         raise ValueError(f"cannot prune {n} of {active} active weights")
-    buf, flags = (scratch or Scratch()).get(m.numel(), m.device)
+    scratch = scratch or Scratch()
+    if m.device.type == "cpu" and weight.dtype == torch.float32:
+        return _exchange_keys(weight, m, n, grow, optimizer, generator, scratch, young)
+    buf, flags = scratch.get(m.numel(), m.device)
     magnitude_into(buf, weight, m)
     if young is not None:  # above every older active weight, below +inf (inactive): still exact counts
         buf.add_(young.to(buf.dtype), alpha=float(buf.masked_fill(~m, 0).max()) + 1.0)
@@ -107,3 +156,36 @@ def exchange(weight: torch.Tensor, mask: torch.Tensor, n: int, grow: WeightScore
     flags.index_fill_(0, pruned, False)
     m.index_fill_(0, grown, True)
     return pruned, grown, revived
+
+
+def _exchange_keys(weight: torch.Tensor, m: torch.Tensor, n: int, grow: WeightScorer,
+                   optimizer: torch.optim.Optimizer | None, generator: torch.Generator | None, scratch: Scratch,
+                   young: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`exchange` on the CPU, on uint32 keys that order exactly as the float scores do: |w| is the
+    weight's bits without the sign, an inactive entry 0xFFFFFFFF (never pruned); a growth score
+    s >= 0 becomes bits(s) + 1 and an entry active after pruning 0 (never grown). Every pass writes
+    into the scratch; only the answers (n indices each) are allocated."""
+    buf, work, flags = scratch.keys(m.numel())
+    keys = buf.numpy().view(np.uint32)
+    mask = m.numpy().view(np.uint8)
+    if young is None:
+        np.bitwise_and(flat(weight.detach()).numpy().view(np.uint32), 0x7FFFFFFF, out=keys)
+        np.subtract(mask, 1, out=work, dtype=np.uint32)  # 0 where active, all ones where not
+        np.bitwise_or(keys, work, out=keys)
+    else:  # the float scores of the topk path (+inf inactive, young above every older weight): >= 0
+        magnitude_into(buf, weight, m)
+        buf.add_(young.to(buf.dtype), alpha=float(buf.masked_fill(~m, 0).max()) + 1.0)
+    pruned = choose_keys(keys, n, largest=False, work=work, flags=flags)
+    mask[pruned] = 0
+    grow(buf, weight, optimizer, generator)  # scores >= 0 (|grad|, |moment| or uniform draws)
+    np.bitwise_and(keys, 0x7FFFFFFF, out=keys)
+    np.add(keys, 1, out=keys)
+    np.subtract(mask, 1, out=work, dtype=np.uint32)
+    np.bitwise_and(keys, work, out=keys)  # 0 where active after pruning
+    grown = choose_keys(keys, n, largest=True, work=work, flags=flags)
+    flags.fill(False)
+    flags[pruned] = True
+    revived = flags[grown]
+    flags[pruned] = False  # all False again, as the topk path expects
+    mask[grown] = 1
+    return torch.from_numpy(pruned), torch.from_numpy(grown), torch.from_numpy(revived)
