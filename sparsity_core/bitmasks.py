@@ -210,6 +210,8 @@ class BitMaskSet(MaskSet):
         """``tensor *= mask`` for every layer (same order as the masks): unpacked into the scratch, turned
         into the tensor's dtype, multiplied, so every entry is exactly what a float-mask multiply gives."""
         for name, t in zip(self._bits, tensors, strict=True):
+            if self._bits[name].device != t.device:  # built on the CPU for a model elsewhere: moved once
+                self._bits[name] = self._bits[name].to(t.device)
             n = t.numel()
             flat = self.unpack_into(name, self.scratch.bytes(n, t.device))
             factor = self.scratch.floats(n, t.dtype, t.device)

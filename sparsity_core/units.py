@@ -69,14 +69,15 @@ def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     return per_head.repeat(3)
 
 
-def unit_weight_masks(model: nn.Module, units: Mapping[str, torch.Tensor]) -> MaskSet:
-    """The weight-level masks a set of head/neuron units stands for.
+def unit_weight_masks(model: nn.Module, units: Mapping[str, torch.Tensor], kind: type[MaskSet] = MaskSet) -> MaskSet:
+    """The weight-level masks a set of head/neuron units stands for, as a ``kind`` (a MaskSet, or a
+    subclass such as the bit-packed one S2ViTE trains with, filled one mask at a time).
 
     Per block: ``attn.qkv.weight`` (q/k/v rows of each head) and ``attn.qkv.bias`` (same entries, so a
     pruned head contributes exactly nothing), ``mlp.fc1.weight`` (rows) and ``mlp.fc1.bias``,
     ``mlp.fc2.weight`` (columns). Blocks without a unit entry are not masked.
     """
-    masks: dict[str, torch.Tensor] = {}
+    masks = kind()
     for i, block in enumerate(model.blocks):
         heads = units.get(head_unit_name(i))
         if heads is not None:
@@ -93,7 +94,7 @@ def unit_weight_masks(model: nn.Module, units: Mapping[str, torch.Tensor]) -> Ma
             if mlp.fc1.bias is not None:
                 masks[f"blocks.{i}.mlp.fc1.bias"] = alive.clone()
             masks[f"blocks.{i}.mlp.fc2.weight"] = alive[None, :].expand(mlp.fc2.out_features, -1).clone()
-    return MaskSet(masks)
+    return masks
 
 
 

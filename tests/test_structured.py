@@ -293,7 +293,8 @@ def test_neuron_growth_scores_are_the_fc2_gradient_through_shadow_rows():
     _randomize(model, seed=4, std=0.1)
     engine, _ = _engine(model, update_frequency=1, atten_density=1.0, other_density=0.5)
     alive = engine.units[neuron_unit_name(0)]
-    shadow_w, shadow_b = engine.shadow.weight[0].clone(), engine.shadow.bias[0].clone()
+    shadow_w, shadow_b = engine.shadow.effective(0, alive)
+    assert torch.equal(engine.shadow.slots[0], (~alive).nonzero().reshape(-1))  # rows for inactive neurons only
     twin = copy.deepcopy(model)
     with torch.no_grad():  # the dense twin: shadow rows in place, fc2 columns of inactive neurons at 0
         twin.blocks[0].mlp.fc1.weight[~alive] = shadow_w[~alive]

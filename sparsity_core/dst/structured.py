@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import Attention
 
+from ..bitmasks import BitMaskSet
 from ..errors import SviteError
 from ..masks import MaskSet, head_unit_name, neuron_unit_name
 from ..units import attention_of, head_rows, mlp_of, unit_weight_masks, units_from_masks
@@ -104,7 +105,8 @@ class StructuredEngine(SparsityEngine):
         if units is None:
             units = self._random_units()
         self._set_units(units)
-        self.shadow = ShadowNeurons([b.mlp for b in self.blocks], self.generator)  # before the masks zero fc1
+        self.shadow = ShadowNeurons([b.mlp for b in self.blocks], self.generator,  # before the masks zero fc1
+                                    lambda i: self._units[neuron_unit_name(i)])
         self._fired = MaskSet({n: m.clone() for n, m in units.items()})
         self.steps_done = 0
         self.updates = 0
@@ -133,7 +135,7 @@ class StructuredEngine(SparsityEngine):
 
     def _set_units(self, units: MaskSet) -> None:
         self._units = units
-        self._masks = unit_weight_masks(self.model, units)
+        self._masks = unit_weight_masks(self.model, units, BitMaskSet)  # as bits (bitmasks.py)
 
     def _random_units(self) -> MaskSet:
         units = MaskSet()
@@ -316,6 +318,8 @@ class StructuredEngine(SparsityEngine):
                 self.shadow.load_state_dict(state["shadow"])
             except (KeyError, TypeError, ValueError):
                 raise SviteError("--resume: the saved S2ViTE shadow neuron weights do not fit this model") from None
+        else:
+            self.shadow.reset_to_model()
         if state.get("clock"):
             self.clock.load_state_dict(state["clock"])
         self.capture.take()
