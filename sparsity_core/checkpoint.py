@@ -18,7 +18,6 @@ good one was.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import pickle
 import platform
@@ -29,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from . import validate
@@ -39,6 +37,7 @@ from .history import MaskHistory, as_history
 from .history_io import history_from_file, history_from_legacy, history_to_file
 from .masks import MaskSet, PackedMasks, Snapshot, default_sparsifiable, head_unit_name, neuron_unit_name
 from .models import ModelConfig, SelectorConfig, infer_config_from_state_dict
+from .safetensors_stream import Segments, write_safetensors
 
 FORMAT = "svite-explorer"
 FORMAT_VERSION = 2  # 2: keyframe + delta mask history (1: every snapshot packed in full)
@@ -88,14 +87,15 @@ def _put_packed(tensors: dict[str, torch.Tensor], prefix: str, packed: PackedMas
     return {n: list(s) for n, s in packed.shapes.items()}
 
 
-def checkpoint_bytes(model: nn.Module, model_config: ModelConfig, *, masks: MaskSet | None = None,
+def checkpoint_parts(model: nn.Module, model_config: ModelConfig, *, masks: MaskSet | None = None,
                      units: MaskSet | None = None, fired: MaskSet | None = None,
                      history: MaskHistory | list[Snapshot] | None = None,
-                     meta: Mapping[str, Any] | None = None) -> bytes:
-    """Serialise a checkpoint to safetensors bytes (see module docstring for the layout)."""
-    tensors: dict[str, torch.Tensor] = {}
-    for name, value in model.state_dict().items():
-        tensors[f"model/{name}"] = value.detach().to("cpu").contiguous().clone()
+                     meta: Mapping[str, Any] | None = None) -> tuple[dict[str, torch.Tensor | Segments], dict[str, str]]:
+    """The tensors and metadata of a checkpoint (see module docstring for the layout). The weights are
+    the model's own tensors and the history's segments its own arrays, not copies: the file is streamed
+    (:func:`.safetensors_stream.write_safetensors`), so saving holds nothing the size of the model."""
+    tensors: dict[str, torch.Tensor | Segments] = {f"model/{name}": value.detach()
+                                                   for name, value in model.state_dict().items()}
     header: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -107,9 +107,9 @@ def checkpoint_bytes(model: nn.Module, model_config: ModelConfig, *, masks: Mask
     header["mask_shapes"] = _put_packed(tensors, "mask", masks.pack()) if masks is not None else None
     header["unit_shapes"] = _put_packed(tensors, "unit", units.pack()) if units is not None else None
     header["fired_shapes"] = _put_packed(tensors, "fired", fired.pack()) if fired is not None else None
-    history_tensors, header["history"] = history_to_file(as_history(history))
+    history_tensors, header["history"] = history_to_file(as_history(history), segments=True)
     tensors.update(history_tensors)
-    return safetensors_save(tensors, metadata={"svite_explorer": json.dumps(header, default=_json_default)})
+    return tensors, {"svite_explorer": json.dumps(header, default=_json_default)}
 
 
 def _json_default(obj: Any) -> Any:
@@ -125,15 +125,15 @@ def _json_default(obj: Any) -> Any:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, model_config: ModelConfig, **kwargs: Any) -> Path:
-    """Atomically write a one-file checkpoint. kwargs: masks, units, fired, history, meta."""
-    return atomic_write_bytes(path, checkpoint_bytes(model, model_config, **kwargs))
+    """Atomically write a one-file checkpoint, streamed. kwargs: masks, units, fired, history, meta."""
+    tensors, metadata = checkpoint_parts(model, model_config, **kwargs)
+    return atomic_write_bytes(path, lambda fh: write_safetensors(fh, tensors, metadata))
 
 
 def save_resume_state(path: str | Path, state: Mapping[str, Any]) -> Path:
-    """Optimizer / scheduler / scaler / RNG / engine state, beside the checkpoint (atomic)."""
-    buf = io.BytesIO()
-    torch.save(dict(state), buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    """Optimizer / scheduler / scaler / RNG / engine state, beside the checkpoint (atomic), streamed to
+    the file: a buffer in memory would hold the whole optimizer state a second time."""
+    return atomic_write_bytes(path, lambda fh: torch.save(dict(state), fh))
 
 
 def load_resume_state(path: str | Path) -> dict[str, Any]:

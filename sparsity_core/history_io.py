@@ -46,14 +46,17 @@ from .history_entry import (
     split_segments,
 )
 from .masks import PackedMasks, Snapshot, check_packed
+from .safetensors_stream import Segments
 
 ENCODING = "svite-keyframe-delta-1"
 MAX_LAYER_NUMEL = 1 << 31
 
 
-def history_to_file(history: MaskHistory) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, JSON header) of a history, ready for safetensors."""
-    tensors: dict[str, torch.Tensor] = {}
+def history_to_file(history: MaskHistory, *, segments: bool = False
+                    ) -> tuple[dict[str, torch.Tensor | Segments], dict[str, Any]]:
+    """(tensors, JSON header) of a history, ready for safetensors; with ``segments`` each blob is its
+    entry's own arrays (:class:`Segments`, for a streamed write) instead of a concatenated copy."""
+    tensors: dict[str, torch.Tensor | Segments] = {}
     snapshots = []
     for i in range(len(history)):
         row: dict[str, Any] = {"step": history.steps[i], "epoch": history.epochs[i], "info": history.infos[i]}
@@ -62,7 +65,9 @@ def history_to_file(history: MaskHistory) -> tuple[dict[str, torch.Tensor], dict
             if entry is None:
                 continue
             row[group] = entry.to_json()
-            if entry.payload:
+            if entry.payload and segments:
+                tensors[f"history/{i}/{group}"] = Segments(entry.segments)
+            elif entry.payload:
                 blob = np.concatenate(entry.segments) if len(entry.segments) > 1 else entry.segments[0]
                 tensors[f"history/{i}/{group}"] = torch.from_numpy(np.ascontiguousarray(blob))
         snapshots.append(row)

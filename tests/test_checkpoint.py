@@ -1,17 +1,21 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_model_config
+from safetensors.torch import save as safetensors_save
 from safetensors.torch import save_file
 
 from sparsity_core.atomic import atomic_write_bytes
 from sparsity_core.checkpoint import (
+    checkpoint_parts,
     load_checkpoint,
     load_resume_state,
     save_checkpoint,
@@ -20,6 +24,7 @@ from sparsity_core.checkpoint import (
 from sparsity_core.errors import CheckpointError, SviteError
 from sparsity_core.masks import MaskSet, Snapshot, default_sparsifiable, head_unit_name, neuron_unit_name
 from sparsity_core.models import build_model
+from sparsity_core.safetensors_stream import Segments, write_safetensors
 
 
 def _random_masks(model, density, seed):
@@ -54,6 +59,22 @@ def test_round_trip_is_exact(tmp_path, tiny_model):
         assert loaded.meta[key] == value
     assert loaded.meta["versions"]["torch"] == torch.__version__
     assert loaded.model_config == tiny_model_config()
+
+
+def test_streamed_file_is_byte_for_byte_what_safetensors_writes(tmp_path, tiny_model):
+    """The checkpoint is streamed (no copy of the model in memory): the bytes must be the library's."""
+    masks = _random_masks(tiny_model, 0.4, 0)
+    history = [Snapshot.take(i, i / 2, masks=_random_masks(tiny_model, 0.4, 10 + i), event="update") for i in range(3)]
+    tensors, metadata = checkpoint_parts(tiny_model, tiny_model_config(), masks=masks, fired=masks, history=history,
+                                         meta={"note": "ünïcode \"quoted\" \\ \n"})
+    assert any(isinstance(v, Segments) and len(v.parts) > 1 for v in tensors.values())  # written unconcatenated
+    odd = {"bf16": torch.randn(3, 2).to(torch.bfloat16), "scalar": torch.tensor(2.5, dtype=torch.float64),
+           "empty": torch.zeros(0, 4), "flags": torch.rand(7) < 0.5, "ints": torch.arange(5)}
+    buf = io.BytesIO()
+    write_safetensors(buf, {**tensors, **odd}, metadata)
+    plain = {k: torch.from_numpy(np.concatenate(v.parts)) if isinstance(v, Segments) else v.contiguous().clone()
+             for k, v in {**tensors, **odd}.items()}
+    assert buf.getvalue() == safetensors_save(plain, metadata=metadata)
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):

@@ -87,7 +87,6 @@ class SViTEEngine(WeightEngine):
         self._fired = self._masks.clone()
         self.updates_done = 0
         self._last: dict[str, Any] = {}
-        self._scratch = Scratch()
         self._masks.apply_to(self._params)
 
     def _initial_masks(self, init_masks: MaskSet | None) -> tuple[BitMaskSet, dict[str, Any]]:
@@ -147,6 +146,7 @@ class SViTEEngine(WeightEngine):
         pruned_n: dict[str, int] = {}
         revived_n: dict[str, int] = {}
         optimizer = self.ctx.optimizer
+        scratch = Scratch()  # the largest layer's buffers, for this update only (freed when it returns)
         for name, param in zip(self.names, self._params, strict=True):
             budget = self.budgets[name]
             if budget >= param.numel():
@@ -154,7 +154,7 @@ class SViTEEngine(WeightEngine):
             n = PruneSchedule.n_prune(rate, budget)
             if n == 0:
                 continue
-            mask = self._masks.unpack_into(name, self._scratch.mask_bytes(param.numel(), param.device))
+            mask = self._masks.unpack_into(name, scratch.mask_bytes(param.numel(), param.device))
             w = flat(param.data)
             # A position grown straight back after pruning ("revived") simply stays: it keeps its value and
             # moments. Gathering the grown positions' values (zeroed unless revived) before pruning and
@@ -162,11 +162,11 @@ class SViTEEngine(WeightEngine):
             # 0, without set arithmetic (nonzero) over the index lists.
             young = None
             if self._young is not None and name in self._young:
-                young = self._young.unpack_into(name, self._scratch.mask_bytes(param.numel(), param.device, 1))
+                young = self._young.unpack_into(name, scratch.mask_bytes(param.numel(), param.device, 1))
             pruned, grown, revived = exchange(param, mask, n, self._grow, optimizer, self._generator,
-                                              active=budget, scratch=self._scratch, young=young)
+                                              active=budget, scratch=scratch, young=young)
             if self._young is not None:
-                fresh = self._scratch.mask_bytes(param.numel(), param.device, 1)[:param.numel()].zero_()
+                fresh = scratch.mask_bytes(param.numel(), param.device, 1)[:param.numel()].zero_()
                 self._young[name] = fresh.index_fill_(0, grown[~revived], 1).view(torch.bool)
             grown_values = w.index_select(0, grown).mul_(revived)
             w.index_fill_(0, pruned, 0)  # pruned weights are zero now, not after the next step
