@@ -84,6 +84,13 @@ def pack_bits(flat: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_((padded.view(-1, 8) * _WEIGHTS.to(flat.device)).sum(dim=1, dtype=torch.uint8))
 
 
+def flat_positions(flat: torch.Tensor) -> torch.Tensor:
+    """Flat indices (int64, ascending) of the True entries of a flat bool tensor."""
+    if flat.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(flat.numpy()))
+    return flat.nonzero().reshape(-1)
+
+
 def popcount(bits: torch.Tensor) -> int:
     if bits.device.type == "cpu":
         return int(np.bitwise_count(bits.numpy()).sum(dtype=np.int64))
@@ -159,10 +166,7 @@ class BitMaskSet(MaskSet):
     def positions(self, name: str) -> torch.Tensor:
         """Flat indices (int64, ascending) of the active entries of layer ``name``."""
         n = math.prod(self._shapes[name])
-        flat = self.unpack_into(name, self.scratch.bytes(n, self._bits[name].device))
-        if flat.device.type == "cpu":
-            return torch.from_numpy(np.flatnonzero(flat.numpy()))
-        return flat.nonzero().reshape(-1)
+        return flat_positions(self.unpack_into(name, self.scratch.bytes(n, self._bits[name].device)))
 
     # --- MaskSet's statistics and uses, on the bits ---------------------------------------------
     def clone(self) -> BitMaskSet:
@@ -222,4 +226,4 @@ class BitMaskSet(MaskSet):
         return PackedMasks({n: b.detach().to("cpu").clone() for n, b in self._bits.items()}, dict(self._shapes))
 
 
-__all__ = ["BitMaskSet", "BitScratch", "pack_bits", "popcount", "unpack_bits"]
+__all__ = ["BitMaskSet", "BitScratch", "flat_positions", "pack_bits", "popcount", "unpack_bits"]

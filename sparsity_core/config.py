@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .dst.active_optim import OPTIMIZER_STATES
 from .dst.budgets import SPARSE_INITS
 from .dst.optim_state import check_policy
 from .dst.schedule import PruneSchedule
@@ -79,6 +80,8 @@ class TrainConfig:
     death: str = "magnitude"
     # the AdamW moments of grown entries (optim_state.py says why "keep", the reference's behaviour, is right)
     grown_moments: str = "keep"
+    # AdamW moments of masked parameters: "full", or "active" (active entries only; dst/active_optim.py)
+    optimizer_state: str = "full"
     # no topology update before this: "plateau" (after the LR warm-up, once the training loss has left its
     # first plateau: measured on the demo data, see dst/schedule.py), "warmup", N steps, or "Xep" epochs
     update_start: str = "plateau"
@@ -177,6 +180,25 @@ def check_method_flags(cfg: Any) -> None:
         PruneSchedule.from_config(cfg, total_steps=1, steps_per_epoch=1)  # it checks its own settings
     if cfg.method in ("static", "svite", "s2vite"):
         check_policy(str(cfg.grown_moments))
+    _check_optimizer_state(cfg)
+
+
+def _check_optimizer_state(cfg: Any) -> None:
+    state = getattr(cfg, "optimizer_state", "full")
+    if state not in OPTIMIZER_STATES:
+        raise FlagError("--optimizer-state", f"--optimizer-state: unknown mode '{state}' "
+                        f"(choose {', '.join(OPTIMIZER_STATES)})")
+    if state != "active":
+        return
+    if cfg.method == "dense":
+        raise FlagError("--optimizer-state", "--optimizer-state active keeps moments for active weights only: it "
+                        "needs a sparse --method (static, oneshot, svite, s2vite)")
+    if cfg.growth == "momentum":
+        raise FlagError("--optimizer-state", "--optimizer-state active keeps no moments for inactive weights, "
+                        "which --growth momentum ranks by; use --growth gradient or random")
+    if cfg.grown_moments == "zero":
+        raise FlagError("--optimizer-state", "--optimizer-state active starts grown weights zero-avg; "
+                        "grown_moments='zero' does not apply")
 
 
 def _check_unstructured(cfg: Any) -> None:

@@ -146,6 +146,10 @@ class MaskSet(Mapping[str, torch.Tensor]):
         """Active entries of one mask."""
         return count_true(self._masks[name])
 
+    def positions(self, name: str) -> torch.Tensor:
+        """Flat indices (int64, ascending) of the active entries of one mask."""
+        return self._masks[name].reshape(-1).nonzero().reshape(-1)
+
     def numels(self) -> dict[str, int]:
         return {n: m.numel() for n, m in self._masks.items()}
 

@@ -117,6 +117,7 @@ def _restore(path: Path, loaded: LoadedCheckpoint, state: dict[str, Any], model:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     engine.load_state_dict(state["engine"])
+    engine.check_optimizer_state()
     set_rng_state(state["rng"])
     step = int(state["step"])
     scheduler.step_update(num_updates=step)

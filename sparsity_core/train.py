@@ -42,6 +42,7 @@ from .checkpoint import save_checkpoint, save_resume_state
 from .config import TrainConfig, validate_config
 from .data import DataBundle, build_data, make_loader
 from .dst import EngineContext, SparsityEngine, build_engine
+from .dst.active_optim import ActiveAdamW
 from .errors import SviteError
 from .evaluate import evaluate_accuracy
 from .history import MaskHistory
@@ -220,6 +221,8 @@ def _build(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, use_ini
     init_masks = init_from(cfg.init, model) if use_init else None
     model.to(device)
     optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer_state == "active":  # moments for active weights only (dst/active_optim.py)
+        optimizer = ActiveAdamW.like(optimizer)
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
                                        min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, step_on_epochs=False,
                                        updates_per_epoch=steps_per_epoch)

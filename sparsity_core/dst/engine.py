@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import SviteError
 from ..masks import MaskSet
+from .active_optim import ActiveAdamW, move_moments
 
 
 @dataclass
@@ -98,6 +99,44 @@ class SparsityEngine:
             have = masks.count(name)
             if have != want:  # an internal invariant, not user input
                 raise RuntimeError(f"{self.method}: budget broken for {name}: {have} active, expected {want}")
+
+    def _follow_masks(self) -> None:
+        """``--optimizer-state active``: the optimizer keeps moments for the active entries of each masked
+        parameter, read from the masks as they are at every step (engines replace their masks)."""
+        if not isinstance(self.ctx.optimizer, ActiveAdamW) or self._masks is None:
+            return
+        params = dict(self.ctx.model.named_parameters())
+        for name in self._masks:
+            self.ctx.optimizer.follow(params[name], lambda n=name: self._masks.positions(n))
+
+    def _moments_moved(self, old: MaskSet) -> None:
+        """Re-index the active-entry moments of every masked parameter from ``old`` masks to the current
+        ones (``--optimizer-state active``; nothing otherwise)."""
+        if not isinstance(self.ctx.optimizer, ActiveAdamW) or self._masks is None:
+            return
+        params = dict(self.ctx.model.named_parameters())
+        for name in self._masks:
+            move_moments(self.ctx.optimizer, params[name], old.positions(name), self._masks.positions(name))
+
+    def check_optimizer_state(self) -> None:
+        """After ``--resume``: the loaded optimizer moments of every masked parameter fit this run's
+        ``--optimizer-state`` and the loaded masks (one entry per active weight, or the full shape)."""
+        opt, masks = self.ctx.optimizer, self._masks
+        if masks is None:
+            return
+        params = dict(self.ctx.model.named_parameters())
+        for name in masks:
+            param = params[name]
+            if isinstance(opt, ActiveAdamW):
+                why = opt.check(param, name)
+            else:
+                bad = [k for k, v in opt.state.get(param, {}).items()
+                       if k in ("exp_avg", "exp_avg_sq") and tuple(v.shape) != tuple(param.shape)]
+                why = f"'{name}' {bad[0]} is not the parameter's shape" if bad else None
+            if why:
+                mode = "active" if isinstance(opt, ActiveAdamW) else "full"
+                raise SviteError(f"--resume: the saved optimizer moments do not fit --optimizer-state {mode} "
+                                 f"(was the run trained with the other mode?): {why}")
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "settings": {}}

@@ -113,6 +113,7 @@ class StructuredEngine(SparsityEngine):
         self.last_info: dict[str, Any] = {}
         self.capture = UnitCapture(self.blocks, self.shadow, lambda i: self._units[neuron_unit_name(i)])
         self._masks.apply(self.model)
+        self._follow_masks()
         self.capture.arm(self.schedule.is_update_step(1))
 
     # --- state (masks / units / fired: SparsityEngine's properties over _masks / _units / _fired) -----
@@ -224,7 +225,9 @@ class StructuredEngine(SparsityEngine):
                 counts[f"{kind}_exchanged"] += n
         for i in range(len(self.blocks)):  # remember the input weights of neurons about to be masked
             self.shadow.store(i, removed[neuron_unit_name(i)])
+        old_masks = self._masks
         self._set_units(new_units)
+        self._moments_moved(old_masks)  # --optimizer-state active only
         self.assert_budgets()
         self._masks.apply(self.model)  # dropped units -> exactly zero
         self._init_grown(added)

@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from ..bitmasks import BitMaskSet
+from ..bitmasks import BitMaskSet, flat_positions
 from ..errors import SviteError
 from ..masks import MaskSet
 from ..units import sparsifiable_names
+from .active_optim import follows, move_moments
 from .budgets import layer_budgets, layer_densities, load_custom_densities
 from .engine import EngineContext, SparsityEngine, register
 from .optim_state import reset_grown_state
@@ -88,6 +89,7 @@ class SViTEEngine(WeightEngine):
         self.updates_done = 0
         self._last: dict[str, Any] = {}
         self._masks.apply_to(self._params)
+        self._follow_masks()
 
     def _initial_masks(self, init_masks: MaskSet | None) -> tuple[BitMaskSet, dict[str, Any]]:
         """Masks as bits (one layer unpacked at a time, here and in every update: see bitmasks.py)."""
@@ -163,8 +165,12 @@ class SViTEEngine(WeightEngine):
             young = None
             if self._young is not None and name in self._young:
                 young = self._young.unpack_into(name, scratch.mask_bytes(param.numel(), param.device, 1))
+            old = flat_positions(mask) if follows(optimizer, param) else None  # --optimizer-state active
             pruned, grown, revived = exchange(param, mask, n, self._grow, optimizer, self._generator,
                                               active=budget, scratch=scratch, young=young)
+            if old is not None:
+                buf = scratch.get(param.numel(), param.device)[0] if param.dtype == torch.float32 else None
+                move_moments(optimizer, param, old, flat_positions(mask), buf)
             if self._young is not None:
                 fresh = scratch.mask_bytes(param.numel(), param.device, 1)[:param.numel()].zero_()
                 self._young[name] = fresh.index_fill_(0, grown[~revived], 1).view(torch.bool)
@@ -268,6 +274,7 @@ class OneShotEngine(WeightEngine):
         for name, p in zip(self.names, self._params, strict=True):
             self._masks[name] = torch.ones_like(p, dtype=torch.bool)
         self._fired = self._masks.clone()
+        self._follow_masks()
 
     def budgets_of(self) -> tuple[MaskSet | None, Mapping[str, int]]:
         return (self._masks, self.budgets) if self.pruned else (None, {})
@@ -286,13 +293,14 @@ class OneShotEngine(WeightEngine):
     @torch.no_grad()
     def prune(self) -> None:
         """Keep the ``budget`` largest |w| of every layer; zero the rest."""
-        masks = BitMaskSet()
+        masks, old = BitMaskSet(), self._masks
         for name, param in zip(self.names, self._params, strict=True):
             keep = torch.topk(param.detach().abs().reshape(-1), self.budgets[name], sorted=False).indices
             m = torch.zeros(param.numel(), dtype=torch.bool, device=param.device)
             m[keep] = True
             masks[name] = m.view(param.shape)
         self._masks = masks
+        self._moments_moved(old)
         self._masks.apply_to(self._params)
         self.pruned = True
 
