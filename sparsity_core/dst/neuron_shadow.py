@@ -86,10 +86,11 @@ class ShadowNeurons:
         w, b = self.effective(i, alive)
         mlp = self.mlps[i]
         h = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float())
+        del w, b  # this runs inside the backward pass, beside its activations: hold one layer-sized buffer at a time
         h = mlp.norm(mlp.act(h))  # timm's Mlp: fc1 -> act -> drop -> norm -> fc2 (drop is 0 at scoring)
-        g = grad_out.float()
-        grad_w2 = torch.einsum("bno,bnh->oh", g, h)  # the fc2 weight gradient, every column opened
-        return grad_w2.abs().sum(dim=0).cpu()
+        grad_w2 = torch.einsum("bno,bnh->oh", grad_out.float(), h)  # the fc2 weight gradient, every column opened
+        del h
+        return grad_w2.abs_().sum(dim=0).cpu()
 
     @torch.no_grad()
     def store(self, i: int, pruned: torch.Tensor) -> None:

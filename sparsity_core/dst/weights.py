@@ -140,8 +140,14 @@ def exchange(weight: torch.Tensor, mask: torch.Tensor, n: int, grow: WeightScore
     if not 0 <= n <= active:
         raise ValueError(f"cannot prune {n} of {active} active weights")
     scratch = scratch or Scratch()
-    if m.device.type == "cpu" and weight.dtype == torch.float32:
-        return _exchange_keys(weight, m, n, grow, optimizer, generator, scratch, young)
+    path = _exchange_keys if m.device.type == "cpu" and weight.dtype == torch.float32 else _exchange_topk
+    return path(weight, m, n, grow, optimizer, generator, scratch, young)
+
+
+def _exchange_topk(weight: torch.Tensor, m: torch.Tensor, n: int, grow: WeightScorer,
+                   optimizer: torch.optim.Optimizer | None, generator: torch.Generator | None, scratch: Scratch,
+                   young: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`exchange` by ``topk`` over float scores (devices other than the CPU)."""
     buf, flags = scratch.get(m.numel(), m.device)
     magnitude_into(buf, weight, m)
     if young is not None:  # above every older active weight, below +inf (inactive): still exact counts
