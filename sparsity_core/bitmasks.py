@@ -33,7 +33,7 @@ _SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)
 _WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
-APPLY_CHUNK = 1 << 18  # entries masked per multiply (a multiple of 8, so chunks start on a byte)
+APPLY_CHUNK = 1 << 20  # entries masked per multiply (a multiple of 8, so chunks start on a byte)
 
 
 def packed_len(n: int) -> int:
@@ -217,16 +217,23 @@ class BitMaskSet(MaskSet):
         """``tensor *= mask`` for every layer (same order as the masks), ``APPLY_CHUNK`` entries at a time:
         unpacked into the scratch, turned into the tensor's dtype, multiplied, so every entry is exactly
         what a float-mask multiply gives (a masked negative weight becomes -0.0) and the scratch stays
-        small whatever the model (1.25 MB)."""
+        small whatever the model (at most 5 MB)."""
+        if not tensors:
+            return
+        t0 = tensors[0]
+        chunk = min(APPLY_CHUNK, max(t.numel() for t in tensors))
+        raw, factors = self.scratch.bytes(chunk, t0.device), self.scratch.floats(chunk, t0.dtype, t0.device)
         for name, t in zip(self._bits, tensors, strict=True):
             if self._bits[name].device != t.device:  # built on the CPU for a model elsewhere: moved once
                 self._bits[name] = self._bits[name].to(t.device)
+            if t.device != t0.device or t.dtype != t0.dtype:
+                raw, factors = self.scratch.bytes(chunk, t.device), self.scratch.floats(chunk, t.dtype, t.device)
             bits, flat_t, n = self._bits[name], t.view(-1), t.numel()
-            for start in range(0, n, APPLY_CHUNK):
-                size = min(APPLY_CHUNK, n - start)
-                chunk = unpack_bits(bits[start // 8:(start + size + 7) // 8], size, self.scratch.bytes(size, t.device))
-                factor = self.scratch.floats(size, t.dtype, t.device)
-                factor.copy_(chunk)
+            for start in range(0, n, chunk):
+                size = min(chunk, n - start)
+                unpack_bits(bits[start // 8:(start + size + 7) // 8], size, raw)
+                factor = factors[:size]
+                factor.copy_(raw[:size])  # 0/1 bytes: converting from uint8 is 8x faster than from bool
                 flat_t[start:start + size].mul_(factor)
 
     def pack(self) -> PackedMasks:
