@@ -57,7 +57,7 @@ def is_complete(run: Path) -> bool:
 
 
 # fields added after some runs were made, with the value that reproduces how those runs behaved
-_LEGACY = {"selector_keep_warmup": 0.0}
+_LEGACY = {"selector_keep_warmup": 0.0, "optimizer_state": "full"}
 
 
 def same_outcome(theirs: dict, mine: dict) -> bool:
