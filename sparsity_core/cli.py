@@ -235,6 +235,8 @@ def _fmt(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, dict):
         return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    if isinstance(value, list):  # e.g. eval's classes_left_out: names, not a Python repr
+        return ", ".join(_fmt(v) for v in value) if value else "none"
     return str(value)
 
 
