@@ -1,7 +1,8 @@
-"""``svite`` / ``python -m sparsity_core``: train, eval, inspect, compact (see shared/design/CLI.md).
+"""``svite`` / ``python -m sparsity_core``: train, eval, inspect, check, compact (the contract: docs/cli.md).
 
 Error convention: bad input -> one line on stderr naming the file or flag and the problem, exit
-code 2, no traceback (set ``SVITE_DEBUG=1`` to see one), no file changed.
+code 2, no traceback (set ``SVITE_DEBUG=1`` to see one), no file changed. A typed flag that has no
+effect is named on stderr too, one line each (``flag_use.py`` says when that warns and when it refuses).
 """
 
 from __future__ import annotations
@@ -130,7 +131,27 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+def typed_flags(argv: list[str]) -> list[str]:
+    """The ``svite train`` flags (dests) the user typed in ``argv``, defaults left out: the same parser
+    with every default suppressed, so abbreviations and ``--flag=value`` count exactly as argparse reads them."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices["train"]._actions:
+        action.default = argparse.SUPPRESS
+    typed = vars(parser.parse_args(argv))
+    return [dest for dest in typed if dest not in ("command", "func")]
+
+
+def _warn(command: str) -> Any:
+    def warn(line: str) -> None:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per rank
+            print(f"svite {command}: warning: {line}", file=sys.stderr)
+    return warn
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from .config import validate_config
+    from .flag_use import check_unused_flags
     from .train import train
 
     if threading.current_thread() is threading.main_thread():
@@ -138,6 +159,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         # released and the last checkpoint stays as it was.
         signal.signal(signal.SIGTERM, _interrupt)
     cfg = train_config(args)
+    validate_config(cfg)  # a value out of range is an error whatever the method: said before any unused flag
+    check_unused_flags(cfg, typed_flags(args.argv) if getattr(args, "argv", None) is not None else [], _warn("train"))
     path = train(cfg, show_progress=not args.quiet, echo_metrics=not args.quiet)
     print(f"checkpoint: {path}", file=sys.stderr)
     return 0
@@ -177,8 +200,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .report import inspect_checkpoint
 
-    _emit(inspect_checkpoint(load_checkpoint(args.path, num_heads=args.num_heads)), args.json)
+    loaded = load_checkpoint(args.path, num_heads=args.num_heads)
+    _num_heads_unused(args, loaded)
+    _emit(inspect_checkpoint(loaded), args.json)
     return 0
+
+
+def _num_heads_unused(args: argparse.Namespace, loaded: Any) -> None:
+    """``--num-heads`` tells a plain state dict (or an official checkpoint) its head count; our own files
+    record their architecture, so there it does nothing, and says so."""
+    if args.num_heads is not None and loaded.format == "svite-explorer":
+        _warn(args.command)(f"--num-heads has no effect on {args.path}: the checkpoint records its architecture")
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
@@ -194,6 +226,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
 
     loaded = load_checkpoint(args.path, num_heads=args.num_heads)
+    _num_heads_unused(args, loaded)
     loaded.history.verify()  # loading decodes no history; a check decodes all of it once
     print(f"ok: {args.path}: {loaded.format}, {loaded.model_config.name}, {loaded.method}, "
           f"{len(loaded.history)} snapshots")
@@ -253,10 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # usage errors (exit 2) and --help (exit 0) end here, one line each
         return int(exit_.code or 0)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except SviteError as err:
