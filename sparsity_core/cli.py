@@ -42,8 +42,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for flag in ("img-size", "patch-size", "embed-dim", "depth", "num-heads"):
         g.add_argument(f"--{flag}", type=int, default=None, help="override of the model's default")
     g.add_argument("--data", default=d.data, help="'demo' (built-in procedural data) or an ImageFolder directory")
-    g.add_argument("--train-size", type=int, default=None, help="demo data: number of training images")
-    g.add_argument("--val-size", type=int, default=None, help="demo data: number of validation images")
+    g.add_argument("--train-size", type=int, default=None,
+                   help="demo data: training images generated; a folder: at most this many (a seeded subset)")
+    g.add_argument("--val-size", type=int, default=None,
+                   help="demo data: validation images generated; a folder: at most this many")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
@@ -67,7 +69,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="steps between periodic checkpoints (0: epoch ends only)")
     g.add_argument("--out", required=True, help="run directory")
     g.add_argument("--resume", default=None, help="run directory or checkpoint to continue")
-    g.add_argument("--init", default=None, help="checkpoint to start from (weights, and masks if it has any)")
+    g.add_argument("--init", default=None, help="checkpoint to start from (weights, and masks if it has any; its "
+                   "classifier rows matched to the data's classes by name)")
     _add_sparsity_flags(p, d)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -131,17 +134,6 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
-def typed_flags(argv: list[str]) -> list[str]:
-    """The ``svite train`` flags (dests) the user typed in ``argv``, defaults left out: the same parser
-    with every default suppressed, so abbreviations and ``--flag=value`` count exactly as argparse reads them."""
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for action in sub.choices["train"]._actions:
-        action.default = argparse.SUPPRESS
-    typed = vars(parser.parse_args(argv))
-    return [dest for dest in typed if dest not in ("command", "func")]
-
-
 def _warn(command: str) -> Any:
     def warn(line: str) -> None:
         if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per rank
@@ -151,7 +143,7 @@ def _warn(command: str) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import validate_config
-    from .flag_use import check_unused_flags
+    from .flag_use import check_unused_flags, typed_flags
     from .train import train
 
     if threading.current_thread() is threading.main_thread():
@@ -160,18 +152,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
     cfg = train_config(args)
     validate_config(cfg)  # a value out of range is an error whatever the method: said before any unused flag
-    check_unused_flags(cfg, typed_flags(args.argv) if getattr(args, "argv", None) is not None else [], _warn("train"))
+    typed = typed_flags(build_parser(), "train", args.argv) if getattr(args, "argv", None) is not None else []
+    check_unused_flags(cfg, typed, _warn("train"))
     path = train(cfg, show_progress=not args.quiet, echo_metrics=not args.quiet)
     print(f"checkpoint: {path}", file=sys.stderr)
     return 0
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    p = sub.add_parser("eval", help="evaluate a checkpoint", description="Accuracy, size, FLOPs and speed. A "
+                       "folder's classes are matched to the checkpoint's by name (docs/cli.md): classes it does not "
+                       "know are left out and named; a folder with none of them is refused.")
     p.add_argument("path")
     p.add_argument("--data", default=None, help="'demo' or an ImageFolder directory (default: what it was trained on)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--val-size", type=int, default=None, help="demo data: number of validation images")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="demo data: validation images generated; a folder: at most this many")
     p.add_argument("--throughput-batch", type=int, default=32, help="batch size for the measured throughput")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)

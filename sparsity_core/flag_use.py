@@ -21,6 +21,7 @@ has to say here when it is used. docs/cli.md lists the table in words.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,17 @@ def unused_flags(cfg: Any, typed: Iterable[str]) -> list[Unused]:
             message += f" ({untyped[0].default}); {untyped[0].fix} to use it, or leave {flag} out"
         found.append(Unused(field, message, bool(untyped)))
     return found
+
+
+def typed_flags(parser: argparse.ArgumentParser, command: str, argv: list[str]) -> list[str]:
+    """The flags (dests) of ``command`` that the user typed in ``argv``, defaults left out: ``parser``
+    (a fresh one: it is changed) with every default of the command suppressed, so abbreviations and
+    ``--flag=value`` count exactly as argparse reads them."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices[command]._actions:
+        action.default = argparse.SUPPRESS
+    typed = vars(parser.parse_args(argv))
+    return [dest for dest in typed if dest not in ("command", "func")]
 
 
 def check_unused_flags(cfg: Any, typed: Iterable[str], warn: Callable[[str], None]) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sparsity_core.cli import build_parser, main, train_config, typed_flags
+from sparsity_core.cli import build_parser, main, train_config
 from sparsity_core.config import TrainConfig
-from sparsity_core.flag_use import FLAG_USE, NOT_A_FLAG, unused_flags
+from sparsity_core.flag_use import FLAG_USE, NOT_A_FLAG, typed_flags, unused_flags
 
 TINY = ["--model", "vit_tiny_demo", "--embed-dim", "48", "--depth", "2", "--num-heads", "4", "--train-size", "64",
         "--val-size", "32", "--batch-size", "32", "--epochs", "1", "--max-steps", "1", "--quiet"]
@@ -34,9 +34,13 @@ def test_every_field_and_every_flag_says_when_it_is_used():
     assert dests - fields == {"quiet"}  # the one CLI-only flag
 
 
+def _typed(argv: list[str]) -> list[str]:
+    return typed_flags(build_parser(), "train", argv)
+
+
 def _lines(argv: list[str]) -> list[tuple[str, bool]]:
-    args = build_parser().parse_args(["train", "--out", "x", *argv])
-    return [(u.message, u.refuse) for u in unused_flags(train_config(args), typed_flags(["train", "--out", "x", *argv]))]
+    full = ["train", "--out", "x", *argv]
+    return [(u.message, u.refuse) for u in unused_flags(train_config(build_parser().parse_args(full)), _typed(full))]
 
 
 # (typed flags, [(line, refused)]): every row of the table, each way round
@@ -97,8 +101,8 @@ def test_each_unused_flag_is_one_line_warned_or_refused(argv, expected):
 
 def test_only_typed_flags_count():
     # the default value typed counts (the user asked for it); an untyped default never does
-    assert typed_flags(["train", "--out", "x", "--method", "dense", "--density", "0.5"]) == ["out", "method", "density"]
-    assert typed_flags(["train", "--out=x", "--dens", "0.3", "--include", "a", "--include", "b"]) == [
+    assert _typed(["train", "--out", "x", "--method", "dense", "--density", "0.5"]) == ["out", "method", "density"]
+    assert _typed(["train", "--out=x", "--dens", "0.3", "--include", "a", "--include", "b"]) == [
         "out", "density", "include"]
     assert _lines(["--method", "dense"]) == [] and _lines([]) == []
     assert _lines(["--method", "dense", "--density", "0.5"]) == [("--density has no effect with --method dense", False)]
@@ -146,4 +150,17 @@ def test_the_retrain_page_passes_no_flag_its_run_does_not_use():
             cmd = runs.RunForm(method=method, keep_ratio=keep, init="/x/c.safetensors").command(Path("/tmp/o"))
             argv = cmd[cmd.index("train"):]
             args = build_parser().parse_args(argv)
-            assert unused_flags(train_config(args), typed_flags(argv)) == [], (method, keep)
+            assert unused_flags(train_config(args), _typed(argv)) == [], (method, keep)
+
+
+def test_docs_cli_names_every_command_and_flag():
+    """docs/cli.md is the contract: every command and every flag of every command is in it."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for command, p in sub.choices.items():
+        assert f"`svite {command}" in text, command
+        for action in p._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    assert option in text, f"svite {command} {option} is not in docs/cli.md"
