@@ -137,7 +137,10 @@ def evaluation_data(loaded: LoadedCheckpoint, data: str | None = None, val_size:
 def _same_path(a: Any, b: Any) -> bool:
     if not isinstance(a, str) or not isinstance(b, str) or "demo" in (a, b):
         return False
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    try:  # b comes from the checkpoint's metadata: any string at all
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except (OSError, ValueError, RuntimeError):
+        return False
 
 
 def evaluate_checkpoint(loaded: LoadedCheckpoint, data: str | None = None, batch_size: int = 64,
