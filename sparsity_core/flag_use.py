@@ -93,6 +93,7 @@ FLAG_USE: dict[str, tuple[Needs, ...] | None] = {
     # S2ViTE's units
     "atten_density": (method_in("s2vite"),),
     "other_density": (method_in("s2vite"),),
+    "head_growth": (method_in("s2vite"),),
     # the token selector's settings (SViTE+)
     "selector_block": (SELECTOR,),
     "selector_scorer": (SELECTOR,),

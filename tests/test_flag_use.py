@@ -49,9 +49,10 @@ CASES = [
     (["--density", "0.3"], [("--density has no effect with --method dense (the default); pass --method static, "
                               "oneshot or svite to use it, or leave --density out", True)]),
     (["--method", "s2vite", "--sparse-init", "ER"], [("--sparse-init has no effect with --method s2vite", False)]),
-    (["--method", "svite", "--atten-density", "0.5", "--other-density", "0.5"],
+    (["--method", "svite", "--atten-density", "0.5", "--other-density", "0.5", "--head-growth", "gradient-norm"],
      [("--atten-density has no effect with --method svite", False),
-      ("--other-density has no effect with --method svite", False)]),
+      ("--other-density has no effect with --method svite", False),
+      ("--head-growth has no effect with --method svite", False)]),
     (["--method", "static", "--update-frequency", "50", "--death-rate", "0.3", "--decay-schedule", "constant",
       "--t-end", "0.5", "--update-start", "warmup", "--growth", "random", "--grown-moments", "zero-avg",
       "--death", "magnitude-mature"],
