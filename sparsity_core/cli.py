@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import SviteError
@@ -138,7 +139,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
-def _warn(command: str) -> Any:
+def _warn(command: str) -> Callable[[str], None]:
+    """A printer of one warning line for ``svite COMMAND`` (flag_use.py decides what deserves one)."""
+
     def warn(line: str) -> None:
         if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per rank
             print(f"svite {command}: warning: {line}", file=sys.stderr)
