@@ -75,7 +75,7 @@ def _match_head(init: LoadedCheckpoint, model: nn.Module, names: list[str], what
         init.masks["head.weight"] = mask
     if not match.kept:
         return (f"{what}: none of {data_what}'s classes ({quote(names)}) is among its classes "
-                f"({quote(classes.names)}): the classifier head starts fresh, every other weight is kept")
+                f"({quote(classes.short_names)}): the classifier head starts fresh, every other weight is kept")
     fresh = f"; new classes start with a fresh head row: {quote(match.left_out)}" if match.left_out else ""
     return (f"{what}: its classifier rows matched to {data_what}'s classes by name ({len(match.kept)} of "
             f"{len(names)} found){fresh}")

@@ -49,6 +49,14 @@ class CheckpointClasses:
     def named(self) -> bool:
         return self.source != "none"
 
+    @property
+    def short_names(self) -> tuple[str, ...]:
+        """Names for a one-line message: an ImageNet description's first synonym ("tench", not "tench,
+        Tinca tinca"), so the commas between names stay readable."""
+        if self.source in ("recorded", "none"):
+            return self.names
+        return tuple(n.split(",")[0].strip() for n in self.names)
+
     def describe(self) -> str:
         """Where the names come from, in words (the app shows it beside a prediction)."""
         if self.source == "recorded":
@@ -190,7 +198,7 @@ def match_classes(data_names: Sequence[str], model: CheckpointClasses, data_what
     match = ClassMatch(data_names, tuple(targets), model, "name", tuple(ambiguous))
     if require_known and not match.kept:
         raise SviteError(f"{data_what}: none of its classes ({quote(data_names)}) is a class of {model_what} "
-                         f"({quote(model.names)})")
+                         f"({quote(model.short_names)})")
     return match
 
 
