@@ -197,13 +197,10 @@ def _check_optimizer_state(cfg: Any) -> None:
                         f"(choose {', '.join(OPTIMIZER_STATES)})")
     if state != "active":
         return
-    if cfg.method == "dense":
-        raise FlagError("--optimizer-state", "--optimizer-state active keeps moments for active weights only: it "
-                        "needs a sparse --method (static, oneshot, svite, s2vite)")
-    if cfg.growth == "momentum":
+    if cfg.method == "svite" and cfg.growth == "momentum":
         raise FlagError("--optimizer-state", "--optimizer-state active keeps no moments for inactive weights, "
                         "which --growth momentum ranks by; use --growth gradient or random")
-    if cfg.grown_moments == "zero":
+    if cfg.method in DYNAMIC and cfg.grown_moments == "zero":
         raise FlagError("--optimizer-state", "--optimizer-state active starts grown weights zero-avg; "
                         "grown_moments='zero' does not apply")
 

@@ -89,6 +89,8 @@ FLAG_USE: dict[str, tuple[Needs, ...] | None] = {
     "update_start": (method_in(*DYNAMIC),),
     "growth": (method_in(*DYNAMIC),),
     "grown_moments": (method_in(*DYNAMIC),),
+    # AdamW moments of masked weights only: every sparse method
+    "optimizer_state": (method_in("static", "oneshot", *DYNAMIC),),
     "death": (method_in("svite"),),
     # S2ViTE's units
     "atten_density": (method_in("s2vite"),),

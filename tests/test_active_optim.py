@@ -132,7 +132,6 @@ def test_a_resume_state_of_the_other_mode_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(method="dense"), "needs a sparse --method"),
     (dict(method="svite", growth="momentum"), "--growth momentum"),
     (dict(method="svite", grown_moments="zero"), "does not apply"),
     (dict(method="svite", optimizer_state="sparse"), "unknown mode 'sparse'"),
