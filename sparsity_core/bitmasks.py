@@ -71,16 +71,24 @@ def unpack_bits(bits: torch.Tensor, n: int, out: torch.Tensor) -> torch.Tensor:
     if bits.device.type == "cpu":
         np.take(_UNPACK, bits.numpy(), out=out[: nb * 8].numpy().view(np.uint64))
     else:
-        torch.bitwise_and(torch.bitwise_right_shift(bits[:, None], _SHIFTS.to(bits.device)), 1,
-                          out=out[: nb * 8].view(nb, 8))
+        _unpack_torch(bits, out[: nb * 8])
     return out[:n].view(torch.bool)
+
+
+def _unpack_torch(bits: torch.Tensor, out: torch.Tensor) -> None:
+    torch.bitwise_and(torch.bitwise_right_shift(bits[:, None], _SHIFTS.to(bits.device)), 1,
+                      out=out.view(bits.numel(), 8))
 
 
 def pack_bits(flat: torch.Tensor, out: torch.Tensor) -> None:
     """Pack the flat bool tensor ``flat`` into ``out`` (uint8, ceil(n/8) bytes; zero padding bits)."""
     if flat.device.type == "cpu":
         out.numpy()[:] = np.packbits(flat.numpy())
-        return
+    else:
+        _pack_torch(flat, out)
+
+
+def _pack_torch(flat: torch.Tensor, out: torch.Tensor) -> None:
     n = flat.numel()
     padded = torch.zeros(packed_len(n) * 8, dtype=torch.uint8, device=flat.device)
     padded[:n] = flat.to(torch.uint8)
@@ -97,6 +105,10 @@ def flat_positions(flat: torch.Tensor) -> torch.Tensor:
 def popcount(bits: torch.Tensor) -> int:
     if bits.device.type == "cpu":
         return int(np.bitwise_count(bits.numpy()).sum(dtype=np.int64))
+    return _popcount_torch(bits)
+
+
+def _popcount_torch(bits: torch.Tensor) -> int:
     return int(torch.bitwise_and(torch.bitwise_right_shift(bits[:, None], _SHIFTS.to(bits.device)), 1).sum())
 
 

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsity_core.bitmasks import APPLY_CHUNK, BitMaskSet
+from sparsity_core.bitmasks import APPLY_CHUNK, BitMaskSet, _pack_torch, _popcount_torch, _unpack_torch
 from sparsity_core.config import TrainConfig
 from sparsity_core.dst import EngineContext, build_engine
 from sparsity_core.dst.scorers import WEIGHT_GROWTH
@@ -27,6 +27,21 @@ SHAPES = [(3, 5), (17,), (64, 33), (1,), (8, 3, 2, 2)]
 def _masks(seed: int, p: float = 0.4) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {f"l{i}": torch.rand(s, generator=g) < p for i, s in enumerate(SHAPES)}
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 4099])
+def test_the_torch_bit_paths_for_other_devices_agree_with_numpys(n):
+    """Off the CPU the bits go through torch shifts (no numpy); run here on CPU tensors, they must give
+    numpy's packbits layout exactly."""
+    flat = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.5
+    want = torch.from_numpy(np.packbits(flat.numpy()))
+    got = torch.empty_like(want)
+    _pack_torch(flat, got)
+    assert torch.equal(got, want)
+    out = torch.empty(len(want) * 8, dtype=torch.uint8)
+    _unpack_torch(want, out)
+    assert torch.equal(out[:n].view(torch.bool), flat) and not out[n:].any()
+    assert _popcount_torch(want) == int(flat.sum())
 
 
 def test_a_layer_larger_than_a_chunk_is_masked_whole():
