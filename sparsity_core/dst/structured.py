@@ -5,8 +5,8 @@ says which weight entries each stands for), exact per-block budgets (:func:`.bud
 the SViTE schedule (cosine prune rate, update frequency, start and ``t_end``), scores per unit kind
 (:mod:`.scorers`, captured by :mod:`.capture`), one selection rule (:func:`.select.select_units`) and
 one policy for the optimizer state of grown units (:mod:`.optim_state`). State lives beside the model:
-``units`` (bool per head / neuron), ``masks`` (the weight-level masks they stand for, applied after
-every optimizer step in one fused multiply) and ``fired`` (units ever active). Compaction of a
+``units`` (bool per head / neuron), ``masks`` (the weight-level masks they stand for, held as bits and
+applied after every optimizer step) and ``fired`` (units ever active). Compaction of a
 finished run is ``compact.py``'s.
 """
 

@@ -67,8 +67,9 @@ class WeightEngine(SparsityEngine):
 
 @register("svite")
 class SViTEEngine(WeightEngine):
-    """``svite``: prune-and-grow on the schedule. Masks are re-applied after every optimizer step in one
-    fused multiply. :class:`StaticEngine` is the same with no update."""
+    """``svite``: prune-and-grow on the schedule. Masks (and ever-active masks) are held as bits and
+    multiplied into the weights after every optimizer step. :class:`StaticEngine` is the same with no
+    update."""
 
     method = "svite"
     dynamic = True
@@ -124,7 +125,7 @@ class SViTEEngine(WeightEngine):
         return masks, {"source": "init", "adjusted_layers": adjusted}
 
     def after_optimizer_step(self, step: int, loss: float | None = None) -> bool:
-        """Zero masked weights (one fused multiply), then, on schedule, update the topology: the weights
+        """Zero masked weights (the masks' multiply), then, on schedule, update the topology: the weights
         have just stepped and ``param.grad`` still holds this minibatch's dense gradient."""
         self._masks.apply_to(self._params)
         self.steps_done = step + 1
