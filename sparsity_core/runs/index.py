@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from .. import validate
 from ..errors import SviteError
 from ..header import Header, curve_records, read_header
 from ..rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME
@@ -38,7 +39,7 @@ _WATCHED = (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, "wall_s.txt", "app_run.j
 COLUMNS = ["name", "method_label", "method", "target_density", "density", "heads", "neurons", "keep", "seed",
            "epoch", "epochs_total", "step", "total_steps", "top1", "top5", "flops_pct", "flops", "params",
            "kept_params", "fired", "updates", "status", "progress", "error", "wall_s", "model", "data",
-           "source", "path", "checkpoint", "group", "target_heads", "target_neurons", "token_number"]
+           "classes", "source", "path", "checkpoint", "group", "target_heads", "target_neurons", "token_number"]
 
 
 def _stamp(found: Found) -> tuple:
@@ -125,9 +126,12 @@ def read_run(found: Found) -> tuple[dict[str, Any] | None, str | None]:
     note = None
     if ckpt.exists():
         try:
+            validate.sniff(ckpt)
+            if found.kind == "file" and not validate.looks_like_safetensors(ckpt):
+                return _bare_pickle(found), None
             header = read_header(ckpt)
         except SviteError as err:
-            note = f"{found.name}: checkpoint skipped, {one_line(err)}"
+            note = f"{found.name}: checkpoint skipped, {one_line(err).replace(str(ckpt), ckpt.name)}"
     config = (read_small_json(folder / CONFIG_NAME) if folder is not None else None) or {}
     if header is None and not config:
         return None, note
@@ -144,6 +148,8 @@ def read_run(found: Found) -> tuple[dict[str, Any] | None, str | None]:
         row.update(method=meta["method"], method_label=facts.method_label(str(meta["method"]), config))
     row.update(_progress(meta, metrics, config))
     if header is not None:
+        classes = (meta.get("model_config") or {}).get("num_classes")
+        row["classes"] = classes if isinstance(classes, int) and not isinstance(classes, bool) else None
         try:
             row.update(facts.exploration(header))
             row.update(facts.cost(header))
@@ -154,6 +160,15 @@ def read_run(found: Found) -> tuple[dict[str, Any] | None, str | None]:
     if header is not None and header.meta is None:
         row.update(method_label="plain state dict", error="no training metadata (a timm/DeiT state dict)")
     return row, note
+
+
+def _bare_pickle(found: Found) -> dict[str, Any]:
+    """A ``.pth``/``.pt``/``.bin`` file: a torch archive has no header to read without unpickling, so
+    it is listed by name (the pages load it, safely, when it is opened)."""
+    row = {"name": found.name, "path": str(found.path), "source": "file", "checkpoint": str(found.path)}
+    row.update(config_columns({"method": "unknown"}))
+    row.update(method_label="torch file (open it to read)", status="unknown", error="")
+    return row
 
 
 class RunIndex:

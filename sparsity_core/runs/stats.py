@@ -40,7 +40,7 @@ def labels(runs: pd.DataFrame) -> dict[str, str]:
             dens = first["target_density"]
             out[key] = f"{first['method_label']}" + (f" d{dens:g}" if pd.notna(dens) and dens != 1.0 else "")
     taken: dict[str, int] = {}
-    for key, label in list(out.items()):
+    for label in out.values():
         taken[label] = taken.get(label, 0) + 1
     for key, label in list(out.items()):
         if taken[label] > 1:
