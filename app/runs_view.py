@@ -122,7 +122,7 @@ def grouped(shown: pd.DataFrame, metric: str = "top1") -> None:
     cols = {"label": "configuration", "method_label": "method", "density": "density", "heads": "heads", "neurons":
             "neurons", "keep": "keep", "n": "n", "seeds": "seeds", "mean": "top-1 % mean", "std": "std",
             "per_seed": "per seed", "flops_pct": "FLOPs %", "fired": "fired", "running": "running", "failed": "failed"}
-    ui.show_table(g[list(cols)].rename(columns=cols).round(3), "runs_grouped", key="runs_grouped")
+    _table(g[list(cols)].rename(columns=cols), "runs_grouped")
     labels = list(g["label"])
     default = [b for b in core_runs.default_baselines(shown) if b in labels]
     if "runs_baselines" not in st.session_state or not all(b in labels for b in st.session_state["runs_baselines"]):
@@ -137,7 +137,14 @@ def grouped(shown: pd.DataFrame, metric: str = "top1") -> None:
         return
     dcols = {"label": "configuration", "baseline": "minus", "n": "n", "seeds": "seeds", "mean_diff": "mean difference",
              "ci_low": "95% low", "ci_high": "95% high", "per_seed": "per seed", "ahead": "ahead on"}
-    ui.show_table(d[list(dcols)].rename(columns=dcols).round(3), "runs_differences", key="runs_differences")
+    _table(d[list(dcols)].rename(columns=dcols), "runs_differences")
+
+
+def _table(df: pd.DataFrame, name: str) -> None:
+    """A results table: two decimals on screen (rounded in talk mode's HTML table), full precision in its CSV."""
+    floats = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
+    config = {c: st.column_config.NumberColumn(format="%.3f" if c in ("fired", "density") else "%.2f") for c in floats}
+    ui.show_table(df.round(2) if ui.talk_mode() else df, name, key=name, column_config=config)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)

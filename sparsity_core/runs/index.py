@@ -126,8 +126,9 @@ def read_run(found: Found) -> tuple[dict[str, Any] | None, str | None]:
     note = None
     if ckpt.exists():
         try:
-            validate.sniff(ckpt)
+            validate.check_file(ckpt)
             if found.kind == "file" and not validate.looks_like_safetensors(ckpt):
+                validate.sniff(ckpt)  # garbage is refused here; a torch archive or pickle is listed by name
                 return _bare_pickle(found), None
             header = read_header(ckpt)
         except SviteError as err:
