@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from . import validate
-from .errors import CheckpointError
+from .errors import CheckpointError, SviteError
 from .history import MaskHistory
 from .history_io import history_from_file
+from .limits import check_model_config
 
 META_KEY = "svite_explorer"
 #: The JSON header of a file: our metadata (capped by validate) plus one short line per tensor.
@@ -125,7 +126,10 @@ def read_header(path: str | Path) -> Header:
     if META_KEY not in extra:
         return Header(path, None, tensors)
     meta = validate.parse_header(path, extra[META_KEY])
-    validate.model_config(path, meta["model_config"])
+    try:  # the caps a load applies before building anything (depth 10000 is refused here too)
+        check_model_config(validate.model_config(path, meta["model_config"]), lambda f: f"model_config.{f}")
+    except SviteError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     history = meta.pop("history", None)
     for key in ("mask_shapes", "unit_shapes", "fired_shapes"):
         meta.pop(key, None)

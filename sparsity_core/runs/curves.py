@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import SviteError
@@ -19,12 +20,14 @@ from ..header import Header, read_header
 from ..rundir import CHECKPOINT_NAME, METRICS_NAME
 from ..validate import one_line
 from . import facts
+from .facts import EVENT_COLUMNS
 from .files import read_metrics
 from .records import CURVE_TABLES, read_record
 from .walk import RECORD_NAME
 
 EPOCH_COLUMNS = ["step", "epoch", "val_top1", "val_top5", "val_loss", "train_loss", "lr", "density", "time_s"]
 STEP_COLUMNS = ["step", "epoch", "loss", "lr"]
+SNAPSHOT_COLUMNS = ["step", "epoch", "event", "density", "fired"]
 
 
 def _empty(columns: list[str]) -> pd.DataFrame:
@@ -37,9 +40,8 @@ class Curves:
 
     epochs: pd.DataFrame = field(default_factory=lambda: _empty(EPOCH_COLUMNS))
     steps: pd.DataFrame = field(default_factory=lambda: _empty(STEP_COLUMNS))
-    snapshots: pd.DataFrame = field(default_factory=lambda: _empty(["step", "epoch", "event", "density", "fired"]))
-    events: pd.DataFrame = field(default_factory=lambda: _empty(["step", "epoch", "rate", "moved", "moved_share",
-                                                                 "heads_moved", "neurons_moved"]))
+    snapshots: pd.DataFrame = field(default_factory=lambda: _empty(SNAPSHOT_COLUMNS))
+    events: pd.DataFrame = field(default_factory=lambda: _empty(EVENT_COLUMNS))
     source: str = ""
     note: str = ""
 
@@ -53,9 +55,9 @@ class Curves:
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
-    for c in columns:
-        if c not in df:
-            df[c] = pd.Series(dtype="float64")
+    for c in columns:  # numbers as floats (a record's nulls as NaN), whatever the source held
+        df[c] = df[c] if c == "event" and c in df else pd.to_numeric(df[c], errors="coerce") if c in df else \
+            pd.Series(np.nan, index=df.index, dtype="float64")
     return df[columns + [c for c in df.columns if c not in columns]]
 
 
@@ -118,8 +120,8 @@ def run_curves(path: str | Path, source: str) -> Curves:
             return Curves(note=one_line(err))
         tables = rec["curves"]
         return Curves(epochs=_frame(tables["epochs"], EPOCH_COLUMNS), steps=_frame(tables["steps"], STEP_COLUMNS),
-                      snapshots=_frame(tables["snapshots"], ["step", "epoch", "event", "density", "fired"]),
-                      events=_frame(tables["events"], ["step", "epoch", "rate", "moved", "moved_share"]),
+                      snapshots=_frame(tables["snapshots"], SNAPSHOT_COLUMNS),
+                      events=_frame(tables["events"], EVENT_COLUMNS),
                       source="record")
     if path.is_file():
         return checkpoint_curves(path)

@@ -24,6 +24,7 @@ from ..limits import skeleton
 from ..models import ModelConfig
 
 METHOD_NAMES = {"svite": "SViTE", "s2vite": "S²ViTE", "static": "static", "dense": "dense", "oneshot": "one-shot"}
+EVENT_COLUMNS = ["step", "epoch", "rate", "moved", "moved_share", "heads_moved", "neurons_moved"]
 _FLOPS: dict[str, dict[str, int]] = {}  # architecture (model config JSON) -> each module's own FLOPs
 _FLOPS_LOCK = threading.Lock()
 
@@ -137,7 +138,7 @@ def snapshots(header: Header) -> pd.DataFrame:
 def events(header: Header) -> pd.DataFrame:
     """One row per topology update: step, epoch, prune rate, weights moved (grown, which equals pruned
     at a fixed budget) and their share of the weights kept, heads and neurons moved (S²ViTE)."""
-    columns = ["step", "epoch", "rate", "moved", "moved_share", "heads_moved", "neurons_moved"]
+    columns = EVENT_COLUMNS
     rows = []
     h = header.history
     churn = analysis.mask_churn(h) if h is not None else pd.DataFrame()
