@@ -118,9 +118,10 @@ def learning_curves(items: list[dict[str, Any]], x: str = "step", chance: float 
     "epoch") for one run or several: colour by method, one line per seed (thin when its configuration
     has several, their mean bold), every topology update a triangle on the top-1 panel's floor (hover:
     step, prune rate, weights moved) and, for one or two runs, a dotted line through every panel."""
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in PANELS], vertical_spacing=0.16,
-                        horizontal_spacing=0.09)
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in PANELS], vertical_spacing=0.13,
+                        horizontal_spacing=0.09, shared_xaxes="all")
     sizes = pd.Series([it["label"] for it in items]).value_counts()
+    dash = _dashes(items)
     shown: set[str] = set()
     for k, (what, _) in enumerate(PANELS):
         row, col = k // 2 + 1, k % 2 + 1
@@ -131,35 +132,57 @@ def learning_curves(items: list[dict[str, Any]], x: str = "step", chance: float 
                 continue
             many = sizes[it["label"]] > 1
             color = method_color(it["method"])
-            legend = it["method"] not in shown and not many
-            shown |= {it["method"]} if legend else set()
+            legend = it["label"] not in shown and not many
+            shown |= {it["label"]} if legend else set()
             fig.add_trace(go.Scatter(x=s["x"], y=s["y"], mode="lines+markers" if len(s) < 40 else "lines",
-                                     name=it["method"], legendgroup=it["method"], showlegend=legend,
-                                     line={"color": color, "width": 1 if many else 2}, opacity=0.4 if many else 1.0,
+                                     name=_name(it), legendgroup=it["label"], showlegend=legend,
+                                     line={"color": color, "width": 1 if many else 2, "dash": dash[it["label"]]},
+                                     opacity=0.4 if many else 1.0,
                                      marker={"size": 4},
                                      hovertemplate=f"{it['name']}<br>{x} %{{x}}: %{{y:.4g}}<extra></extra>"),
                           row=row, col=col)
             if many:
                 by_label.setdefault(it["label"], []).append(s.set_index("x")["y"])
         for label, parts in by_label.items():
-            method = next(it["method"] for it in items if it["label"] == label)
+            first = next(it for it in items if it["label"] == label)
             mean = pd.concat(parts, axis=1).mean(axis=1, skipna=True).sort_index()
-            legend = method not in shown
-            shown |= {method}
-            fig.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", name=method, legendgroup=method,
-                                     showlegend=legend, line={"color": method_color(method), "width": 3.5},
+            legend = label not in shown
+            shown |= {label}
+            fig.add_trace(go.Scatter(x=mean.index, y=mean.to_numpy(), mode="lines", name=_name(first),
+                                     legendgroup=label, showlegend=legend,
+                                     line={"color": method_color(first["method"]), "width": 3.5, "dash": dash[label]},
                                      hovertemplate=f"{label}: mean of {len(parts)} seeds<br>{x} %{{x}}: %{{y:.4g}}"
                                                    "<extra></extra>"), row=row, col=col)
     _mark_updates(fig, items, x)
     _chance(fig, chance, row=1, col=1)
-    fig.update_xaxes(title=x)
+    fig.update_xaxes(title=x, row=2)
+    fig.update_xaxes(showticklabels=True)
     fig.update_yaxes(rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(type="log", row=2, col=1)
+    fig.update_yaxes(exponentformat="e", rangemode="tozero", row=2, col=1)
     n = len(items)
     title = f"Learning curves: {items[0]['name']}" if n == 1 else f"Learning curves of {n} runs (bold: mean over seeds)"
     _layout(fig, title + "; ▲ = topology update", height=660)
     fig.update_layout(margin={"t": 100})  # room for the subplot titles under the figure's title
     return fig
+
+
+def _dashes(items: list[dict[str, Any]]) -> dict[str, str]:
+    """Configurations of one method share its colour and differ by dash (solid, dashed, dotted, ...)."""
+    styles = ("solid", "dash", "dot", "dashdot", "longdash")
+    out: dict[str, str] = {}
+    per_method: dict[str, int] = {}
+    for it in items:
+        if it["label"] not in out:
+            k = per_method.get(it["method"], 0)
+            out[it["label"]] = styles[k % len(styles)]
+            per_method[it["method"]] = k + 1
+    return out
+
+
+def _name(item: dict[str, Any]) -> str:
+    """Legend name: the method, and the configuration when it says more (``SViTE · svite_d0.2``)."""
+    label, method = str(item["label"]), str(item["method"])
+    return method if label.lower() in (method.lower(), method.lower().replace("²", "2")) else f"{method} · {label}"
 
 
 def _mark_updates(fig: go.Figure, items: list[dict[str, Any]], x: str) -> None:

@@ -23,6 +23,8 @@ from .identity import stem
 GROUP_COLUMNS = ["label", "method_label", "method", "target_density", "density", "heads", "neurons", "keep",
                  "model", "n", "seeds", "mean", "std", "per_seed", "flops_pct", "fired", "kept_params",
                  "wall_s", "running", "failed", "group"]
+#: The order of tables: baselines first, then the paper's methods.
+METHOD_ORDER = ("dense", "static", "one-shot", "SViTE", "SViTE+", "S²ViTE", "S²ViTE + selector")
 DIFF_COLUMNS = ["label", "baseline", "n", "seeds", "mean_diff", "ci_low", "ci_high", "sd", "per_seed", "ahead"]
 
 
@@ -92,7 +94,9 @@ def groups(runs: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
             "wall_s": done["wall_s"].mean(), "running": int((g["status"] == "running").sum()),
             "failed": int((g["status"] == "failed").sum()), "group": key})
     out = pd.DataFrame(rows, columns=GROUP_COLUMNS)
-    return out.sort_values(["method_label", "target_density", "label"], na_position="last").reset_index(drop=True)
+    order = out["method_label"].map(lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
+    out = out.assign(_order=order, _density=-out["target_density"].fillna(-1.0))
+    return out.sort_values(["_order", "_density", "label"]).drop(columns=["_order", "_density"]).reset_index(drop=True)
 
 
 def t_interval(diffs: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
@@ -110,14 +114,15 @@ def paired_differences(runs: pd.DataFrame, baselines: list[str] | None = None, m
     95% t-interval, sd, the per-seed differences and on how many seeds it was ahead. Baselines
     default to :func:`default_baselines`."""
     runs = runs if "label" in runs else with_labels(runs)
+    order = list(groups(runs, metric)["label"])
     by_label = {label: _per_seed(g, metric) for label, g in runs.groupby("label", sort=False)}
+    by_label = {label: by_label[label] for label in order}
     rows = []
-    for base in baselines if baselines is not None else default_baselines(runs):
-        if base not in by_label:
-            continue
+    bases = [b for b in (baselines if baselines is not None else default_baselines(runs)) if b in by_label]
+    for base in bases:
         b = by_label[base]
         for label, a in by_label.items():
-            if label == base:
+            if label in bases:  # baselines are compared with the others, not with each other
                 continue
             shared = a.index.intersection(b.index)
             if not len(shared):
