@@ -76,8 +76,11 @@ def accuracy_vs(runs: pd.DataFrame, groups: pd.DataFrame, x: str = "density", me
     fig.update_xaxes(title=X_TITLES.get(x, x))
     fig.update_yaxes(title=METRIC_TITLES.get(metric, metric))
     what = "density" if x == "density" else "FLOPs"
-    return _layout(fig, f"{METRIC_TITLES.get(metric, metric).split(' (')[0].capitalize()} against {what}: "
-                        f"{len(done)} finished runs, {len(means)} configurations", height=460)
+    _layout(fig, f"Top-1 against {what}: {len(done)} runs, {len(means)} configurations" if metric == "top1" else
+            f"{metric} against {what}", height=460)
+    fig.update_layout(legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": -0.24, "yanchor": "top"},
+                      margin={"b": 110})  # below the plot: two plots side by side leave no room at the right
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,7 +165,8 @@ def learning_curves(items: list[dict[str, Any]], x: str = "step", chance: float 
     n = len(items)
     title = f"Learning curves: {items[0]['name']}" if n == 1 else f"Learning curves of {n} runs (bold: mean over seeds)"
     _layout(fig, title + "; ▲ = topology update", height=660)
-    fig.update_layout(margin={"t": 100})  # room for the subplot titles under the figure's title
+    # room for the subplot titles under the figure's title; one run needs no legend (the title names it)
+    fig.update_layout(margin={"t": 100}, showlegend=n > 1)
     return fig
 
 

@@ -89,7 +89,8 @@ def _open(paths: list[str]) -> None:
 
 def runs_table(shown: pd.DataFrame) -> pd.DataFrame:
     """The runs, one row each; rows picked here are returned (and can be opened on every page)."""
-    view = shown[list(SHOWN)].rename(columns=SHOWN)
+    cols = [c for c in SHOWN if c in ("name", "status") or shown[c].notna().any() and (shown[c] != "").any()]
+    view = shown[cols].rename(columns=SHOWN)  # columns no run fills (heads for a sweep without S²ViTE) left out
     config = {"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
               "top-1 %": st.column_config.NumberColumn(format="%.2f"), "top-5 %": st.column_config.NumberColumn(format="%.2f"),
               "density": st.column_config.NumberColumn(format="%.3f"), "fired": st.column_config.NumberColumn(format="%.3f"),
@@ -157,9 +158,8 @@ def _accuracy_fig(digest: int, _shown: pd.DataFrame, x: str, talk: bool) -> Any:
 def paper_plots(shown: pd.DataFrame) -> None:
     st.subheader("Accuracy against density and FLOPs")
     digest = int(pd.util.hash_pandas_object(shown[["name", "status", "top1", "density", "flops_pct"]]).sum())
-    tabs = st.tabs(["Top-1 vs density", "Top-1 vs FLOPs"])
-    for tab, x in zip(tabs, ("density", "flops_pct"), strict=True):
-        with tab:
+    for column, x in zip(st.columns(2), ("density", "flops_pct"), strict=True):
+        with column:
             fig = _accuracy_fig(digest, shown, x, ui.talk_mode())
             st.plotly_chart(fig, config=figures.PLOTLY_CONFIG, key=f"runs_vs_{x}",
                             theme=None if ui.talk_mode() else "streamlit")
