@@ -18,6 +18,7 @@ import pandas as pd
 from sparsity_core import runs as core_runs
 from sparsity_core.errors import SviteError
 from sparsity_core.header import read_header
+from sparsity_core.runs.files import stamp
 
 from .settings import sweep_roots
 
@@ -68,15 +69,7 @@ def run_count() -> int:
 
 def _stamp(path: str) -> tuple:
     p = Path(path)
-    files = [p] if p.is_file() else [p / n for n in ("checkpoint.safetensors", "metrics.jsonl", core_runs.RECORD_NAME)]
-    out = []
-    for f in files:
-        try:
-            st = f.stat()
-            out.append((st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    return stamp([p] if p.is_file() else [p / n for n in ("checkpoint.safetensors", "metrics.jsonl", core_runs.RECORD_NAME)])
 
 
 @lru_cache(maxsize=256)

@@ -6,16 +6,11 @@ by Playwright through Debian's Chromium (as ``test_browser.py``)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from sweeps import finished
-from test_browser import CHROME_ARGS, CHROMIUM, _free_port, _no_errors, _settle
+from test_browser import CHROME_ARGS, CHROMIUM, _no_errors, _settle, streamlit_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "runs"
@@ -25,39 +20,11 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    assert CHROMIUM.exists(), "Debian's chromium is missing: scripts/test.sh installs it with apt"
     tmp = tmp_path_factory.mktemp("browser_runs")
     finished(tmp / "runs" / "exp" / "static_s0", method="static", density=0.5)
     finished(tmp / "runs" / "exp" / "svite_s0", method="svite", density=0.5, update_frequency=4)
-    port = _free_port()
-    env = {**os.environ, "SVITE_RUNS_DIR": str(tmp / "runs"), "SVITE_UPLOADS_DIR": str(tmp / "uploads"),
-           "HF_HUB_OFFLINE": "1"}
-    log = open(tmp / "streamlit.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-                             "--server.headless", "true", "--server.address", "localhost",
-                             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://localhost:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp / "streamlit.log").read_text()[-2000:]
-            assert time.time() < deadline, "streamlit did not start within 60 s"
-            time.sleep(0.3)
+    with streamlit_server(tmp, tmp / "runs") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-        log.close()
 
 
 def test_pick_a_run_on_the_runs_page_and_see_its_curve_on_overview(server, tmp_path):

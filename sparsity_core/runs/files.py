@@ -105,3 +105,15 @@ def last_error_line(folder: Path) -> str:
     if any(ln.startswith("Traceback") for ln in lines):
         return lines[-1][:300]
     return ""
+
+
+def stamp(paths: list[Path]) -> tuple:
+    """(mtime_ns, size) of each file, None for one that is missing: what changed since the last look."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)

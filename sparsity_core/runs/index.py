@@ -28,7 +28,7 @@ from ..rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME
 from ..runtime import run_is_active
 from ..validate import one_line
 from . import facts
-from .files import SUMMARY_TAIL_BYTES, last_error_line, read_metrics, read_number, read_small_json
+from .files import SUMMARY_TAIL_BYTES, last_error_line, read_metrics, read_number, read_small_json, stamp
 from .identity import config_columns
 from .records import read_record
 from .walk import RECORD_NAME, Found, find_runs
@@ -43,18 +43,7 @@ COLUMNS = ["name", "method_label", "method", "target_density", "density", "heads
 
 
 def _stamp(found: Found) -> tuple:
-    if found.kind == "file":
-        paths = [found.path]
-    else:
-        paths = [found.path / name for name in _WATCHED]
-    out = []
-    for p in paths:
-        try:
-            st = p.stat()
-            out.append((st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    return stamp([found.path] if found.kind == "file" else [found.path / name for name in _WATCHED])
 
 
 def _progress(meta: dict[str, Any], metrics: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
