@@ -20,7 +20,7 @@ from sparsity_core.errors import SviteError
 from sparsity_core.header import read_header
 from sparsity_core.runs.files import stamp
 
-from .settings import sweep_roots
+from .settings import shipped_runs_dir, sweep_roots
 
 _INDEXES: dict[str, core_runs.RunIndex] = {}
 _TABLES: dict[str, tuple[float, pd.DataFrame]] = {}
@@ -49,15 +49,16 @@ def _table(root: Path) -> pd.DataFrame:
 
 def all_runs() -> tuple[pd.DataFrame, list[str]]:
     """Every run below the runs folders (``settings.sweep_roots``), labelled by configuration, and
-    the notes about what was skipped. With two folders, names start with the folder's own name."""
+    the notes about what was skipped. The shipped sweep's names start with ``shipped/`` (and ``runs/``'s with ``runs/`` beside it)."""
     roots = sweep_roots()
     tables, notes = [], []
     for root in roots:
         t = _table(root)
-        if len(t) and len(roots) > 1:
-            t = t.assign(name=root.name + "/" + t["name"])
+        prefix = "shipped/" if root == shipped_runs_dir() else root.name + "/" if len(roots) > 1 else ""
+        if len(t) and prefix:
+            t = t.assign(name=prefix + t["name"])
         tables.append(t)
-        notes += [f"{root.name}/{n}" if len(roots) > 1 else n for n in _INDEXES[str(root)].notes]
+        notes += [prefix + n for n in _INDEXES[str(root)].notes]
     nonempty = [t for t in tables if len(t)]
     table = pd.concat(nonempty, ignore_index=True) if nonempty else core_runs.index.table([])
     return core_runs.with_labels(table), notes

@@ -12,6 +12,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from sweeps import stop, three_runs
 
+from sparsity_core import runs
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app" / "main.py")
 
@@ -81,6 +83,25 @@ def test_filters_narrow_the_table_and_the_grouped_view(env):
     at.multiselect(key="runs_status").set_value([]).run()
     at.text_input(key="runs_query").set_value("svite").run()
     assert list(at.dataframe[0].value["run"]) == ["svite_s0"]
+
+
+def test_without_a_runs_dir_the_app_opens_on_the_shipped_records(folder, tmp_path, monkeypatch):
+    """A fresh clone: no SVITE_RUNS_DIR, run records in checkpoints/runs/ -> the Runs page first, with them."""
+    root, _ = folder
+    ckpts = tmp_path / "checkpoints"
+    written, _ = runs.export_records(root, ckpts / "runs")
+    assert len(written) == 4 and sum(p.stat().st_size for p in written) < 64_000
+    monkeypatch.delenv("SVITE_RUNS_DIR", raising=False)
+    monkeypatch.setenv("SVITE_CHECKPOINTS_DIR", str(ckpts))
+    monkeypatch.setenv("SVITE_UPLOADS_DIR", str(tmp_path / "uploads"))
+    at = AppTest.from_file(APP, default_timeout=60).run()  # the default page
+    assert not at.exception and [t.value for t in at.title] == ["Runs"]
+    table = at.dataframe[0].value.set_index("run")
+    shipped = {n for n in table.index if n.startswith("shipped/")}
+    assert shipped == {"shipped/svite_s0", "shipped/a/dense_s2", "shipped/a/b/static_s1", "shipped/c/d/torn_s0"}
+    assert table.loc["shipped/svite_s0", "status"] == "finished" and table.loc["shipped/svite_s0", "top-1 %"] > 0
+    assert any(json.loads(c.proto.spec)["layout"]["title"]["text"].startswith("Learning curves")
+               for c in at.get("plotly_chart"))
 
 
 def test_a_run_that_appears_or_stops_shows_up_without_a_restart(env):
