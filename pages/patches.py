@@ -31,11 +31,20 @@ object_mask = truth = None
 notes: list[str] = []
 demo_index: int | None = None
 trained_on = (loaded.meta.get("data") or {}).get("source")
-if "patch_source" not in st.session_state:  # demo shapes for demo models, photos for everything else
-    st.session_state["patch_source"] = "Demo dataset" if trained_on == "demo" else "Sample photos"
+folder = patch_data.folder_data(path)  # the run's own image folder, classes matched by name; None if absent
+sources = ["Demo dataset", "Sample photos", "Upload"] + ([patch_data.FOLDER_SOURCE] if folder is not None else [])
+if "patch_source" not in st.session_state:  # the model's own data when there is some, else photos
+    st.session_state["patch_source"] = ("Demo dataset" if trained_on == "demo" else
+                                        patch_data.FOLDER_SOURCE if folder is not None else "Sample photos")
+ui.keep_valid("patch_source", sources)
 with ui.controls("Image and attribution"):
-    source = st.radio("Image", ["Demo dataset", "Sample photos", "Upload"], horizontal=True, key="patch_source")
-    if source == "Demo dataset":
+    source = st.radio("Image", sources, horizontal=True, key="patch_source")
+    if source == patch_data.FOLDER_SOURCE:
+        ui.keep_valid("patch_folder_index", range(len(folder)), 0)
+        index = int(st.slider(f"Image of {trained_on} (the run's validation split)", 0, len(folder) - 1,
+                              key="patch_folder_index"))
+        image, truth = patch_data.folder_sample(folder, index)
+    elif source == "Demo dataset":
         demo = patch_data.demo_for(path)
         ui.keep_valid("patch_demo_index", range(len(demo)), 8)
         demo_index = int(st.slider("Demo image (validation split)", 0, len(demo) - 1, key="patch_demo_index"))
@@ -64,7 +73,7 @@ with ui.controls("Image and attribution"):
 
 st.caption(" ".join(notes + [images.fit_description(image.shape, img_size, patch)]))
 image = images.fit(image, img_size)  # what the model sees, from here on: small arrays to hash for the caches
-if source != "Demo dataset" and trained_on == "demo":
+if source not in ("Demo dataset", patch_data.FOLDER_SOURCE) and trained_on == "demo":
     st.warning(f"This model was trained on {img_size} px synthetic shapes (10 classes), so a photo is far outside "
                "what it learnt: its label for the photo means little, and its maps show where it looks, not what "
                "it recognises.")
@@ -167,7 +176,7 @@ else:
         st.download_button("Download the GIF", gif, file_name="keep_maps.gif", mime="image/gif",
                            key="patch_gif", icon=":material/download:", on_click="ignore")
 
-st.subheader("Keep frequency over the demo data")
+st.subheader(f"Keep frequency over {patch_data.keep_frequency_over(path)}")
 freq = patch_data.keep_frequency(path)
 classes = ["all"] + [c for c in dict.fromkeys(freq["class"]) if c != "all"]
 with ui.controls("Class"):
