@@ -14,13 +14,13 @@ from sparsity_core import runs as core_runs
 from . import figures, run_figures, sweep, ui
 from .settings import sweep_roots
 
-#: Columns of the runs table, in order, with their headers.
-SHOWN = {"name": "run", "label": "configuration", "method_label": "method", "density": "density",
-         "heads": "heads alive", "neurons": "neurons alive", "keep": "keep ratio", "seed": "seed", "epoch": "epoch",
-         "epochs_total": "of epochs", "step": "step", "total_steps": "of steps", "top1": "top-1 %", "top5": "top-5 %",
-         "flops_pct": "FLOPs % of dense", "params": "params", "kept_params": "params kept", "fired": "fired",
-         "updates": "topology updates", "status": "status", "progress": "progress", "error": "last error",
-         "wall_s": "wall s"}
+#: Columns of the runs table, in order (what a glance needs first), with their headers.
+SHOWN = {"name": "run", "label": "configuration", "method_label": "method", "status": "status", "progress": "progress",
+         "seed": "seed", "top1": "top-1 %", "top5": "top-5 %", "density": "density", "heads": "heads alive",
+         "neurons": "neurons alive", "keep": "keep ratio", "flops_pct": "FLOPs % of dense", "fired": "fired",
+         "updates": "topology updates", "epoch": "epoch", "epochs_total": "of epochs", "step": "step",
+         "total_steps": "of steps", "params": "params", "kept_params": "params kept", "wall_s": "wall s",
+         "error": "last error"}
 FILTER_KEYS = ("runs_method", "runs_status", "runs_query", "runs_col", "runs_col_values")
 MAX_OVERLAY = 40  # runs whose curves are drawn when none is picked
 FOLLOW_S = 5.0  # how often the page looks for changes while a run is running

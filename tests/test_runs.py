@@ -298,3 +298,14 @@ def test_svite_runs_bad_input_is_one_line_and_changes_nothing(sweep, tmp_path, a
     assert code == 2 and out == "" and err.count("\n") == 1 and message in err and "Traceback" not in err
     assert sorted(p.relative_to(sweep) for p in sweep.rglob("*")) == before
     assert (tmp_path / "f.txt").read_text() == "x"
+
+
+def test_app_sh_refuses_a_runs_folder_that_is_not_there(tmp_path):
+    """`bash scripts/app.sh --runs DIR` checks DIR before installing or starting anything."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(["bash", str(root / "scripts" / "app.sh"), "--runs", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"scripts/app.sh: error: --runs {tmp_path / 'missing'}: not a folder\n"
