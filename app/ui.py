@@ -17,7 +17,7 @@ import torch
 from sparsity_core.checkpoint import LoadedCheckpoint
 from sparsity_core.errors import SviteError
 
-from . import catalog, figures, loaders
+from . import catalog, figures, loaders, sweep
 from .figures import PLOTLY_CONFIG
 from .settings import (
     CHECKPOINT_SUFFIXES,
@@ -35,9 +35,10 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("evolution", "Mask evolution", ":material/timeline:"),
     ("patches", "Patch maps", ":material/grid_on:"),
     ("compare", "Compare", ":material/compare_arrows:"),
+    ("runs", "Runs", ":material/table_chart:"),  # first (and the default) whenever there is more than one run
     ("retrain", "Retrain", ":material/model_training:"),
 )
-TALK_PATH = ("overview", "density", "evolution", "patches", "compare")
+TALK_PATH = ("runs", "overview", "density", "evolution", "patches", "compare")  # "runs" only with runs to show
 CKPT_KEY = "ckpt"
 TALK_KEY = "talk_mode"
 #: Seeded defaults the talk path starts from (widget keys of the pages -> values).
@@ -97,11 +98,22 @@ def configure_page() -> None:
 def navigation_pages() -> list[Any]:
     """``st.Page`` objects for ``pages/*.py`` (kept so pages can link to each other)."""
     pages = []
-    for i, (key, title, icon) in enumerate(PAGES):
+    for i, (key, title, icon) in enumerate(_page_order()):
         page = st.Page(str(REPO_ROOT / "pages" / f"{key}.py"), title=title, icon=icon, url_path=key, default=i == 0)
         _PAGE_OBJECTS[key] = page
         pages.append(page)
     return pages
+
+
+def _page_order() -> tuple[tuple[str, str, str], ...]:
+    """PAGES, with the Runs page first when there is more than one run to show."""
+    if sweep.run_count() <= 1:
+        return PAGES
+    return tuple(p for p in PAGES if p[0] == "runs") + tuple(p for p in PAGES if p[0] != "runs")
+
+
+def talk_path() -> tuple[str, ...]:
+    return TALK_PATH if sweep.run_count() > 1 else tuple(k for k in TALK_PATH if k != "runs")
 
 
 def _talk_default_checkpoint(entries: list[catalog.CheckpointEntry]) -> str | None:
@@ -301,13 +313,14 @@ def guard(fn: Callable[[], None], what: str) -> None:
 
 def next_page_footer(current: str) -> None:
     """Talk mode: a link to the next stop of the talk path."""
-    if not talk_mode() or current not in TALK_PATH:
+    path = talk_path()
+    if not talk_mode() or current not in path:
         return
-    i = TALK_PATH.index(current)
+    i = path.index(current)
     st.divider()
-    st.caption(f"Talk path · {i + 1} of {len(TALK_PATH)}")
-    if i + 1 < len(TALK_PATH):
-        nxt = TALK_PATH[i + 1]
+    st.caption(f"Talk path · {i + 1} of {len(path)}")
+    if i + 1 < len(path):
+        nxt = path[i + 1]
         page = _PAGE_OBJECTS.get(nxt)
         title = dict((k, t) for k, t, _ in PAGES)[nxt]
         if page is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import loaders, ui
+from app import loaders, runs_view, ui
 
 path, loaded = ui.require_checkpoint()
 doc = loaders.inspect_doc(path)
@@ -24,6 +24,8 @@ n_masked = sum(1 for h in doc["history"] if h.get("overall_density") is not None
 c4.metric("Mask snapshots", f"{n_masked} of {n_snaps}" if n_masked != n_snaps else n_snaps,
           help=f"{n_snaps} snapshots recorded (init, topology updates, epoch ends); {n_masked} of them hold masks. "
                "A dense run records snapshots but has no masks, so it has no topology to follow.")
+
+runs_view.checkpoint_curve(path)  # the run's learning curve with its topology updates, near the top
 
 st.subheader("Model and settings")
 model_rows = [
@@ -78,10 +80,5 @@ def _cost() -> None:
 
 
 ui.guard(_cost, "Cost")
-
-curves = loaders.run_metrics(path)
-if len(curves):
-    st.subheader("Training run")
-    ui.plot("training_curves", curves, key="curves")
 
 ui.next_page_footer("overview")
