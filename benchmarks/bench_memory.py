@@ -13,7 +13,12 @@
    counted once, modules and the model's own parameters excluded), in bytes per masked weight, plus
    the largest transient buffer of an update.
 
-``--before REF`` runs the same children on the code of a git ref (``git archive``), beside this tree's:
+``--before REF`` runs the same children on the code of a git ref (``git archive``), beside this tree's.
+``--mmap-threshold BYTES`` fixes glibc's mmap threshold in the children (``MALLOC_MMAP_THRESHOLD_``): by
+default glibc raises it as large blocks are freed, so freed activations stay in the heap and a peak
+moves by +-10 MB between identical runs; fixed (e.g. 131072), large blocks go back to the system on
+free and the peaks are repeatable to the MB, which isolates what the code holds from what the
+allocator keeps:
 
     nice -n 5 python benchmarks/bench_memory.py --before main --breakdown
     nice -n 5 python benchmarks/bench_memory.py --only svite s2vite --repeats 5
@@ -47,9 +52,12 @@ RUNS = {
 }
 
 
+MALLOC: dict[str, str] = {}  # --mmap-threshold
+
+
 def run_child(code: Path, args: list[str], out: Path) -> int:
     """Peak RSS (bytes) of ``python -m sparsity_core train ...`` run from ``code``."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code), **MALLOC}
     proc = subprocess.Popen([sys.executable, "-m", "sparsity_core", "train", *COMMON, *args, "--out", str(out)],
                             cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -196,8 +204,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--before", default=None, help="git ref to measure beside this tree (e.g. main)")
     parser.add_argument("--breakdown", action="store_true", help="also list the per-weight buffers")
+    parser.add_argument("--mmap-threshold", type=int, default=None, help="fix glibc's mmap threshold (bytes)")
     parser.add_argument("--breakdown-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.mmap_threshold is not None:
+        MALLOC["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     if args.breakdown_child:
         breakdown_child(args.breakdown_child)
         return
@@ -209,7 +220,8 @@ def main() -> None:
             (work / "before").mkdir()
             subprocess.run(f"git -C {ROOT} archive {args.before} | tar -x -C {work / 'before'}", shell=True, check=True)
             codes = {"before": work / "before", "this": ROOT}
-        print(f"peak RSS of 6 steps of `svite train` {' '.join(COMMON)}; load average {os.getloadavg()[0]:.1f}")
+        print(f"peak RSS of 6 steps of `svite train` {' '.join(COMMON)} {MALLOC or ''}; "
+              f"load average {os.getloadavg()[0]:.1f}")
         res = table(codes, names, args.repeats, work)
         print_table(res, codes, names)
         if args.breakdown:
