@@ -10,7 +10,8 @@ apply one rule, so they choose the same entries (tested on tied data).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -82,6 +83,19 @@ class Scratch:
     def nbytes(self) -> int:
         own = [self._float, self._flags, self._work, *self._bytes]
         return sum(t.numel() * t.element_size() for t in own if t is not None)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread inside the block (restored after)."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
 
 
 def seeded_generator(seed: int) -> torch.Generator:
