@@ -1,6 +1,6 @@
 """SViTE speed, measured side by side in one process (run by hand; CPU).
 
-1. ``step``: one sparse training step (forward, backward, AdamW, fused mask multiply) / one dense
+1. ``step``: one sparse training step (forward, backward, AdamW, the mask multiply) / one dense
    step, same model, same batch, interleaved A-B-B-A so machine noise hits both; the prune-and-grow
    update is timed separately and amortised at the reference's update frequency (15000 steps for
    DeiT-Tiny/Small) -- target <= 1.01.
