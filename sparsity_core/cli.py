@@ -1,4 +1,5 @@
-"""``svite`` / ``python -m sparsity_core``: train, eval, inspect, compact (see shared/design/CLI.md).
+"""``svite`` / ``python -m sparsity_core``: train, eval, inspect, check, compact, convert (see
+shared/design/CLI.md).
 
 Error convention: bad input -> one line on stderr naming the file or flag and the problem, exit
 code 2, no traceback (set ``SVITE_DEBUG=1`` to see one), no file changed.
@@ -215,6 +216,24 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="rewrite an older checkpoint of ours in the current format (nothing lost)",
+                       description="Rewrite OLD (e.g. format 1: every snapshot stored whole) as NEW in the current "
+                       "format (keyframes and deltas). Weights, masks, metadata and every snapshot are kept and "
+                       "checked after writing; NEW must not exist, and OLD is never changed.")
+    p.add_argument("path", metavar="OLD")
+    p.add_argument("out", metavar="NEW")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_file
+
+    _emit(convert_file(args.path, args.out), args.json)
+    return 0
+
+
 def _emit(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         from .report import to_json
@@ -246,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_check(sub)
     _add_compact(sub)
+    _add_convert(sub)
     return parser
 
 
