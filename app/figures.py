@@ -61,9 +61,12 @@ def talk_layout(fig: go.Figure) -> go.Figure:
     meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
     if meta.get("kind") == "panel":
         return _panel(fig, fig.layout.title.text, "talk")
-    height = int(round((fig.layout.height or 380) * 1.35))
-    fig.update_layout(height=height, margin={"l": 80, "r": 30, "t": 100, "b": 70},
-                      title={"y": 1 - 55 / height})
+    height = int(meta.get("talk_height") or round((fig.layout.height or 380) * 1.35))
+    top = int(meta.get("talk_top") or 100)
+    if meta.get("kind") == "grid":  # subplot titles and labels: annotations, which keep their own font size
+        fig.update_annotations(font_size=TALK_FONT - 2)
+    fig.update_layout(height=height, margin={"l": 80, "r": 30, "t": top, "b": 70} if top == 100 else
+                      {"l": 10, "r": 10, "t": top, "b": 10}, title={"y": 1 - 55 / height})
     fig.update_xaxes(automargin=True, title_standoff=14)
     fig.update_yaxes(automargin=True, title_standoff=14)
     return fig
@@ -184,8 +187,9 @@ def young_pruning_lines(young: pd.DataFrame) -> go.Figure:
     return _layout(fig, "Does each update undo the one before?", height=340)
 
 
-def head_timeline(heads: pd.DataFrame) -> go.Figure:
-    """Every head (rows: block·head) alive or pruned at every snapshot (columns)."""
+def head_timeline(heads: pd.DataFrame, title: str = "Head survival: block × head across snapshots") -> go.Figure:
+    """Every head (rows: block·head) alive or pruned at every snapshot (columns); ``alive`` may also be the
+    share of a head's weights kept (unstructured runs)."""
     heads = heads.sort_values(["block", "head", "snapshot"])
     rows = [f"block {b} · head {h}" for b, h in heads[["block", "head"]].drop_duplicates().itertuples(index=False)]
     snaps = sorted(heads["snapshot"].unique())
@@ -195,7 +199,7 @@ def head_timeline(heads: pd.DataFrame) -> go.Figure:
                                hovertemplate="%{y} at snapshot %{x}: %{z}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title="snapshot")
-    return _layout(fig, "Head survival: block × head across snapshots", height=max(300, 14 * len(rows) + 120))
+    return _layout(fig, title, height=max(300, 14 * len(rows) + 120))
 
 
 def neuron_lines(neurons: pd.DataFrame) -> go.Figure:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import figures, images, patch_data, ui
-from app.errors import SviteError
-from app.settings import IMAGE_SUFFIXES, IMAGE_UPLOAD_MB
+from app import figures, image_picker, patch_data, ui
 
 # Rollout first: it needs one forward pass per image, so the page (and its agreement over 32 demo images)
 # opens in about a second; the captum methods take 10-40 s for those 32 images the first time (progress
@@ -27,47 +25,12 @@ sel = doc.get("token_selector")
 patch, img_size = int(arch["patch_size"]), int(arch["img_size"])
 ui.header("Patch maps", f"selector keeps {sel['keep']} of {sel['of']} patches" if sel else "no token selector")
 
-object_mask = truth = None
-notes: list[str] = []
-demo_index: int | None = None
 trained_on = (loaded.meta.get("data") or {}).get("source")
-if "patch_source" not in st.session_state:  # demo shapes for demo models, photos for everything else
-    st.session_state["patch_source"] = "Demo dataset" if trained_on == "demo" else "Sample photos"
 with ui.controls("Image and attribution"):
-    source = st.radio("Image", ["Demo dataset", "Sample photos", "Upload"], horizontal=True, key="patch_source")
-    if source == "Demo dataset":
-        demo = patch_data.demo_for(path)
-        ui.keep_valid("patch_demo_index", range(len(demo)), 8)
-        demo_index = int(st.slider("Demo image (validation split)", 0, len(demo) - 1, key="patch_demo_index"))
-        sample = demo.sample(demo_index)
-        image, object_mask, truth = sample.image, sample.patch_mask, demo.class_names[sample.label]
-    elif source == "Sample photos":
-        photos = patch_data.photos()
-        ui.keep_valid("patch_photo", sorted(photos))
-        image = photos[st.selectbox("Photo", sorted(photos), key="patch_photo")]
-    else:
-        up = st.file_uploader(f"An image ({', '.join(IMAGE_SUFFIXES)}; ≤ {IMAGE_UPLOAD_MB} MB)", key="patch_upload")
-        if up is None:
-            st.info("Upload an image to see its patch maps.")
-            st.stop()
-        if up.size > IMAGE_UPLOAD_MB * 2**20:
-            st.warning(f"{up.name}: {up.size / 2**20:.0f} MB is over the {IMAGE_UPLOAD_MB} MB image limit.")
-            st.stop()
-        try:
-            decoded = images.decode_image(up.getvalue(), up.name)
-        except SviteError as err:
-            st.warning(str(err))
-            st.stop()
-        image, notes = decoded.rgb, [f"{up.name}: {decoded.original_size[0]}×{decoded.original_size[1]} px, "
-                                     f"{decoded.mode}."] + decoded.notes
+    picked = image_picker.pick_image(path, "patch", trained_on)
     method = st.selectbox("Attribution", list(METHODS), format_func=METHODS.get, key="patch_method")
-
-st.caption(" ".join(notes + [images.fit_description(image.shape, img_size, patch)]))
-image = images.fit(image, img_size)  # what the model sees, from here on: small arrays to hash for the caches
-if source != "Demo dataset" and trained_on == "demo":
-    st.warning(f"This model was trained on {img_size} px synthetic shapes (10 classes), so a photo is far outside "
-               "what it learnt: its label for the photo means little, and its maps show where it looks, not what "
-               "it recognises.")
+object_mask, truth, demo_index = picked.object_mask, picked.truth, picked.demo_index
+image = image_picker.fitted(picked, img_size, patch, trained_on)  # small arrays to hash for the caches
 pred = patch_data.predict(path, image)
 top = pred.iloc[0]
 names_from = patch_data.class_names(path)[1]

@@ -43,6 +43,7 @@ from .patches import _model_of, to_model_input
 __all__ = ["HeadMaps", "head_alive", "head_importance", "head_mask_history", "head_maps", "head_object_iou",
            "heads_over_images", "object_iou", "probe_history", "probe_object_iou"]
 
+MAX_PROBE_IMAGES = 64  # a probe claiming more images than any trainer records is refused
 UNIFORM_RTOL = 1e-3  # a map whose spread is below this share of its mean is uniform: no top patches
 
 
@@ -236,9 +237,10 @@ def probe_history(loaded: Any, block: int) -> tuple[list[int], np.ndarray] | Non
     layer = history.layers["probe"][history.layer_index("probe", name)]
     gh, gw = grid_size(model)
     heads = int(model.blocks[block].attn.num_heads)
-    if len(layer.shape) != 3 or layer.shape[1:] != (heads, gh * gw) or layer.dtype != "float16":
+    if len(layer.shape) != 3 or layer.shape[1:] != (heads, gh * gw) or layer.dtype != "float16" \
+            or not 1 <= layer.shape[0] <= MAX_PROBE_IMAGES:
         raise SviteError(f"the head probe of block {block} is {list(layer.shape)} {layer.dtype}; this model needs "
-                         f"[images, {heads}, {gh * gw}] float16")
+                         f"[images (1 to {MAX_PROBE_IMAGES}), {heads}, {gh * gw}] float16")
     snaps, arrays = [], []
     for t, state in history.walk("probe", name):
         snaps.append(t)

@@ -1,0 +1,127 @@
+"""The Heads page in AppTest: one map per head with the pruned ones marked (S²ViTE demo), all alive (dense
+demo), each head's importance and object IoU beside chance, the same heads across snapshots from the masks
+or from the head probe, an official-format DeiT checkpoint, and the talk path's own checkpoint for it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import tiny_train_config  # noqa: E402
+from test_app_pages import APP, arr, chart, charts, ckpt, isolated, ok, open_page  # noqa: E402,F401
+from test_browser import _official_checkpoint  # noqa: E402
+
+from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
+from sparsity_core.train import train  # noqa: E402
+
+GRID = "Class-token attention of block"
+
+
+def _grid(at) -> dict:
+    return chart(at, GRID)
+
+
+def _maps(spec: dict) -> list[np.ndarray]:
+    return [arr(t["z"]) for t in spec["data"] if t["type"] == "heatmap"]
+
+
+def _titles(spec: dict) -> list[str]:
+    return [a["text"] for a in spec["layout"]["annotations"] if a["text"].startswith("head ")]
+
+
+def _story(at) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("Block "))
+
+
+def test_s2vite_demo_six_maps_per_block_with_the_pruned_ones_marked():
+    at = open_page("heads", "s2vite")
+    units = load_checkpoint(ckpt("s2vite")).units
+    for block in (3, 0):
+        at.select_slider(key="heads_block").set_value(block).run()
+        ok(at)
+        alive = units[f"blocks.{block}.attn.heads"].numpy()
+        spec = _grid(at)
+        maps, titles = _maps(spec), _titles(spec)
+        assert len(maps) == 6 and len(titles) == 6 and f"block {block}" in spec["layout"]["title"]["text"]
+        assert ["pruned" in t for t in titles] == [not a for a in alive]
+        for m, a, t in zip(maps, alive, titles, strict=True):
+            assert (np.ptp(m) < 1e-6) == (not a)  # a pruned head attends uniformly
+            assert ("Taylor 0<" in t + "<") == (not a) and ("IoU" in t) == bool(a)
+        assert f"{int(alive.sum())} of 6 heads alive" in _story(at) and "chance gives" in _story(at)
+        bars = chart(at, f"Do the heads of block {block}")
+        names = {t["name"] for t in bars["data"]}
+        assert {"this image", "chance (this image)", "chance (mean)"} <= names
+    first = _maps(_grid(at))
+    at.select_slider(key="heads_block").set_value(1).run()
+    assert not all(np.array_equal(a, b) for a, b in zip(first, _maps(_grid(ok(at))), strict=True))
+    at.radio(key="heads_kind").set_value("rollout").run()
+    assert chart(ok(at), "Per-head rollout of block 1")
+    timeline = chart(at, "Block 1: each head alive (dark) or pruned")  # no probe in the shipped demos
+    assert any("recorded no head probe" in i.value for i in at.info)
+    assert arr(timeline["data"][0]["z"]).shape[0] == 6
+
+
+def test_dense_demo_has_every_head_alive():
+    at = open_page("heads", "dense")
+    spec = _grid(at)
+    assert len(_maps(spec)) == 6 and not any("pruned" in t for t in _titles(spec))
+    assert "all 6 heads alive" in _story(at) and "pruned" not in _story(at)
+    assert any("Its history holds no masks" in i.value for i in at.info)
+
+
+def test_the_head_probe_shows_the_same_heads_over_training(tmp_path):
+    run = tmp_path / "runs" / "probe"
+    train(tiny_train_config(run, method="s2vite", atten_density=0.5, other_density=0.6, update_frequency=3,
+                            warmup_epochs=0.5), show_progress=False, echo_metrics=False)
+    at = AppTest_for(str(run / "checkpoint.safetensors"))
+    n = len(load_checkpoint(run / "checkpoint.safetensors").history)
+    assert not any("recorded no head probe" in i.value for i in at.info)
+    lines = chart(at, "Block 1: object IoU of each head over training")
+    assert {t["name"] for t in lines["data"]} >= {"head 0", "chance"}
+    strip = chart(at, "Head 0 of block 1 across training")
+    assert len(_maps(strip)) == min(n, 12)
+    at.select_slider(key="heads_snapshot").set_value(0).run()
+    early = _maps(chart(ok(at), "Class-token attention of block 1 at snapshot #0"))
+    at.select_slider(key="heads_snapshot").set_value(n - 1).run()
+    late = _maps(chart(ok(at), f"Class-token attention of block 1 at snapshot #{n - 1}"))
+    assert len(early) == len(late) == 4 and not np.allclose(early[0], late[0])
+
+
+def AppTest_for(path: str):  # noqa: N802 (reads as the class it builds)
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.session_state["ckpt"] = path
+    at.switch_page("../pages/heads.py")
+    return ok(at.run())
+
+
+def test_an_official_deit_checkpoint_shows_its_heads(tmp_path):
+    (tmp_path / "runs" / "official").mkdir(parents=True)
+    path = _official_checkpoint(tmp_path / "runs" / "official" / "checkpoint.pth")
+    at = AppTest_for(str(path))
+    spec = _grid(at)
+    assert len(_maps(spec)) == 2 and not any("pruned" in t for t in _titles(spec))
+    assert _maps(spec)[0].shape == (14, 14)
+    assert any("on this image, with the model's prediction" in c.value for c in at.caption)
+    assert not [t for t in charts(at) if t.startswith("Do the heads")]  # a photo has no object mask
+
+
+@pytest.mark.parametrize("talk", [True, False])
+def test_the_talk_path_shows_pruned_heads_and_normal_mode_follows_the_sidebar(talk):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=90)
+    if talk:
+        at.query_params["talk"] = "1"
+    else:
+        at.session_state["ckpt"] = ckpt("svite-plus")
+    at.switch_page("../pages/heads.py")
+    ok(at.run())
+    assert at.session_state["ckpt"] == ckpt("svite-plus")
+    titles = _titles(_grid(at))
+    assert any("pruned" in t for t in titles) == talk  # S²ViTE's pruned heads in a talk; SViTE+ has none
