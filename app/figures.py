@@ -203,27 +203,32 @@ def head_timeline(heads: pd.DataFrame, title: str = "Head survival: block × hea
 
 
 def neuron_lines(neurons: pd.DataFrame) -> go.Figure:
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("neurons alive (fraction)", "initial neurons still alive"))
+    # axis titles, not subplot titles: those sit where the figure's title is and ran into it
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12)
     for b, part in neurons.groupby("block"):
         fig.add_trace(go.Scatter(x=part["step"], y=part["fraction_alive"], name=f"block {b}", legendgroup=str(b),
                                  mode="lines+markers"), row=1, col=1)
         fig.add_trace(go.Scatter(x=part["step"], y=part["survived"], name=f"block {b}", legendgroup=str(b),
                                  showlegend=False, mode="lines+markers"), row=1, col=2)
     fig.update_yaxes(range=[0, 1.05])
+    fig.update_yaxes(title="neurons alive (share)", row=1, col=1)
+    fig.update_yaxes(title="initial neurons still alive", row=1, col=2)
+    fig.update_xaxes(title="step")
     return _layout(fig, "MLP neuron survival timeline", height=340)
 
 
 # ----------------------------------------------------------------------------------------------
 # compare
 def density_compare(diff: pd.DataFrame, label_a: str, label_b: str) -> go.Figure:
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.08,
-                        subplot_titles=("density", f"difference ({label_b} − {label_a})"))
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.08)
     fig.add_trace(go.Bar(x=diff["layer"], y=diff["density_a"], name=label_a), row=1, col=1)
     fig.add_trace(go.Bar(x=diff["layer"], y=diff["density_b"], name=label_b), row=1, col=1)
     fig.add_trace(go.Bar(x=diff["layer"], y=diff["density_diff"], name="B − A", showlegend=False,
                          marker_color=["#2ca02c" if v >= 0 else "#d62728" for v in diff["density_diff"]]), row=2, col=1)
     fig.update_layout(barmode="group")
-    return _layout(fig, "Per-layer density", height=520)
+    fig.update_yaxes(title="density", row=1, col=1)
+    fig.update_yaxes(title="B − A", row=2, col=1)
+    return _layout(fig, f"Per-layer density, and the difference {label_b} − {label_a}", height=520)
 
 
 def diff_counts(diff: pd.DataFrame) -> go.Figure:
@@ -274,7 +279,7 @@ def speed_bars(speed: pd.DataFrame) -> go.Figure:
 
 def training_curves(metrics: pd.DataFrame) -> go.Figure:
     """Loss by step and validation top-1 by epoch from a run's metrics.jsonl records."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "validation top-1 (%)"))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12)  # axis titles: subplot titles hit the title
     steps = metrics[metrics.get("kind") == "step"] if "kind" in metrics else metrics.iloc[0:0]
     epochs = metrics[metrics.get("kind") == "epoch"] if "kind" in metrics else metrics.iloc[0:0]
     if len(steps) and "loss" in steps:
@@ -287,6 +292,8 @@ def training_curves(metrics: pd.DataFrame) -> go.Figure:
                       row=1, col=2)
     fig.update_xaxes(title="step", row=1, col=1)
     fig.update_xaxes(title="epoch", row=1, col=2)
+    fig.update_yaxes(title="training loss", row=1, col=1)
+    fig.update_yaxes(title="validation top-1 (%)", row=1, col=2)
     return _layout(fig, "Training curves", height=340)
 
 

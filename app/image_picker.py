@@ -63,12 +63,17 @@ def pick_image(path: str, prefix: str, trained_on: str | None) -> Picked:
     return Picked(decoded.rgb, source, notes=notes)
 
 
-def fitted(picked: Picked, img_size: int, patch: int, trained_on: str | None) -> np.ndarray:
-    """The image as the model sees it (centre crop, resize), after a caption saying how it was fitted and,
-    for a photo on a model trained on the demo shapes, a warning that its label means little."""
+def fitted(picked: Picked, img_size: int) -> np.ndarray:
+    """The image as the model sees it (centre crop, resize): small arrays to hash for the caches."""
+    return images.fit(picked.image, img_size)
+
+
+def describe(picked: Picked, img_size: int, patch: int, trained_on: str | None) -> None:
+    """A caption saying how the image was read and fitted and, for a photo on a model trained on the demo
+    shapes, a warning that its label means little. Above the maps normally; below them in talk mode, where
+    the first screen is for the headline chart."""
     st.caption(" ".join(picked.notes + [images.fit_description(picked.image.shape, img_size, patch)]))
     if picked.source != "Demo dataset" and trained_on == "demo":
         st.warning(f"This model was trained on {img_size} px synthetic shapes (10 classes), so a photo is far outside "
                    "what it learnt: its label for the photo means little, and its maps show where it looks, not what "
                    "it recognises.")
-    return images.fit(picked.image, img_size)

@@ -20,7 +20,13 @@ def method_name(doc: Mapping[str, Any]) -> str:
 
 
 def _pct(x: float) -> str:
+    """A share as a percentage: whole percents, one decimal below 10% where it matters (5.1%)."""
     return f"{100 * x:.0f}%" if abs(100 * x - round(100 * x)) < 0.05 or x >= 0.1 else f"{100 * x:.1f}%"
+
+
+def _range(lo: float, hi: float) -> str:
+    a, b = _pct(lo), _pct(hi)
+    return a if a == b else f"{a[:-1]}–{b}"
 
 
 def _top1(doc: Mapping[str, Any]) -> str:
@@ -35,7 +41,7 @@ def overview(doc: Mapping[str, Any], hist: pd.DataFrame, flops: Mapping[str, flo
     last = hist.iloc[-1] if len(hist) else pd.Series(dtype=object)
     cost = f"{flops['sparse'] / 1e6:,.1f} MFLOPs per image ({_pct(flops['ratio'])} of dense)"
     sel = doc.get("token_selector")
-    keeps = f", its token selector keeps {sel['keep']} of {sel['of']} patches" if sel else ""
+    keeps = f"; its token selector keeps {sel['keep']} of {sel['of']} patches" if sel else ""
     if doc.get("heads"):
         heads = [h for b in doc["heads"] for h in b["alive"]]
         neurons = doc.get("neurons") or []
@@ -52,27 +58,27 @@ def overview(doc: Mapping[str, Any], hist: pd.DataFrame, flops: Mapping[str, flo
     return f"{name} keeps {_pct(density)} of its weights{keeps}: {cost}{_top1(doc)}."
 
 
-def density(table: pd.DataFrame) -> str:
-    """The overall density and the sparsest and densest layers."""
+def density(table: pd.DataFrame, erk: bool = False) -> str:
+    """The overall density and the sparsest and densest layers (``erk``: the budgets were ERK's)."""
     kept, total = int(table["nonzeros"].sum()), int(table["numel"].sum())
     lo, hi = table.loc[table["density"].idxmin()], table.loc[table["density"].idxmax()]
     if float(lo["density"]) == float(hi["density"]):
         return f"All {len(table)} sparsifiable layers keep {_pct(float(lo['density']))} of their weights."
     return (f"The {len(table)} sparsifiable layers keep {_pct(kept / total)} of their {total:,} weights, from "
-            f"{_pct(float(lo['density']))} ({lo['layer']}) to {_pct(float(hi['density']))} ({hi['layer']}): ERK "
-            "gives small layers more.")
+            f"{_pct(float(lo['density']))} ({lo['layer']}) to {_pct(float(hi['density']))} ({hi['layer']})"
+            + (": ERK gives small layers more." if erk else "."))
 
 
 def evolution(churn: pd.DataFrame, dist: np.ndarray, idx: Sequence[int], metric: str) -> str:
     """How many updates, how much each moved, and how far the final topology is from the first."""
     updates = churn[churn["event"] == "update"]
-    far = f"the final topology is at {metric} distance {dist[0, -1]:.2f} from the first" if len(idx) > 1 else ""
+    far = (f"the final topology is at {metric.capitalize()} distance {dist[0, -1]:.2f} from the first" if len(idx) > 1
+           else "")
     if updates.empty:
         return f"No topology update changed the masks; {far}." if far else "No topology update changed the masks."
     steps = f"steps {int(updates['step'].min())}–{int(updates['step'].max())}" if len(updates) > 1 else \
         f"step {int(updates['step'].iloc[0])}"
-    moved = f"{_pct(updates['churn'].min())}–{_pct(updates['churn'].max())}" if len(updates) > 1 else \
-        _pct(updates["churn"].iloc[0])
+    moved = _range(float(updates["churn"].min()), float(updates["churn"].max()))
     return (f"{len(updates)} updates ({steps}) each moved {moved} of the active weights; {far}.")
 
 

@@ -46,6 +46,10 @@ def number(value: Any) -> str:
         return str(bool(value))
     if isinstance(value, (int, np.integer)):
         return f"{int(value):,}" if abs(int(value)) >= 10_000 else str(int(value))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(number(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {number(v)}" for k, v in value.items())
     if isinstance(value, (float, np.floating)):
         v = float(value)
         if math.isinf(v):

@@ -67,7 +67,7 @@ h1 { font-size: 3rem !important; }
 h2, h3 { font-size: 2.1rem !important; }
 [data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] p { font-size: 1.15rem !important; }
 .st-key-story p { font-size: 1.6rem !important; line-height: 1.3; }
-[data-testid="stMainBlockContainer"] { padding-top: 2.5rem; }
+[data-testid="stMainBlockContainer"] { padding-top: 2rem !important; }
 </style>
 """
 #: Rows a talk-mode table shows (the CSV button below it has them all).

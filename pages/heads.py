@@ -30,7 +30,9 @@ with ui.controls("Checkpoint, image and block"):
                     help="Class-token attention: the head's own weights on the patches. Per-head rollout: the same, "
                          "traced back through the blocks below (heads averaged there), so it says which input "
                          "patches the attended tokens came from.")
-image = image_picker.fitted(picked, img_size, patch, trained_on)
+image = image_picker.fitted(picked, img_size)
+if not ui.talk_mode():
+    image_picker.describe(picked, img_size, patch, trained_on)
 obj = picked.object_mask
 
 maps = heads_data.maps(path, image).of(kind)[block]
@@ -51,8 +53,10 @@ sentence.markdown(story.heads(block, alive, summary if "iou" in summary else Non
 labels = [f"head {h}{'' if a else ' · pruned'}<br>" + (f"IoU {r:.2f} · " if r == r else "") + f"Taylor {t:.2g}"
           for h, (a, r, t) in enumerate(zip(alive, frame["iou"], frame["taylor"], strict=True))]
 view = figures.overlay_patches(patch_data.model_view(path, image), patch, None, obj)
-ui.plot("head_grid", maps, alive, labels, f"{KINDS[kind]} of block {block}, one map per head (each to its own scale)",
-        outline=obj, image=view, key="heads_grid")
+ui.plot("head_grid", maps, alive, labels, f"{KINDS[kind]} of block {block} on this image, one map per head (each "
+        "to its own scale)", outline=obj, image=view, key="heads_grid")
+if ui.talk_mode():
+    image_picker.describe(picked, img_size, patch, trained_on)
 st.caption(f"Taylor: the S²ViTE importance the engine prunes heads by (its own scorer), {imp_basis}. "
            + ("IoU: the head's top-k patches against the object's k patches (gold frame). " if obj is not None else
               "Object IoU needs an image with an object mask (the demo images). ") + PRUNED_NOTE)

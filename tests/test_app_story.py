@@ -1,0 +1,86 @@
+"""Numbers as people read them (tables.py) and the one sentence each page opens with (story.py), checked
+against the numbers they claim; the Retrain form's sliders follow the method."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_app_pages import ckpt, isolated, ok, open_page  # noqa: E402,F401
+
+from app import story, tables  # noqa: E402
+from sparsity_core import analysis  # noqa: E402
+from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
+from sparsity_core.report import inspect_checkpoint  # noqa: E402
+
+
+def test_numbers_read_as_integers_or_four_significant_digits():
+    for value, text in [(400.0, "400"), (1000.0, "1000"), (12345.0, "12,345"), (0.6147314860270574, "0.6147"),
+                        (86.3, "86.3"), (12345.678, "12,346"), (float("nan"), ""), (None, ""), (np.int64(7), "7"),
+                        ("svite", "svite"), ([0.5, 400.0], "[0.5, 400]"), (2e-4, "0.0002"),
+                        ({"a": 0.123456}, "a: 0.1235")]:
+        assert tables.number(value) == text, value
+
+
+def test_tables_get_human_column_names_and_keep_their_values():
+    hist = analysis.history_table(load_checkpoint(ckpt("svite")).history)
+    shown = tables.readable(hist)
+    assert "update started at step" in shown.data.columns and "updates_started_at" not in shown.data.columns
+    html = shown.to_html()
+    assert "400.0000" not in html and ">400<" in html and "0.4999933" not in html
+    assert shown.data["update started at step"].dropna().iloc[0] == 400.0  # values untouched: they sort as numbers
+    clash = tables.renamed(pd.DataFrame({"overall_density": [1.0], "density": [0.5]}))
+    assert list(clash.columns) == ["overall_density", "density"]  # never two columns of one name
+
+
+def test_the_overview_sentence_says_what_the_checkpoint_did():
+    for name in ("svite-plus", "s2vite", "dense"):
+        loaded = load_checkpoint(ckpt(name))
+        doc = inspect_checkpoint(loaded)
+        hist = analysis.history_table(loaded.history)
+        flops = {"dense": 64.6e6, "sparse": 17.2e6, "ratio": 17.2 / 64.6}
+        text = story.overview(doc, hist, flops)
+        updates = int((hist["event"] == "update").sum())
+        if name == "svite-plus":
+            fired = hist["fired_density"].iloc[-1]
+            assert text.startswith(f"SViTE+ held 50% of the weights and explored {round(100 * fired)}% of them over "
+                                   f"{updates} updates; its token selector keeps 32 of 64 patches")
+        elif name == "s2vite":
+            alive = sum(sum(b["alive"]) for b in doc["heads"])
+            assert text.startswith(f"S²ViTE kept {alive} of 24 attention heads and 920 of 1,536 MLP neurons over "
+                                   f"{updates} updates")
+        else:
+            assert text.startswith(f"The dense model uses all {doc['params']:,} of its weights")
+        assert f"validation top-1 {doc['metrics']['val_top1']:.1f}%" in text
+
+
+def test_the_evolution_and_density_sentences_carry_their_numbers():
+    loaded = load_checkpoint(ckpt("svite"))
+    churn = analysis.mask_churn(loaded.history)
+    dist, idx = analysis.snapshot_distances(loaded.history, "jaccard")
+    text = story.evolution(churn, dist, idx, "jaccard")
+    updates = churn[churn["event"] == "update"]
+    assert text.startswith(f"{len(updates)} updates (steps {updates['step'].min()}–{updates['step'].max()})")
+    assert f"Jaccard distance {dist[0, -1]:.2f}" in text
+    table = analysis.layer_density_table(analysis.checkpoint_masks(loaded))
+    text = story.density(table, erk=True)
+    assert f"{int(table['numel'].sum()):,} weights" in text and "ERK" in text and "ERK" not in story.density(table)
+
+
+def test_retrain_form_shows_only_the_sliders_of_the_chosen_method():
+    at = open_page("retrain", "svite")
+    present = {key: bool(at.get("slider") and [s for s in at.slider if s.key == key]) for key in
+               ("rt_density", "rt_atten", "rt_other")}
+    assert present == {"rt_density": True, "rt_atten": False, "rt_other": False}
+    density = at.slider(key="rt_density").value
+    at.selectbox(key="rt_method").set_value("s2vite").run()
+    keys = {s.key for s in ok(at).slider}
+    assert {"rt_atten", "rt_other"} <= keys and "rt_density" not in keys
+    at.selectbox(key="rt_method").set_value("dense").run()
+    assert not {"rt_density", "rt_atten", "rt_other"} & {s.key for s in ok(at).slider}
+    at.selectbox(key="rt_method").set_value("svite").run()
+    assert at.slider(key="rt_density").value == density and at.selectbox(key="rt_method").value == "svite"
