@@ -22,7 +22,7 @@ PRUNED_SCALE = [[0.0, "#d9d9d9"], [1.0, "#d9d9d9"]]
 PRUNED_COLOR, OBJECT_COLOR, CHANCE_COLOR = "#c0392b", "#ffd700", "#7f7f7f"
 #: Height of one row of maps (normal, talk mode) and the room above the first row for the title and
 #: two-line subplot titles (so the figure title never runs into them).
-GRID_ROW = {"normal": 150, "talk": 265}
+GRID_ROW = {"normal": 185, "talk": 265}
 GRID_TOP = {"normal": 100, "talk": 150}
 
 
@@ -55,8 +55,9 @@ def head_grid(maps: np.ndarray, alive: Sequence[bool], labels: Sequence[str], ti
     cols = max(1, min(cols + first, n + first))
     rows = math.ceil((n + first) / cols)
     titles = (["model input"] if first else []) + list(labels)
+    # room between rows for the next row's two-line subplot titles
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.015,
-                        vertical_spacing=0.12 / rows)
+                        vertical_spacing=min(0.3, 60 / grid_height(rows, "normal")))
     if image is not None:
         fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=1)
     for i, ann in enumerate(fig.layout.annotations):  # the subplot titles
@@ -77,8 +78,9 @@ def head_grid(maps: np.ndarray, alive: Sequence[bool], labels: Sequence[str], ti
             fig.add_annotation(text="pruned", showarrow=False, font={"color": PRUNED_COLOR, "size": 13},
                                x=(grid.shape[1] - 1) / 2, y=(grid.shape[0] - 1) / 2, row=r, col=c,
                                bgcolor="rgba(255,255,255,0.8)")
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain")
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed", constrain="domain")
+    fig.update_xaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, autorange="reversed",
+                     constrain="domain")
     for i in range(1, n + first + 1):
         fig.update_yaxes(scaleanchor=f"x{'' if i == 1 else i}", row=(i - 1) // cols + 1, col=(i - 1) % cols + 1)
     _layout(fig, title, height=grid_height(rows, "normal"),

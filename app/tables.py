@@ -25,8 +25,10 @@ HUMAN = {
     "val_loss": "val loss", "train_loss": "train loss", "numel": "weights", "nonzeros": "kept weights",
     "block_type": "block type", "images_per_s": "images per second", "batch_size": "batch size",
     "density_a": "density A", "density_b": "density B", "density_diff": "density B − A", "params": "parameters",
-    "fraction_alive": "share alive", "survived": "initial ones still alive", "iou": "IoU with the object",
-    "iou_sd": "IoU sd", "iou_mean": "mean IoU (demo images)", "chance_mean": "chance (mean)",
+    "fraction_alive": "share alive", "survived": "initial ones still alive", "iou": "object IoU (this image)",
+    "iou_sd": "sd over the demo images", "iou_mean": "object IoU (mean over the demo images)",
+    "chance_mean": "chance (mean over the demo images)", "taylor": "Taylor importance", "rank": "importance rank",
+    "images": "demo images",
     "object_patches": "object patches", "young_share_of_pruned": "pruned that were grown the update before",
     "young_share_of_active": "young share of active", "MFLOPs": "MFLOPs", "FLOPs vs dense": "FLOPs vs dense",
 }

@@ -63,7 +63,7 @@ html, body { font-size: 19px; }
 [data-testid="stMetricLabel"] p, [data-testid="stMetricLabel"] div { font-size: 1.3rem !important; }
 [data-testid="stMetricDelta"], [data-testid="stMetricDelta"] div { font-size: 1.2rem !important; }
 [data-testid="stTable"] td, [data-testid="stTable"] th { font-size: 1.25rem !important; padding: 0.35rem 0.6rem; }
-h1 { font-size: 3rem !important; }
+h1 { font-size: 3rem !important; padding-top: 0.4rem !important; }
 h2, h3 { font-size: 2.1rem !important; }
 [data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] p { font-size: 1.15rem !important; }
 .st-key-story p { font-size: 1.6rem !important; line-height: 1.3; }

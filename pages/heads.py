@@ -3,7 +3,6 @@ S²ViTE importance and its overlap with the object beside chance; and the same h
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from app import figures, heads_data, image_picker, patch_data, story, ui
@@ -53,8 +52,9 @@ sentence.markdown(story.heads(block, alive, summary if "iou" in summary else Non
 labels = [f"head {h}{'' if a else ' · pruned'}<br>" + (f"IoU {r:.2f} · " if r == r else "") + f"Taylor {t:.2g}"
           for h, (a, r, t) in enumerate(zip(alive, frame["iou"], frame["taylor"], strict=True))]
 view = figures.overlay_patches(patch_data.model_view(path, image), patch, None, obj)
+cols = 6 if ui.talk_mode() else 3  # heads per row beside the model input: wide in talk mode, two rows otherwise
 ui.plot("head_grid", maps, alive, labels, f"{KINDS[kind]} of block {block} on this image, one map per head (each "
-        "to its own scale)", outline=obj, image=view, key="heads_grid")
+        "to its own scale)", outline=obj, image=view, cols=cols, key="heads_grid")
 if ui.talk_mode():
     image_picker.describe(picked, img_size, patch, trained_on)
 st.caption(f"Taylor: the S²ViTE importance the engine prunes heads by (its own scorer), {imp_basis}. "
@@ -94,7 +94,7 @@ else:
     ui.plot("head_grid", probe_maps[snaps.index(snap), which], alive_then,
             [f"head {h}{'' if a else ' · pruned'}" for h, a in enumerate(alive_then)],
             f"Class-token attention of block {block} at snapshot #{snap} (step {int(hist.loc[snap, 'step'])}), "
-            f"probe image {which}", outline=masks[which], image=pview, key="heads_probe_grid")
+            f"probe image {which}", outline=masks[which], image=pview, cols=cols, key="heads_probe_grid")
     ious = heads_data.probe_iou(path, block)
     ui.plot("probe_iou_lines", ious, f"Block {block}: object IoU of each head over training "
             f"(mean over the {n_img} probe images)", key="heads_probe_iou")
@@ -109,8 +109,9 @@ else:
             [heads_data.alive_at(path, block, s, n_heads)[one] for s in shown],
             [f"#{s} · step {int(hist.loc[s, 'step'])}" for s in shown],
             f"Head {one} of block {block} across training, probe image {which}", outline=masks[which],
-            key="heads_strip")
+            cols=cols, key="heads_strip")
     with ui.details("Probe object IoU per snapshot"):
-        ui.show_table(pd.DataFrame(ious), "probe_iou", key="heads_probe_table")
+        ui.show_table(ious.rename(columns={"iou": "object IoU (mean over the probe images)"}), "probe_iou",
+                      key="heads_probe_table")
 
 ui.next_page_footer("heads")
