@@ -120,7 +120,9 @@ def probe_iou_lines(frame: pd.DataFrame, title: str) -> go.Figure:
     that was pruned (uniform) at a snapshot has no point there."""
     fig = go.Figure()
     for h, part in frame.groupby("head"):
-        fig.add_trace(go.Scatter(x=part["step"], y=part["iou"], mode="lines+markers", name=f"head {int(h)}",
+        never = bool(part["iou"].isna().all())  # pruned (uniform) at every snapshot
+        fig.add_trace(go.Scatter(x=part["step"], y=part["iou"], mode="lines+markers",
+                                 name=f"head {int(h)}" + (" (never alive)" if never else ""),
                                  customdata=part["snapshot"],
                                  hovertemplate=f"head {int(h)} · step %{{x}} (snapshot #%{{customdata}}): "
                                                "%{y:.3f}<extra></extra>"))

@@ -101,7 +101,7 @@ else:
     st.caption("The probe: each head's class-token attention on the first demo validation images, recorded by the "
                "trainer at every snapshot (every patch present). A head with no point at a snapshot was pruned then.")
     with ui.controls("Head"):
-        ui.keep_valid("heads_one", list(range(n_heads)), 0)
+        ui.keep_valid("heads_one", list(range(n_heads)), alive.index(True) if any(alive) else 0)
         one = int(st.selectbox("Head to follow", list(range(n_heads)), key="heads_one",
                                format_func=lambda h: f"head {h}"))
     shown = heads_data.spread(snaps, 12)

@@ -22,7 +22,9 @@ GRID = "Class-token attention of block"
 
 
 def _grid(at) -> dict:
-    return chart(at, GRID)
+    found = [spec for title, spec in charts(at).items() if title.startswith(GRID) and "on this image" in title]
+    assert len(found) == 1, list(charts(at))
+    return found[0]
 
 
 def _maps(spec: dict) -> list[np.ndarray]:
@@ -59,10 +61,22 @@ def test_s2vite_demo_six_maps_per_block_with_the_pruned_ones_marked():
     at.select_slider(key="heads_block").set_value(1).run()
     assert not all(np.array_equal(a, b) for a, b in zip(first, _maps(_grid(ok(at))), strict=True))
     at.radio(key="heads_kind").set_value("rollout").run()
-    assert chart(ok(at), "Per-head rollout of block 1")
-    timeline = chart(at, "Block 1: each head alive (dark) or pruned")  # no probe in the shipped demos
+    assert chart(ok(at), "Per-head rollout of block 1 on this image")
+    lines = chart(at, "Block 1: object IoU of each head over training")  # the demo's head probe
+    pruned = [f"head {h}" for h, a in enumerate(units["blocks.1.attn.heads"].numpy()) if not a]
+    named = {t["name"]: t for t in lines["data"]}
+    for head in pruned:  # never alive in this run: uniform at every snapshot, no IoU
+        assert np.isnan(arr(named[f"{head} (never alive)"]["y"]).astype(float)).all()
+    alive_lines = [t for n, t in named.items() if n.startswith("head ") and "never" not in n]
+    assert len(alive_lines) == 6 - len(pruned) and all(np.isfinite(arr(t["y"]).astype(float)).all() for t in alive_lines)
+
+
+def test_without_a_probe_the_masks_say_what_they_can():
+    at = open_page("heads", "svite")
     assert any("recorded no head probe" in i.value for i in at.info)
-    assert arr(timeline["data"][0]["z"]).shape[0] == 6
+    timeline = chart(at, "Block 3: share of each head's q, k and v weights kept")
+    shares = arr(timeline["data"][0]["z"]).astype(float)
+    assert shares.shape[0] == 6 and 0 < np.nanmin(shares) < np.nanmax(shares) < 1
 
 
 def test_dense_demo_has_every_head_alive():

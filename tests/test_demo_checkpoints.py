@@ -65,8 +65,9 @@ def test_shipped_s2vite_heads_can_attend_and_its_neurons_moved():
 # format 2: the shipped files were re-encoded from format 1 with `svite convert`, losing nothing
 def content_digest(path: Path) -> str:
     """sha256 of everything a checkpoint holds, read independently of its history's storage format: the
-    weight, mask, unit and fired tensors byte for byte, the metadata (less ``format_version`` and the
-    history's index) and, per snapshot, step, epoch, info and every decoded mask, unit and state tensor."""
+    weight, mask, unit and fired tensors byte for byte, the metadata (less ``format_version``, the history's
+    index and the head probe's description) and, per snapshot, step, epoch, info and every decoded mask, unit
+    and state tensor. The head probe (recorded since, or grafted from an identical rerun) is left out."""
     tensors = safetensors.torch.load(path.read_bytes())
     with safe_open(str(path), framework="pt") as fh:
         header = json.loads(fh.metadata()["svite_explorer"])
@@ -75,7 +76,7 @@ def content_digest(path: Path) -> str:
         t = tensors[name].contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
-    digest.update(json.dumps({k: v for k, v in header.items() if k not in ("format_version", "history")},
+    digest.update(json.dumps({k: v for k, v in header.items() if k not in ("format_version", "history", "head_probe")},
                              sort_keys=True).encode())
     for snap in load_checkpoint(path).history:
         digest.update(json.dumps([snap.step, snap.epoch, snap.info], sort_keys=True).encode())
@@ -86,11 +87,12 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-#: name -> (sha256 of the shipped file as `svite convert` wrote it, content digest of its format-1 original)
+#: name -> (sha256 of the shipped file as `svite convert` wrote it, content digest of its format-1 original).
+#: The S²ViTE and SViTE+ files then got the head probe of identical reruns (scripts/graft_head_probe.py).
 CONVERTED = {
     "dense": ("da776c2315787f385245224c56f8d956c11b7c5372447f88d6c14c737e92d4ef",
               "27a8b600e586e32e48f32e21b10dfbb8870877c6c4a02744b08640a56e9c79a3"),
-    "s2vite": ("d1b32a54f24e17a8c22015462045f8a52e2a61b41087fb5e7e35444ae3d742bf",
+    "s2vite": ("ac0b5561d557498294ecf269db8a56c59e67f314da47383d8c2ba0753f8b7ee4",
                "dd5bc0d4166948c21c89c54a1d2eb11993597572297e4fc34ea2e983a1a70ab6"),
     "svite-plus": ("6b58d490884050ea6a647091c88d527897181f38d5ef5f046c16292e8158ee8b",
                    "479277a77286440f63b96b49bc8643a55848f83b9f71c8414cdcfd65cfb04a0e"),
