@@ -66,8 +66,10 @@ with ui.details("Per head"):
     ui.show_table(frame, "heads", key="heads_table")
 
 st.subheader("The same heads over training")
-found = heads_data.probe(path, block)
-if found is None:
+
+
+def _from_masks() -> None:
+    """No probe: what the masks say about the block's heads at every snapshot, and what was not recorded."""
     timeline = heads_data.mask_history(path, block)
     st.info("This checkpoint recorded no head probe (checkpoints written before the probe existed, dense or "
             "official ones), and its history keeps masks, not weights: what a head attended to at an earlier "
@@ -78,8 +80,10 @@ if found is None:
         ui.plot("head_timeline", timeline.assign(block=block, alive=timeline["kept"]),
                 f"Block {block}: each head alive (dark) or pruned at every snapshot" if structured else
                 f"Block {block}: share of each head's q, k and v weights kept at every snapshot", key="heads_timeline")
-else:
-    snaps, probe_maps = found
+
+
+def _from_probe(snaps: list[int], probe_maps) -> None:
+    """The head probe: the block's maps at any snapshot, each head's object IoU over steps, one head followed."""
     hist = heads_data.history(path)
     with ui.controls("Probe image and snapshot"):
         n_img = probe_maps.shape[1]
@@ -113,5 +117,17 @@ else:
     with ui.details("Probe object IoU per snapshot"):
         ui.show_table(ious.rename(columns={"iou": "object IoU (mean over the probe images)"}), "probe_iou",
                       key="heads_probe_table")
+
+
+
+def _over_training() -> None:
+    found = heads_data.probe(path, block)
+    if found is None:
+        _from_masks()
+    else:
+        _from_probe(*found)
+
+
+ui.guard(_over_training, "The same heads over training")
 
 ui.next_page_footer("heads")

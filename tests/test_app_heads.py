@@ -141,3 +141,25 @@ def test_the_talk_path_shows_pruned_heads_and_normal_mode_follows_the_sidebar(ta
     assert at.session_state["ckpt"] == ckpt("svite-plus")
     titles = _titles(_grid(at))
     assert any("pruned" in t for t in titles) == talk  # S²ViTE's pruned heads in a talk; SViTE+ has none
+
+
+def test_a_probe_that_does_not_fit_the_model_is_one_sentence_and_the_page_stays_up(tmp_path):
+    """An untrusted file may claim any probe shape: the section says so in one line, the rest still shows."""
+    import torch
+
+    from sparsity_core.checkpoint import save_checkpoint
+    from sparsity_core.history import MaskHistory
+    from sparsity_core.masks import Snapshot
+
+    run = tmp_path / "runs" / "good"
+    train(tiny_train_config(run, epochs=1), show_progress=False, echo_metrics=False)
+    good = load_checkpoint(run / "checkpoint.safetensors")
+    odd = {f"blocks.{b}.attn.cls_attention": torch.full((4, 3, 64), 0.01, dtype=torch.float16) for b in range(2)}
+    history = MaskHistory.from_snapshots([Snapshot(s.step, s.epoch, s.masks, s.units, s.state, s.info, odd)
+                                          for s in good.history])
+    bad = tmp_path / "runs" / "bad" / "checkpoint.safetensors"
+    bad.parent.mkdir()
+    save_checkpoint(bad, good.model, good.model_config, history=history, meta=good.meta)
+    at = AppTest_for(str(bad))
+    assert [w.value for w in at.warning if "head probe of block" in w.value]
+    assert len(_maps(_grid(at))) == 4  # the maps of the final weights still show

@@ -92,13 +92,18 @@ def pw():
         yield driver
 
 
+def browser_page(pw, profile: Path, width: int, height: int, timeout_s: float):
+    """(context, page) of Debian's Chromium with its own profile, at a viewport of width × height."""
+    ctx = pw.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), args=CHROME_ARGS,
+                                                headless=True, viewport={"width": width, "height": height})
+    pg = ctx.pages[0] if ctx.pages else ctx.new_page()
+    pg.set_default_timeout(timeout_s * 1000)
+    return ctx, pg
+
+
 @pytest.fixture(scope="module")
 def page(server, pw, tmp_path_factory):
-    ctx = pw.chromium.launch_persistent_context(str(tmp_path_factory.mktemp("chromium-profile")),
-                                                executable_path=str(CHROMIUM), args=CHROME_ARGS, headless=True,
-                                                viewport={"width": 1400, "height": 2400})
-    pg = ctx.pages[0] if ctx.pages else ctx.new_page()
-    pg.set_default_timeout(60_000)
+    ctx, pg = browser_page(pw, tmp_path_factory.mktemp("chromium-profile"), 1400, 2400, 60)
     yield pg
     ctx.close()
 

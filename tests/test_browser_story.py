@@ -14,11 +14,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_browser import (  # noqa: E402,F401  (pw and server are fixtures)
     ARTIFACTS,
-    CHROME_ARGS,
-    CHROMIUM,
     _no_errors,
     _screenshot_whole_page,
     _settle,
+    browser_page,
     pw,
     server,
 )
@@ -44,11 +43,7 @@ FIRST_SCREEN = """() => {
 
 @pytest.fixture(scope="module")
 def browser_1080(pw, tmp_path_factory):  # noqa: F811
-    ctx = pw.chromium.launch_persistent_context(str(tmp_path_factory.mktemp("profile-1080")),
-                                                executable_path=str(CHROMIUM), args=CHROME_ARGS, headless=True,
-                                                viewport={"width": 1920, "height": 1080})
-    pg = ctx.pages[0] if ctx.pages else ctx.new_page()
-    pg.set_default_timeout(120_000)
+    ctx, pg = browser_page(pw, tmp_path_factory.mktemp("profile-1080"), 1920, 1080, 120)
     yield pg
     ctx.close()
 
