@@ -35,24 +35,26 @@ EXPERIMENT = "exp_structured"
 RESULTS = ROOT / "docs" / "structured_results.md"
 COMMAND = "nice -n 10 python scripts/exp_structured.py"
 
+S2VITE = dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=200, death_rate=0.5,
+              decay_schedule="cosine", t_end=0.8, growth="gradient")
 METHODS = {
     "dense": dict(method="dense"),
-    # the reference's S2ViTE-Small ratios; ~12 topology updates over 1560 steps (t_end 0.8)
-    "s2vite": dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=100, death_rate=0.5,
-                   decay_schedule="cosine", t_end=0.8, growth="gradient"),
-    # ablation: half as many updates (every 200 steps, as SViTE's), since neurons now move too
-    "s2vite_uf200": dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=200, death_rate=0.5,
-                         decay_schedule="cosine", t_end=0.8, growth="gradient", update_start="warmup"),
-    # ablation: updates from the end of the LR warm-up (the first at step 200), not from the plateau's end
-    "s2vite_warmup": dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=100,
-                          death_rate=0.5, decay_schedule="cosine", t_end=0.8, growth="gradient",
-                          update_start="warmup"),
+    # the reference's S2ViTE-Small ratios; ~11 topology updates over the run (t_end 0.8), heads grown by
+    # alignment through shadow q/k/v rows (the default, dst/head_shadow.py)
+    "s2vite": dict(S2VITE),
+    # what exploring heads costs: the former head growth rule (||dL/da_h||, fresh q/k), under which a pruned
+    # head was always grown straight back
+    "s2vite_gradnorm": dict(S2VITE, head_growth="gradient-norm"),
     # control: the same random initial heads/neurons, never updated (isolates the prune-and-grow part
-    # from the capacity cut); an update frequency beyond the run's 1560 steps means no update
-    "s2vite_static": dict(method="s2vite", atten_density=0.7, other_density=0.6, update_frequency=10**6,
-                          death_rate=0.5, decay_schedule="cosine", t_end=0.8, growth="gradient"),
+    # from the capacity cut); an update frequency beyond the run's steps means no update
+    "s2vite_static": dict(S2VITE, update_frequency=10**6),
 }
 DEFAULT_METHODS = ["dense", "s2vite"]  # s2vite_static on request (--methods dense s2vite s2vite_static)
+
+
+def arm_fields(name: str) -> dict:
+    """TrainConfig fields (without out/seed) of the arm ``name`` (scripts/sweep.py trains arms one by one)."""
+    return {**RECIPE, **METHODS[name]}
 
 
 def run_all(seeds: list[int], methods: list[str]) -> None:
@@ -120,7 +122,7 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
         lines.append(f"| {method} | {r.top1_mean:.2f} ± {std:.2f} | {int(r.runs)} | {int(r.params):,} | "
                      f"{r.mflops:.2f} |")
     wide = df.pivot_table(index="seed", columns="method", values="top1")
-    for arm, label in (("s2vite", "S2ViTE"), ("s2vite_uf200", "S2ViTE with an update every 200 steps"),
+    for arm, label in (("s2vite", "S2ViTE"), ("s2vite_gradnorm", "S2ViTE with the former head growth rule"),
                        ("s2vite_static", "S2ViTE's static structured control (same initial units, no updates)")):
         if {arm, "dense"} <= set(wide):  # paired by seed: the same data and initial weights
             gap = (wide[arm] - wide["dense"]).dropna()

@@ -59,6 +59,11 @@ def configs(base: str) -> dict[str, dict]:
     return out
 
 
+def arm_fields(name: str) -> dict:
+    """TrainConfig fields (without out/seed) of the arm ``name`` (``<base>`` or ``<base>+selector-<scorer>``)."""
+    return configs(name.split("+")[0])[name]
+
+
 def run_all(base: str, seeds: list[int], only: str | None = None) -> None:
     for seed in seeds:
         for name, fields in configs(base).items():

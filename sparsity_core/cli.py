@@ -105,6 +105,10 @@ def _add_sparsity_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="oneshot baseline: fraction of training done dense before pruning")
     g.add_argument("--atten-density", type=float, default=d.atten_density, help="S2ViTE: fraction of heads kept")
     g.add_argument("--other-density", type=float, default=d.other_density, help="S2ViTE: fraction of MLP neurons kept")
+    g.add_argument("--head-growth", default=d.head_growth, choices=["alignment", "gradient-norm"],
+                   help="S2ViTE: how inactive heads are scored and grown: alignment (default: shadow q/k/v rows, "
+                        "score = proj-column gradient per unit of head output) or gradient-norm (the former rule: "
+                        "||dL/da_h||, fresh q/k; heads never moved under it)")
     g = p.add_argument_group("token selector (SViTE+)")
     g.add_argument("--token-number", type=int, default=None, help="keep K patch tokens (the class token is always kept)")
     g.add_argument("--keep-ratio", type=float, default=None, help="keep this fraction of patch tokens")

@@ -26,6 +26,8 @@ from .models import ModelConfig, SelectorConfig, is_vit_name
 UNSTRUCTURED = ("static", "oneshot", "svite")  # weight-level methods (dst/unstructured.py)
 DYNAMIC = ("svite", "s2vite")  # methods that update their topology on the schedule
 STRUCTURED_GROWTH = ("gradient", "random")
+# S2ViTE: how inactive heads are scored and grown (dst/head_shadow.py says why alignment is the default)
+HEAD_GROWTH = ("alignment", "gradient-norm")
 
 
 @dataclass
@@ -87,6 +89,7 @@ class TrainConfig:
     oneshot_at: float = 0.5  # oneshot baseline: fraction of training done dense before pruning
     atten_density: float = 0.7
     other_density: float = 0.6
+    head_growth: str = "alignment"  # S2ViTE: alignment (shadow q/k/v) | gradient-norm (the former rule)
     # token selector (SViTE+)
     token_number: int | None = None
     keep_ratio: float | None = None
@@ -173,6 +176,9 @@ def check_method_flags(cfg: Any) -> None:
         if cfg.growth not in STRUCTURED_GROWTH:
             raise FlagError("--growth", f"--growth {cfg.growth}: S2ViTE grows heads and neurons by gradient or "
                             "at random")
+        if getattr(cfg, "head_growth", HEAD_GROWTH[0]) not in HEAD_GROWTH:
+            raise FlagError("--head-growth", f"--head-growth: unknown rule '{cfg.head_growth}' "
+                            f"(choose {', '.join(HEAD_GROWTH)})")
     if cfg.method in DYNAMIC:
         PruneSchedule.from_config(cfg, total_steps=1, steps_per_epoch=1)  # it checks its own settings
     if cfg.method in ("static", "svite", "s2vite"):

@@ -4,7 +4,10 @@ file was written: refactors of the core must not change what training computes.
 The digests were recorded with ``python tests/test_golden_runs.py`` (which prints them) on this
 project's CI machine (x86-64, torch 2.13.0+cpu, one thread). They cover the current defaults (grown
 weights keep their AdamW moments, updates from the end of the LR warm-up, fresh q/k for grown heads,
-shadow-weight neuron growth, soft-mode token selector). A deliberate change of what training computes
+shadow-weight neuron growth, soft-mode token selector, S2ViTE head growth by alignment through shadow
+q/k/v rows). The s2vite digest was re-recorded when ``--head-growth alignment`` became the default;
+with ``--head-growth gradient-norm`` the same run still gives the former digest 48714713876544fcd8c974f2
+(``test_former_head_growth_computes_what_it_computed``). A deliberate change of what training computes
 must re-record them and say why in its commit; float results can differ on another CPU type or torch
 build, and then the digests must be re-recorded there from a commit known to be right.
 """
@@ -37,7 +40,7 @@ RUNS = {
 GOLDEN = {
     'dense': '8e4b37d62709418720cfba39',
     'oneshot': '9c5ebecec8304789eedf9d1b',
-    's2vite': '48714713876544fcd8c974f2',
+    's2vite': '02fd292680f26d22a9773519',
     'static': '65ac66a7c85768e2962a0853',
     'svite': '9a2806f450622fa2adf04d15',
     'svite+selector': 'a525bdb608afca3429512b72',
@@ -74,6 +77,17 @@ def _train(tmp: Path, name: str) -> Path:
         return train(tiny_train_config(tmp / name, **RUNS[name]), show_progress=False, echo_metrics=False)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_former_head_growth_computes_what_it_computed(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ckpt = train(tiny_train_config(tmp_path / "former", **RUNS["s2vite"], head_growth="gradient-norm"),
+                     show_progress=False, echo_metrics=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert run_digest(ckpt) == "48714713876544fcd8c974f2"
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))

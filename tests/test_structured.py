@@ -311,11 +311,12 @@ def test_neuron_growth_scores_are_the_fc2_gradient_through_shadow_rows():
 
 
 def test_a_regrown_head_can_learn_to_attend():
-    """A grown head gets fresh q/k rows and zero v: the output is unchanged at growth, and once v has moved
-    its q and k receive gradient (with q = k = 0 they never would)."""
+    """--head-growth gradient-norm: a grown head gets fresh q/k rows and zero v: the output is unchanged at
+    growth, and once v has moved its q and k receive gradient (with q = k = 0 they never would)."""
     model = _small_model(4, depth=1)
     engine, opt = _engine(model, total_steps=40, update_frequency=3, atten_density=0.5, other_density=1.0,
-                          t_end=1.0, death_rate=0.9, decay_schedule="constant", growth="random", seed=2)
+                          t_end=1.0, death_rate=0.9, decay_schedule="constant", growth="random", seed=2,
+                          head_growth="gradient-norm")
     before = engine.units[head_unit_name(0)].clone()
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     _train_steps(model, engine, opt, 3)  # the update follows step 3
@@ -339,6 +340,105 @@ def test_a_regrown_head_can_learn_to_attend():
     grad = attn.qkv.weight.grad.reshape(3, h, d, -1)
     for g in (grad[0, grown], grad[1, grown]):  # ... then q and k get gradient: the head can attend
         assert (g.abs().sum(dim=(1, 2)) > 0).all()
+
+
+def test_a_grown_head_gets_its_shadow_rows_and_zero_proj_columns_then_learns():
+    """--head-growth alignment (the default): a never-active head comes back with its initial q/k/v rows
+    and its proj columns at 0, so the output is unchanged at growth; its proj columns get gradient at once,
+    and q/k/v once the columns have moved."""
+    model = _small_model(4, depth=1)
+    _randomize(model, seed=7, std=0.1)
+    initial_qkv = model.blocks[0].attn.qkv.weight.detach().clone()
+    engine, opt = _engine(model, total_steps=40, update_frequency=3, atten_density=0.5, other_density=1.0,
+                          t_end=1.0, death_rate=0.9, decay_schedule="constant", growth="random", seed=2)
+    assert engine.describe()["settings"]["grown_heads"] == "shadow_qkv"
+    before = engine.units[head_unit_name(0)].clone()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    _train_steps(model, engine, opt, 3)  # the update follows step 3
+    grown = engine.units[head_unit_name(0)] & ~before
+    assert grown.any()
+    attn = model.blocks[0].attn
+    d, h = attn.head_dim, attn.num_heads
+    w = attn.qkv.weight.detach().reshape(3, h, d, -1)
+    torch.testing.assert_close(w[:, grown], initial_qkv.reshape(3, h, d, -1)[:, grown])  # never active: init rows
+    assert not attn.proj.weight.reshape(-1, h, d)[:, grown].any()
+    without = copy.deepcopy(model)
+    with torch.no_grad():  # the grown heads contribute nothing yet: growth leaves the output as it was
+        without.blocks[0].attn.qkv.weight.reshape(3, h, d, -1)[:, grown] = 0
+        torch.testing.assert_close(model(x), without(x))
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    assert (attn.proj.weight.grad.reshape(-1, h, d)[:, grown].abs().sum(dim=(0, 2)) > 0).all()
+    opt.step()
+    engine.after_optimizer_step(3)
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    grad = attn.qkv.weight.grad.reshape(3, h, d, -1)
+    for part in range(3):  # q, k and v all learn once the columns have moved
+        assert (grad[part, grown].abs().sum(dim=(1, 2)) > 0).all()
+
+
+def test_head_alignment_scores_are_the_proj_gradient_per_unit_of_output():
+    """For an alive head the score is ||dL/dW_proj[:, h]||_F / ||a_h||_F with its real output; for an
+    inactive head the same with the head opened through its shadow rows (a twin with those rows in place and
+    the head's proj columns at 0, so the loss gradient is the same)."""
+    model = _small_model(4, depth=1)
+    _randomize(model, seed=4, std=0.1)
+    engine, _ = _engine(model, update_frequency=1, atten_density=0.5, other_density=1.0)
+    alive = engine.units[head_unit_name(0)]
+    attn = model.blocks[0].attn
+    d, h = attn.head_dim, attn.num_heads
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        tw = twin.blocks[0].attn
+        for head, (rows, bias) in engine.head_shadow.rows[0].items():
+            idx = torch.cat([torch.arange(head * d, (head + 1) * d) + k * h * d for k in range(3)])
+            tw.qkv.weight[idx], tw.qkv.bias[idx] = rows, bias
+            tw.proj.weight[:, head * d:(head + 1) * d] = 0
+    outs = {}
+    tw.proj.register_forward_pre_hook(lambda m, a: outs.__setitem__("a", a[0].detach()))
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    model(x).square().mean().backward()
+    twin(x).square().mean().backward()
+    _, grow, _ = engine._scores()
+    a = outs["a"].reshape(-1, h, d)
+    expected = tw.proj.weight.grad.reshape(-1, h, d).norm(dim=(0, 2)) / a.norm(dim=(0, 2))
+    torch.testing.assert_close(grow[0], expected, rtol=1e-4, atol=1e-8)
+    assert (grow[0][~alive] > 0).all()  # inactive heads are scored, not stuck at zero
+
+
+def test_heads_move_under_the_default_growth():
+    """The default rule grows heads that were never active: ever-active heads exceed alive heads (under
+    --head-growth gradient-norm a pruned head was always grown straight back)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="vit_tiny_demo", img_size=16, patch_size=4, embed_dim=48, depth=2,
+                                    num_heads=6, num_classes=5))
+    engine, opt = _engine(model, total_steps=60, update_frequency=5, atten_density=0.5, other_density=1.0,
+                          t_end=1.0, seed=3)
+    initial = {n: m.clone() for n, m in engine.units.items()}
+    gen = torch.Generator().manual_seed(0)
+    for step in range(30):
+        x = torch.randn(8, 3, 16, 16, generator=gen)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), (x.mean(dim=(1, 2, 3)) > 0).long()).backward()
+        opt.step()
+        engine.after_optimizer_step(step)
+    assert engine.updates == 6
+    for i in range(2):
+        name = head_unit_name(i)
+        assert int(engine.units[name].sum()) == engine.head_budget[i] == 3
+        assert int(engine.fired[name].sum()) > 3  # heads moved
+        assert torch.equal(engine.fired[name], engine.fired[name] | initial[name])
+
+
+def test_resume_refuses_shadow_heads_that_do_not_fit():
+    model = _small_model(4, depth=1)
+    engine, opt = _engine(model, update_frequency=2, atten_density=0.5, other_density=1.0)
+    state = engine.state_dict()
+    state["head_shadow"]["heads"][0] = [0, 1, 2]
+    fresh, _ = _engine(_small_model(4, depth=1), update_frequency=2, atten_density=0.5, other_density=1.0)
+    with pytest.raises(SviteError, match="shadow heads"):
+        fresh.load_state_dict(state)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from ..units import attention_of, head_rows, mlp_of, unit_weight_masks, units_fr
 from .budgets import unit_budgets
 from .capture import UnitCapture
 from .engine import EngineContext, SparsityEngine, register
+from .head_shadow import ShadowHeads
 from .neuron_shadow import INIT_STD, ShadowNeurons
 from .optim_state import reset_grown_state
 from .schedule import PruneSchedule, UpdateClock
@@ -57,10 +58,11 @@ class StructuredEngine(SparsityEngine):
       ``a_h`` were set to zero, i.e. if the head were removed (Molchanov et al.); the absolute value per
       image, then the batch mean, so opposite-signed images do not cancel. A magnitude score would not
       do: a head's q/k weights act through a softmax and can be large and useless.
-    * **Grow heads by gradient norm** ``mean_b ||dL/da_h||_1``: an inactive head outputs ``a_h = 0``,
-      so its Taylor score is 0 by construction; the gradient says how much the loss would move if the
-      head produced anything (RigL's criterion at head level). It is non-zero for inactive heads
-      because ``proj``'s columns stay alive.
+    * **Grow heads by alignment** (``--head-growth alignment``, the default): the gradient their
+      ``proj`` columns would get, per unit of output, with an inactive head's output taken through
+      *shadow* q/k/v rows (``head_shadow.py``). The former rule, ``mean_b ||dL/da_h||_1``
+      (``--head-growth gradient-norm``), ranked a dead head by ``proj`` columns that stopped learning
+      when it died, so every pruned head was grown straight back and no head ever moved.
     * **Prune neurons by magnitude** ``||W1[j,:]||_1 + ||W2[:,j]||_1``: a neuron's contribution is
       bounded by its in- and out-weights, and it is free (no activations needed).
     * **Grow neurons by the gradient their fc2 column would get** ``||dL/dW2[:,j]||_1``, taken
@@ -71,9 +73,10 @@ class StructuredEngine(SparsityEngine):
 
     Grown units can learn and leave the output unchanged at the moment of growth:
 
-    * a grown **head** gets fresh q and k rows (timm's ``trunc_normal(0.02)``, biases 0) while its v
-      rows and bias stay 0, so it outputs exactly 0 until v moves. With q = k = 0, as pruning leaves
-      them, dL/dq and dL/dk would be exactly zero for ever: the head could only average all tokens;
+    * a grown **head** gets its shadow q/k/v rows back and its ``proj`` columns at 0 (alignment), or
+      (gradient-norm) fresh q and k rows (timm's ``trunc_normal(0.02)``, biases 0) with v rows and bias
+      at 0; either way it outputs exactly 0 at growth. With q = k = 0, as pruning leaves them, dL/dq and
+      dL/dk would be exactly zero for ever: the head could only average all tokens;
     * a grown **neuron** gets its shadow fc1 row and bias, its fc2 column stays 0.
 
     Their optimizer moments follow ``--grown-moments`` (``optim_state.py``; default: kept).
@@ -105,11 +108,16 @@ class StructuredEngine(SparsityEngine):
             units = self._random_units()
         self._set_units(units)
         self.shadow = ShadowNeurons([b.mlp for b in self.blocks], self.generator)  # before the masks zero fc1
+        self.head_growth = str(getattr(cfg, "head_growth", "alignment"))
+        self.head_shadow = None
+        if self.head_growth == "alignment":  # before the masks zero the inactive heads' q/k/v rows
+            self.head_shadow = ShadowHeads([b.attn for b in self.blocks], self._head_units(), self.generator)
         self._fired = MaskSet({n: m.clone() for n, m in units.items()})
         self.steps_done = 0
         self.updates = 0
         self.last_info: dict[str, Any] = {}
-        self.capture = UnitCapture(self.blocks, self.shadow, lambda i: self._units[neuron_unit_name(i)])
+        self.capture = UnitCapture(self.blocks, self.shadow, lambda i: self._units[neuron_unit_name(i)],
+                                   self.head_shadow, lambda i: self._units[head_unit_name(i)])
         self._masks.apply(self.model)
         self.capture.arm(self.schedule.is_update_step(1))
 
@@ -130,6 +138,9 @@ class StructuredEngine(SparsityEngine):
             budgets[head_unit_name(i)] = self.head_budget[i]
             budgets[neuron_unit_name(i)] = self.neuron_budget[i]
         return self._units, budgets
+
+    def _head_units(self) -> list[torch.Tensor]:
+        return [self._units[head_unit_name(i)] for i in range(len(self.blocks))]
 
     def _set_units(self, units: MaskSet) -> None:
         self._units = units
@@ -175,14 +186,17 @@ class StructuredEngine(SparsityEngine):
         return changed
 
     def _scores(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        """Per block the heads' (taylor, grad-norm) and the neurons' growth scores of the last captured
-        batch, averaged over DDP ranks. A block with no capture (no armed forward ran) scores zeros:
-        ties, resolved by index."""
+        """Per block the heads' (taylor, growth) and the neurons' growth scores of the last captured
+        batch, averaged over DDP ranks; head growth is the alignment or the gradient norm
+        (``--head-growth``). A block with no capture (no armed forward ran) scores zeros: ties, resolved
+        by index."""
         device = next(self.model.parameters()).device
-        heads, neurons = self.capture.take()
+        heads, neurons, aligned = self.capture.take()
         parts = []
         for i in range(len(self.blocks)):
             t, g = heads.get(i, (torch.zeros(self.num_heads[i]), torch.zeros(self.num_heads[i])))
+            if self.head_shadow is not None:
+                g = aligned.get(i, torch.zeros(self.num_heads[i]))
             n = neurons.get(i, torch.zeros(self.hidden[i]))
             parts += [t.to(device, torch.float32), g.to(device, torch.float32), n.to(device, torch.float32)]
         flat = torch.cat(parts)
@@ -220,8 +234,10 @@ class StructuredEngine(SparsityEngine):
                 counts[f"{kind}_pruned"] += int(dropped.sum())
                 counts[f"{kind}_grown"] += int(grown.sum())
                 counts[f"{kind}_exchanged"] += n
-        for i in range(len(self.blocks)):  # remember the input weights of neurons about to be masked
+        for i in range(len(self.blocks)):  # remember the input weights of units about to be masked
             self.shadow.store(i, removed[neuron_unit_name(i)])
+            if self.head_shadow is not None:
+                self.head_shadow.store(i, removed[head_unit_name(i)])
         self._set_units(new_units)
         self.assert_budgets()
         self._masks.apply(self.model)  # dropped units -> exactly zero
@@ -239,7 +255,12 @@ class StructuredEngine(SparsityEngine):
             attn, mlp = block.attn, block.mlp
             heads, neurons = added[head_unit_name(i)], added[neuron_unit_name(i)]
             if bool(heads.any()):
-                self._fresh_query_key(attn, heads, self.head_dims[i])
+                if self.head_shadow is not None:
+                    self.head_shadow.restore(i, heads)  # shadow q/k/v rows, proj columns at 0
+                    columns = heads.repeat_interleave(self.head_dims[i])
+                    reset_grown_state(self.ctx.optimizer, attn.proj.weight, columns[None, :], self.grown_moments)
+                else:
+                    self._fresh_query_key(attn, heads, self.head_dims[i])
                 rows = head_rows(heads, self.head_dims[i])
                 reset_grown_state(self.ctx.optimizer, attn.qkv.weight, rows[:, None], self.grown_moments)
                 if attn.qkv.bias is not None:
@@ -270,7 +291,9 @@ class StructuredEngine(SparsityEngine):
             "update_frequency": cfg.update_frequency, "death_rate": cfg.death_rate,
             "decay_schedule": cfg.decay_schedule, "t_end": cfg.t_end, "growth": cfg.growth,
             "grown_moments": self.grown_moments, "head_prune": "taylor", "neuron_prune": "l1_magnitude",
-            "head_growth": "gradient_norm" if cfg.growth == "gradient" else "random", "grown_heads": "fresh_qk",
+            "head_growth": ("random" if cfg.growth == "random" else
+                            "alignment" if self.head_shadow is not None else "gradient_norm"),
+            "grown_heads": "shadow_qkv" if self.head_shadow is not None else "fresh_qk",
             "neuron_growth": "shadow_gradient" if cfg.growth == "gradient" else "random",
             "update_start": str(cfg.update_start), "update_start_step": self.schedule.start,
             "heads_per_block": self.head_budget, "neurons_per_block": self.neuron_budget,
@@ -298,6 +321,7 @@ class StructuredEngine(SparsityEngine):
                 "fired": {n: m.clone() for n, m in self._fired.items()},
                 "steps_done": self.steps_done, "updates": self.updates, "generator": self.generator.get_state(),
                 "last_info": dict(self.last_info), "shadow": self.shadow.state_dict(),
+                "head_shadow": self.head_shadow.state_dict() if self.head_shadow is not None else None,
                 "clock": self.clock.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -316,6 +340,14 @@ class StructuredEngine(SparsityEngine):
                 self.shadow.load_state_dict(state["shadow"])
             except (KeyError, TypeError, ValueError):
                 raise SviteError("--resume: the saved S2ViTE shadow neuron weights do not fit this model") from None
+        if self.head_shadow is not None:
+            if not state.get("head_shadow"):
+                raise SviteError("--resume: the run was saved without S2ViTE shadow heads (--head-growth "
+                                 "gradient-norm); resume it with that flag")
+            try:
+                self.head_shadow.load_state_dict(state["head_shadow"], self._head_units())
+            except (KeyError, TypeError, ValueError) as err:
+                raise SviteError(f"--resume: the saved S2ViTE shadow heads do not fit this model ({err})") from None
         if state.get("clock"):
             self.clock.load_state_dict(state["clock"])
         self.capture.take()
