@@ -264,7 +264,9 @@ def child_heads(tmp: Path, probe: Path) -> dict:
         run(at, "interaction", what)
     at = session(str(probe))
     run(at, "first visit", "a checkpoint with a head probe")
-    snaps = at.select_slider(key="heads_snapshot").options
+    from sparsity_core.checkpoint import load_checkpoint
+
+    snaps = list(range(len(load_checkpoint(probe).history)))
     for what, how in (("probe snapshot -> first", lambda: at.select_slider(key="heads_snapshot").set_value(snaps[0])),
                       ("probe snapshot -> middle",
                        lambda: at.select_slider(key="heads_snapshot").set_value(snaps[len(snaps) // 2])),
