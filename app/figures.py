@@ -23,10 +23,10 @@ KEPT_SCALE = [[0.0, "#f2f2f2"], [1.0, "#1f3b73"]]  # pruned light, kept dark
 
 
 #: Square image-like panels (the model's view, per-patch heatmaps): figure height and margins, normal and
-#: talk mode. The panel's side is height - top - bottom (310 px normally, 525 px in talk mode), and the
+#: talk mode. The panel's side is height - top - bottom (310 px normally, 540 px in talk mode), and the
 #: horizontal colour bar sits right under it, as long as the panel. Talk mode: a panel row fits the first
 #: screen at 1920×1080 under the header and the page's sentence.
-PANEL = {"normal": {"height": 440, "t": 60, "b": 70}, "talk": {"height": 690, "t": 80, "b": 85}}
+PANEL = {"normal": {"height": 440, "t": 60, "b": 70}, "talk": {"height": 700, "t": 76, "b": 84}}
 TALK_FONT, TALK_TITLE_FONT = 20, 26
 
 

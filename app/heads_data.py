@@ -15,6 +15,7 @@ import torch
 
 from sparsity_core import analysis
 from sparsity_core.data import image_to_input
+from sparsity_core.errors import SviteError
 from sparsity_core.head_probe import probe_images
 
 from .loaders import MODEL_LOCK, Stamp, load, stamp
@@ -192,3 +193,12 @@ def spread(snapshots: list[int], most: int) -> list[int]:
         return list(snapshots)
     picks = np.linspace(0, len(snapshots) - 1, most).round().astype(int)
     return [snapshots[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def probe_iou_or_none(path: str, block: int) -> pd.DataFrame | None:
+    """:func:`probe_iou`, or None where the probe is missing or does not fit the model (the page says why
+    in its over-training section)."""
+    try:
+        return probe_iou(path, block)
+    except SviteError:
+        return None

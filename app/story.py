@@ -82,13 +82,32 @@ def evolution(churn: pd.DataFrame, dist: np.ndarray, idx: Sequence[int], metric:
     return (f"{len(updates)} updates ({steps}) each moved {moved} of the active weights; {far}.")
 
 
-def heads(block: int, alive: Sequence[bool], frame: pd.DataFrame | None, over: str) -> str:
-    """Alive and pruned heads of one block and how their top patches overlap the object, beside chance."""
+def _pruned(alive: Sequence[bool], probe: pd.DataFrame | None) -> str:
+    """What the pruned heads of a block do now, and (with the head probe) what they did while alive."""
+    dead = [h for h, a in enumerate(alive) if not a]
+    if not dead:
+        return ""
+    many = len(dead) > 1
+    text = (f"; the {len(dead)} pruned heads attend uniformly (q = k = 0): they look at nothing" if many else
+            f"; the pruned head {dead[0]} attends uniformly (q = k = 0): it looks at nothing")
+    if probe is None or probe.empty:
+        return text
+    was = {int(h): float(part["iou"].max()) for h, part in probe.groupby("head")
+           if int(h) in dead and part["iou"].notna().any()}
+    if not was:
+        return text + (", and the head probe shows they never were alive" if many else
+                       ", and the head probe shows it never was alive")
+    h, best = max(was.items(), key=lambda kv: kv[1])
+    return text + f"; the head probe shows head {h} looked at the object (IoU up to {best:.2f}) while it was alive"
+
+
+def heads(block: int, alive: Sequence[bool], frame: pd.DataFrame | None, over: str,
+          probe: pd.DataFrame | None = None) -> str:
+    """Alive and pruned heads of one block and how their top patches overlap the object, beside chance;
+    ``probe``: the block's head-probe IoU per snapshot, to say what the pruned heads did while alive."""
     n, live = len(alive), int(sum(alive))
-    pruned = n - live
-    who = f"Block {block}: {live} of {n} heads alive" if pruned else f"Block {block}: all {n} heads alive"
-    dead = (f"; the {pruned} pruned head{'s' if pruned > 1 else ''} attend{'' if pruned > 1 else 's'} uniformly "
-            "(q = k = 0): they look at nothing" if pruned else "")
+    who = f"Block {block}: {live} of {n} heads alive" if live < n else f"Block {block}: all {n} heads alive"
+    dead = _pruned(alive, probe)
     if frame is None or frame.empty or frame["iou"].notna().sum() == 0:
         return f"{who}{dead}."
     live_rows = frame[frame["alive"] & frame["iou"].notna()]

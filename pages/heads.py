@@ -47,7 +47,8 @@ over_text = (f"over the first {heads_data.IOU_IMAGES} demo images" if over is no
              else "on this image")
 summary = frame.rename(columns={"iou_mean": "iou", "iou": "iou_this", "chance": "chance_this",
                                 "chance_mean": "chance"}) if over_text != "on this image" else frame
-sentence.markdown(story.heads(block, alive, summary if "iou" in summary else None, over_text))
+sentence.markdown(story.heads(block, alive, summary if "iou" in summary else None, over_text,
+                              heads_data.probe_iou_or_none(path, block)))
 
 labels = [f"head {h}{'' if a else ' · pruned'}<br>" + (f"IoU {r:.2f} · " if r == r else "") + f"Taylor {t:.2g}"
           for h, (a, r, t) in enumerate(zip(alive, frame["iou"], frame["taylor"], strict=True))]

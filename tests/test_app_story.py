@@ -84,3 +84,18 @@ def test_retrain_form_shows_only_the_sliders_of_the_chosen_method():
     assert not {"rt_density", "rt_atten", "rt_other"} & {s.key for s in ok(at).slider}
     at.selectbox(key="rt_method").set_value("svite").run()
     assert at.slider(key="rt_density").value == density and at.selectbox(key="rt_method").value == "svite"
+
+
+def test_the_heads_sentence_says_what_pruned_heads_did_while_alive():
+    frame = pd.DataFrame({"head": [0, 1, 2], "alive": [True, False, True], "iou": [0.5, np.nan, 0.3],
+                          "chance": [0.1, 0.1, 0.1]})
+    text = story.heads(2, [True, False, True], frame, "over the first 32 demo images")
+    assert text.startswith("Block 2: 2 of 3 heads alive. Over the first 32 demo images, their top patches overlap "
+                           "the object by IoU 0.40 on average (best: head 0, 0.50), where chance gives 0.10")
+    assert "the pruned head 1 attends uniformly" in text and "probe" not in text
+    never = pd.DataFrame({"head": [1, 1], "iou": [np.nan, np.nan]})
+    assert "the head probe shows it never was alive" in story.heads(2, [True, False, True], frame, "x", never)
+    once = pd.DataFrame({"head": [1, 1], "iou": [0.62, np.nan]})
+    assert "head 1 looked at the object (IoU up to 0.62) while it was alive" in story.heads(
+        2, [True, False, True], frame, "x", once)
+    assert story.heads(0, [True, True], None, "x") == "Block 0: all 2 heads alive."
