@@ -1,8 +1,9 @@
 """Figures of the Heads page: one map per head (alive beside pruned, the pruned ones marked), each head's
 object IoU beside chance, and the same heads across snapshots.
 
-Each head's map gets its own colour range (0 to its own maximum): heads differ by an order of magnitude
-in how peaked they are, and one shared scale would leave most maps flat. The hover gives the values.
+Each head's map gets its own colour range (its own minimum to its own maximum): heads differ by an order
+of magnitude in how peaked they are, and one shared scale would leave most maps flat. The hover gives
+the values.
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ def head_grid(maps: np.ndarray, alive: Sequence[bool], labels: Sequence[str], ti
     for h, grid in enumerate(maps):
         r, c = (h + first) // cols + 1, (h + first) % cols + 1
         live = bool(alive[h])
-        top = float(np.nanmax(grid)) if np.isfinite(grid).any() else 1.0
-        fig.add_trace(go.Heatmap(z=grid, zmin=0, zmax=top if top > 0 else 1.0, showscale=False, xgap=1, ygap=1,
+        lo, hi = (float(np.nanmin(grid)), float(np.nanmax(grid))) if np.isfinite(grid).any() else (0.0, 1.0)
+        if not live or hi <= lo:  # uniform: one flat colour
+            lo, hi = lo - 1.0, lo + 1.0
+        fig.add_trace(go.Heatmap(z=grid, zmin=lo, zmax=hi, showscale=False, xgap=1, ygap=1,
                                  colorscale=ALIVE_SCALE if live else PRUNED_SCALE,
                                  hovertemplate=f"{labels[h].split('<br>')[0]} · patch row %{{y}}, col %{{x}}: "
                                                "%{z:.4f}<extra></extra>"), row=r, col=c)

@@ -40,7 +40,7 @@ maps, alive = maps[:n_heads], [bool(a) for a in heads_data.alive(path)[block][:n
 imp, imp_basis = heads_data.importance(path, image)
 frame = heads_data.head_table(maps, alive, imp[block][:n_heads], obj)
 over = None
-if trained_on == "demo" or not heads_data.large(path):
+if (trained_on == "demo" or picked.source == "Demo dataset") and not heads_data.large(path):
     over = heads_data.over_demo(path, kind)
     frame = heads_data.with_demo_means(frame, over, block)
 over_text = (f"over the first {heads_data.IOU_IMAGES} demo images" if over is not None and "iou_mean" in frame
@@ -64,7 +64,7 @@ st.caption(f"Taylor: the S²ViTE importance the engine prunes heads by (its own 
 if obj is not None:
     ui.plot("head_iou_bars", frame, f"Do the heads of block {block} look at the object?", key="heads_iou")
 with ui.details("Per head"):
-    ui.show_table(frame, "heads", key="heads_table")
+    ui.show_table(frame.dropna(axis=1, how="all"), "heads", key="heads_table")
 
 st.subheader("The same heads over training")
 
