@@ -1,6 +1,6 @@
 """Choosing an image for a page that looks inside the model (Patch maps, Heads): a demo image with its
-object mask, one of the offline sample photos, or an upload, fitted to the model's input as the page
-states. One picker for both pages, so they read images the same way; each page keeps its own widget
+object mask, one of the offline sample photos, an upload, or an image of the run's own data folder (when
+it is still there), fitted to the model's input as the page states. One picker for both pages, so they read images the same way; each page keeps its own widget
 keys (``prefix``), so choosing an image on one page does not move the other."""
 
 from __future__ import annotations
@@ -34,9 +34,19 @@ def pick_image(path: str, prefix: str, trained_on: str | None) -> Picked:
     """Widgets (inside the caller's controls) for the image source and the image; stops the page with a
     sentence when an upload is missing, too large or unreadable."""
     key = f"{prefix}_source"
-    if key not in st.session_state:  # demo shapes for demo models, photos for everything else
-        st.session_state[key] = "Demo dataset" if trained_on == "demo" else "Sample photos"
-    source = st.radio("Image", SOURCES, horizontal=True, key=key)
+    folder = patch_data.folder_data(path)  # the run's own image folder, classes matched by name; None if absent
+    sources = SOURCES + ([patch_data.FOLDER_SOURCE] if folder is not None else [])
+    if key not in st.session_state:  # the model's own data when there is some, else photos
+        st.session_state[key] = ("Demo dataset" if trained_on == "demo" else
+                                 patch_data.FOLDER_SOURCE if folder is not None else "Sample photos")
+    ui.keep_valid(key, sources)
+    source = st.radio("Image", sources, horizontal=True, key=key)
+    if source == patch_data.FOLDER_SOURCE:
+        ui.keep_valid(f"{prefix}_folder_index", range(len(folder)), 0)
+        index = int(st.slider(f"Image of {trained_on} (the run's validation split)", 0, len(folder) - 1,
+                              key=f"{prefix}_folder_index"))
+        image, truth = patch_data.folder_sample(folder, index)
+        return Picked(image, source, truth=truth)
     if source == "Demo dataset":
         demo = patch_data.demo_for(path)
         ui.keep_valid(f"{prefix}_demo_index", range(len(demo)), 8)
@@ -73,7 +83,7 @@ def describe(picked: Picked, img_size: int, patch: int, trained_on: str | None) 
     shapes, a warning that its label means little. Above the maps normally; below them in talk mode, where
     the first screen is for the headline chart."""
     st.caption(" ".join(picked.notes + [images.fit_description(picked.image.shape, img_size, patch)]))
-    if picked.source != "Demo dataset" and trained_on == "demo":
+    if picked.source not in ("Demo dataset", patch_data.FOLDER_SOURCE) and trained_on == "demo":
         st.warning(f"This model was trained on {img_size} px synthetic shapes (10 classes), so a photo is far outside "
                    "what it learnt: its label for the photo means little, and its maps show where it looks, not what "
                    "it recognises.")

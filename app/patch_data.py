@@ -10,7 +10,7 @@ a progress bar while they are computed the first time and answer instantly after
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,52 +18,57 @@ import streamlit as st
 import torch
 
 from sparsity_core import analysis
-from sparsity_core.data import DemoShapes
+from sparsity_core.data import DemoShapes, MatchedDataset, checkpoint_classes, checkpoint_preprocess
+from sparsity_core.imagefiles import open_image
+from sparsity_core.report import evaluation_data
 
 from .gif import frames_to_gif
 from .loaders import MODEL_LOCK, Stamp, inspect_doc, load, stamp
 from .photos import sample_images
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Demo images the agreement over a data set is averaged over (small models; large ones: on request).
 AGREEMENT_IMAGES = 32
 LARGE_MODEL_PARAMS = 5_000_000
+FOLDER_SOURCE = "Its data folder"
 
 
 def normalisation(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean/std the checkpoint was trained with (ImageNet's for foreign checkpoints)."""
-    data = load(path).meta.get("data") or {}
-    mean, std = data.get("mean"), data.get("std")
-    if mean and std and len(mean) == 3 and len(std) == 3:
-        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
-@cache
-def _imagenet_names(num_classes: int) -> tuple[str, tuple[str, ...]] | None:
-    """(subset, descriptions) from timm's own ImageNetInfo for a head of an ImageNet size, else None."""
-    from timm.data import ImageNetInfo, infer_imagenet_subset
-
-    subset = infer_imagenet_subset({"num_classes": num_classes})
-    if subset is None:
-        return None
-    info = ImageNetInfo(subset)
-    return subset, tuple(info.index_to_description(i) for i in range(info.num_classes()))
+    pre = checkpoint_preprocess(load(path).meta)
+    return pre.mean, pre.std
 
 
 def class_names(path: str) -> tuple[list[str], str]:
     """The checkpoint's class names and where they come from: its own metadata (our checkpoints), else
-    timm's ImageNetInfo when the head has an ImageNet size (1000 classes: ImageNet-1k), else numbers."""
-    n = int(inspect_doc(path)["architecture"]["num_classes"])
-    names = (load(path).meta.get("data") or {}).get("class_names") or []
-    if len(names) == n:
-        return list(names), "the checkpoint's own class names"
-    imagenet = _imagenet_names(n)
-    if imagenet is not None:
-        subset, desc = imagenet
-        return list(desc), f"{subset} class names from timm's ImageNetInfo (assumed from the {n}-class head)"
-    return [f"class {i}" for i in range(n)], "class numbers (the checkpoint names no classes)"
+    timm's ImageNetInfo when the head has an ImageNet size (1000 classes: ImageNet-1k), else numbers. The
+    core's ``checkpoint_classes``, the same names ``svite eval`` matches folders against."""
+    classes = checkpoint_classes(load(path).meta, int(inspect_doc(path)["architecture"]["num_classes"]))
+    return list(classes.names), classes.describe()
+
+
+@st.cache_resource(max_entries=4, show_spinner="Reading the checkpoint's data folder…")
+def _folder_data(path: str, stamp_: Stamp) -> MatchedDataset | None:
+    loaded = load(path)
+    source = (loaded.meta.get("data") or {}).get("source")
+    if not isinstance(source, str) or source == "demo" or not Path(source).is_dir():
+        return None
+    with MODEL_LOCK:
+        bundle, _, match = evaluation_data(loaded, source)
+    data = MatchedDataset(bundle.val, match)
+    return data if len(data) else None
+
+
+def folder_data(path: str) -> MatchedDataset | None:
+    """The validation images of the folder the checkpoint was trained on, when it is still there, with
+    targets matched to the checkpoint's classes by name (``sparsity_core.data.matching``, as ``svite
+    eval`` does) and ``class_names`` the checkpoint's; None for demo runs and foreign checkpoints."""
+    return _folder_data(path, stamp(path))
+
+
+def folder_sample(data: MatchedDataset, index: int) -> tuple[np.ndarray, str]:
+    """(RGB image as stored, the checkpoint's name of its true class) of one folder image."""
+    image = np.asarray(open_image(data.filename(index)))
+    return image, data.class_names[data.targets[index]]
 
 
 def is_large(path: str) -> bool:
@@ -238,14 +243,24 @@ def keep_history(path: str, image: np.ndarray) -> pd.DataFrame:
     return _keep_history(path, stamp(path), image)
 
 
-@st.cache_data(max_entries=8, show_spinner="Keep frequency over the demo data…")
+@st.cache_data(max_entries=8, show_spinner="Keep frequency over the images…")
 def _keep_frequency(path: str, stamp_: Stamp, limit: int) -> pd.DataFrame:
+    data = folder_data(path)
     with MODEL_LOCK:
-        return analysis.keep_frequency(load(path), demo_for(path), batch_size=64, limit=limit)
+        return analysis.keep_frequency(load(path), data if data is not None else demo_for(path), batch_size=64,
+                                       limit=limit)
 
 
 def keep_frequency(path: str, limit: int = 200) -> pd.DataFrame:
+    """How often each patch is kept, overall and per true class: over the validation images of the folder
+    the checkpoint was trained on (classes named as the checkpoint names them) when it is still there,
+    else over the demo data."""
     return _keep_frequency(path, stamp(path), int(limit))
+
+
+def keep_frequency_over(path: str) -> str:
+    """What ``keep_frequency`` counted over, in words (the page's heading)."""
+    return "its data folder's validation images" if folder_data(path) is not None else "the demo data"
 
 
 @st.cache_data(max_entries=8, show_spinner="Scoring kept patches against the objects…")

@@ -149,7 +149,7 @@ else:
         st.download_button("Download the GIF", gif, file_name="keep_maps.gif", mime="image/gif",
                            key="patch_gif", icon=":material/download:", on_click="ignore")
 
-st.subheader("Keep frequency over the demo data")
+st.subheader(f"Keep frequency over {patch_data.keep_frequency_over(path)}")
 freq = patch_data.keep_frequency(path)
 classes = ["all"] + [c for c in dict.fromkeys(freq["class"]) if c != "all"]
 with ui.controls("Class"):

@@ -294,14 +294,14 @@ def _inferred_name(field: str) -> str:
 
 
 def _official_mask_name(key: str) -> str:
-    """``module.blocks.0.attn.qkv.weight_6`` -> ``blocks.0.attn.qkv.weight`` (SVITE_REFERENCE §4)."""
+    """``module.blocks.0.attn.qkv.weight_6`` -> ``blocks.0.attn.qkv.weight`` (docs/reference.md §4)."""
     name = key[len("module."):] if key.startswith("module.") else key
     base, _, idx = name.rpartition("_")
     return base if idx.isdigit() else name
 
 
 def _structured_mask_name(key: str) -> str:
-    """``module.blocks.0.attn.qkv.weight_mask`` -> ``blocks.0.attn.qkv.weight`` (SVITE_REFERENCE §4)."""
+    """``module.blocks.0.attn.qkv.weight_mask`` -> ``blocks.0.attn.qkv.weight`` (docs/reference.md §4)."""
     name = key[len("module."):] if key.startswith("module.") else key
     return name[:-len("_mask")] if name.endswith("_mask") else name
 

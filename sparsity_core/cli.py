@@ -1,8 +1,9 @@
-"""``svite`` / ``python -m sparsity_core``: train, eval, inspect, check, compact, convert (see
-shared/design/CLI.md).
+"""``svite`` / ``python -m sparsity_core``: train, eval, inspect, check, compact, convert (the contract:
+docs/cli.md).
 
 Error convention: bad input -> one line on stderr naming the file or flag and the problem, exit
-code 2, no traceback (set ``SVITE_DEBUG=1`` to see one), no file changed.
+code 2, no traceback (set ``SVITE_DEBUG=1`` to see one), no file changed. A typed flag that has no
+effect is named on stderr too, one line each (``flag_use.py`` says when that warns and when it refuses).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import SviteError
@@ -42,8 +44,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for flag in ("img-size", "patch-size", "embed-dim", "depth", "num-heads"):
         g.add_argument(f"--{flag}", type=int, default=None, help="override of the model's default")
     g.add_argument("--data", default=d.data, help="'demo' (built-in procedural data) or an ImageFolder directory")
-    g.add_argument("--train-size", type=int, default=None, help="demo data: number of training images")
-    g.add_argument("--val-size", type=int, default=None, help="demo data: number of validation images")
+    g.add_argument("--train-size", type=int, default=None,
+                   help="demo data: training images generated; a folder: at most this many (a seeded subset)")
+    g.add_argument("--val-size", type=int, default=None,
+                   help="demo data: validation images generated; a folder: at most this many")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
@@ -67,7 +71,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="steps between periodic checkpoints (0: epoch ends only)")
     g.add_argument("--out", required=True, help="run directory")
     g.add_argument("--resume", default=None, help="run directory or checkpoint to continue")
-    g.add_argument("--init", default=None, help="checkpoint to start from (weights, and masks if it has any)")
+    g.add_argument("--init", default=None, help="checkpoint to start from (weights, and masks if it has any; its "
+                   "classifier rows matched to the data's classes by name)")
     _add_sparsity_flags(p, d)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -135,7 +140,18 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+def _warn(command: str) -> Callable[[str], None]:
+    """A printer of one warning line for ``svite COMMAND`` (flag_use.py decides what deserves one)."""
+
+    def warn(line: str) -> None:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per rank
+            print(f"svite {command}: warning: {line}", file=sys.stderr)
+    return warn
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from .config import validate_config
+    from .flag_use import check_unused_flags, typed_flags
     from .train import train
 
     if threading.current_thread() is threading.main_thread():
@@ -143,17 +159,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         # released and the last checkpoint stays as it was.
         signal.signal(signal.SIGTERM, _interrupt)
     cfg = train_config(args)
+    validate_config(cfg)  # a value out of range is an error whatever the method: said before any unused flag
+    typed = typed_flags(build_parser(), "train", args.argv) if getattr(args, "argv", None) is not None else []
+    check_unused_flags(cfg, typed, _warn("train"))
     path = train(cfg, show_progress=not args.quiet, echo_metrics=not args.quiet)
     print(f"checkpoint: {path}", file=sys.stderr)
     return 0
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    p = sub.add_parser("eval", help="evaluate a checkpoint", description="Accuracy, size, FLOPs and speed. A "
+                       "folder's classes are matched to the checkpoint's by name (docs/cli.md): classes it does not "
+                       "know are left out and named; a folder with none of them is refused.")
     p.add_argument("path")
     p.add_argument("--data", default=None, help="'demo' or an ImageFolder directory (default: what it was trained on)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--val-size", type=int, default=None, help="demo data: number of validation images")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="demo data: validation images generated; a folder: at most this many")
     p.add_argument("--throughput-batch", type=int, default=32, help="batch size for the measured throughput")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -182,8 +204,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .report import inspect_checkpoint
 
-    _emit(inspect_checkpoint(load_checkpoint(args.path, num_heads=args.num_heads)), args.json)
+    loaded = load_checkpoint(args.path, num_heads=args.num_heads)
+    _num_heads_unused(args, loaded)
+    _emit(inspect_checkpoint(loaded), args.json)
     return 0
+
+
+def _num_heads_unused(args: argparse.Namespace, loaded: Any) -> None:
+    """``--num-heads`` tells a plain state dict (or an official checkpoint) its head count; our own files
+    record their architecture, so there it does nothing, and says so."""
+    if args.num_heads is not None and loaded.format == "svite-explorer":
+        _warn(args.command)(f"--num-heads has no effect on {args.path}: the checkpoint records its architecture")
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
@@ -199,6 +230,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
 
     loaded = load_checkpoint(args.path, num_heads=args.num_heads)
+    _num_heads_unused(args, loaded)
     loaded.history.verify()  # loading decodes no history; a check decodes all of it once
     print(f"ok: {args.path}: {loaded.format}, {loaded.model_config.name}, {loaded.method}, "
           f"{len(loaded.history)} snapshots")
@@ -258,6 +290,8 @@ def _fmt(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, dict):
         return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    if isinstance(value, list):  # e.g. eval's classes_left_out: names, not a Python repr
+        return ", ".join(_fmt(v) for v in value) if value else "none"
     return str(value)
 
 
@@ -275,10 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # usage errors (exit 2) and --help (exit 0) end here, one line each
         return int(exit_.code or 0)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except SviteError as err:

@@ -1,5 +1,5 @@
 """What ``svite inspect``, ``svite eval`` and ``svite compact`` report: plain dicts (the ``--json``
-contract of CLI.md)."""
+contract of docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from .compact import compact, max_logit_diff
-from .data import build_data, make_loader
+from .data import (
+    ClassMatch,
+    DataBundle,
+    MatchedDataset,
+    build_data,
+    checkpoint_classes,
+    checkpoint_preprocess,
+    make_loader,
+    match_classes,
+)
 from .errors import SviteError
 from .evaluate import count_flops, count_parameters, evaluate_accuracy, measure_throughput
 from .history_io import history_summary
@@ -73,7 +83,7 @@ def selector_summary(loaded: LoadedCheckpoint) -> dict[str, int] | None:
 
 
 def inspect_checkpoint(loaded: LoadedCheckpoint) -> dict[str, Any]:
-    """The ``svite inspect --json`` document (fields of CLI.md, plus settings and metrics)."""
+    """The ``svite inspect --json`` document (fields of docs/cli.md, plus settings and metrics)."""
     rows = layer_rows(loaded)
     counts = count_parameters(loaded.model, loaded.masks)
     meta = loaded.meta
@@ -103,28 +113,53 @@ def inspect_checkpoint(loaded: LoadedCheckpoint) -> dict[str, Any]:
     }
 
 
-def evaluate_checkpoint(loaded: LoadedCheckpoint, data: str | None = None, batch_size: int = 64,
-                        val_size: int | None = None, throughput_batch: int = 32) -> dict[str, Any]:
-    """The ``svite eval --json`` document: accuracy on the validation split, size, FLOPs, speed."""
-    model = loaded.model
+def evaluation_data(loaded: LoadedCheckpoint, data: str | None = None, val_size: int | None = None
+                    ) -> tuple[DataBundle, Dataset, ClassMatch]:
+    """The data ``svite eval`` scores a checkpoint on: (bundle, the validation set with targets given as
+    the model's outputs, how its classes were matched).
+
+    The classes are matched by name (``data.matching``): a folder's class index is its sorted position,
+    which is not the model's. Images get the checkpoint's own preprocessing, and a folder that is not
+    the checkpoint's own training data is evaluated whole (its own data: the split training held out).
+    """
     source = data or (loaded.meta.get("data") or {}).get("source") or "demo"
     train_cfg = loaded.meta.get("train_config") or {}
-    val_size = val_size or train_cfg.get("val_size")
+    arch = describe_model(loaded.model)
+    own = str(source) == "demo" or _same_path(source, (loaded.meta.get("data") or {}).get("source"))
+    bundle = build_data(source, img_size=arch["img_size"], patch_size=arch["patch_size"],
+                        seed=int(train_cfg.get("seed", 0)), train_size=1 if source == "demo" else None,
+                        val_size=val_size, preprocess=checkpoint_preprocess(loaded.meta), whole=not own)
+    match = match_classes(bundle.class_names, checkpoint_classes(loaded.meta, arch["num_classes"]),
+                          f"--data {source}", str(loaded.path))
+    return bundle, (bundle.val if match.identity else MatchedDataset(bundle.val, match)), match
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    if not isinstance(a, str) or not isinstance(b, str) or "demo" in (a, b):
+        return False
+    try:  # b comes from the checkpoint's metadata: any string at all
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+def evaluate_checkpoint(loaded: LoadedCheckpoint, data: str | None = None, batch_size: int = 64,
+                        val_size: int | None = None, throughput_batch: int = 32) -> dict[str, Any]:
+    """The ``svite eval --json`` document: accuracy on the validation split (classes matched by name,
+    top-1 and top-5 over all of the model's outputs), size, FLOPs, speed."""
+    model = loaded.model
+    source = data or (loaded.meta.get("data") or {}).get("source") or "demo"
+    val_size = val_size or (loaded.meta.get("train_config") or {}).get("val_size")
     check_eval_flags(model_dims(model), source == "demo", batch_size, val_size, throughput_batch)
     if loaded.masks is not None:
         loaded.masks.apply(model)  # the sparse model is weights * masks, whatever the file held
-    arch = describe_model(model)
-    bundle = build_data(source, img_size=arch["img_size"], patch_size=arch["patch_size"],
-                        seed=int(train_cfg.get("seed", 0)), train_size=1 if source == "demo" else None,
-                        val_size=val_size)
-    if bundle.num_classes > arch["num_classes"]:
-        raise SviteError(f"--data {source}: {bundle.num_classes} classes, but the model has {arch['num_classes']} outputs")
-    acc = evaluate_accuracy(model, make_loader(bundle.val, batch_size, shuffle=False, seed=0))
+    bundle, val, match = evaluation_data(loaded, source, val_size)
+    acc = evaluate_accuracy(model, make_loader(val, batch_size, shuffle=False, seed=0))
     counts = count_parameters(model, loaded.masks)
     flops = count_flops(model, loaded.masks, loaded.units)
     speed = measure_throughput(model, [throughput_batch])[0]
     result: dict[str, Any] = {
-        "path": str(loaded.path), "data": bundle.source, "images": acc["count"],
+        "path": str(loaded.path), "data": bundle.source, "images": acc["count"], **match.summary(),
         "top1": acc["top1"], "top5": acc["top5"], "loss": acc["loss"],
         "params": counts["params"], "nonzeros": counts["nonzeros"],
         "density": overall_density(layer_rows(loaded)),

@@ -3,6 +3,7 @@ or ``--resume`` (this run's own checkpoint and resume state, for a batch-exact c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint, load_resume_state
+from .data.matching import checkpoint_classes, match_classes, quote
 from .dst import SparsityEngine
 from .errors import SviteError
 from .history import MaskHistory
@@ -23,15 +25,60 @@ def _shape(t: torch.Tensor) -> str:
     return "×".join(str(d) for d in t.shape) or "scalar"
 
 
-def init_from(path: str, model: nn.Module) -> MaskSet | None:
-    """``--init PATH``: load the checkpoint's weights into ``model``; returns its masks (if any)."""
+def init_from(path: str, model: nn.Module, class_names: Sequence[str] | None = None,
+              data_what: str = "the data") -> tuple[MaskSet | None, str]:
+    """``--init PATH``: load the checkpoint's weights into ``model``; returns its masks (if any) and a
+    sentence for the user when its classes differ from the data's ('' when they are the same).
+
+    With ``class_names`` (the training data's classes) the checkpoint's classifier rows are matched to
+    them by name (``data.matching``): a class it knows keeps its trained row, wherever it sits in the
+    data's order, and a class it does not know starts with the fresh row of ``model``."""
     init = load_checkpoint(path)
     bad = next((k for k, v in init.model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()),
                None)
     if bad is not None:
         raise SviteError(f"--init {path}: weight {bad} holds NaN or infinite values; refusing to start from it")
+    note = ""
+    if class_names is not None:
+        note = _match_head(init, model, list(class_names), f"--init {path}", data_what)
     load_init_weights(model, init.model, f"--init {path}")
-    return init.masks
+    return init.masks, note
+
+
+def _match_head(init: LoadedCheckpoint, model: nn.Module, names: list[str], what: str, data_what: str) -> str:
+    """Rebuild ``init``'s classifier head (weights and mask) in the order of ``names``; returns the note."""
+    src, own = getattr(init.model, "head", None), getattr(model, "head", None)
+    if not isinstance(src, nn.Linear) or not isinstance(own, nn.Linear) or src.in_features != own.in_features:
+        return ""  # nothing to match; load_init_weights names any misfit
+    classes = checkpoint_classes(init.meta, src.out_features)
+    match = match_classes(names, classes, data_what, what, require_known=False)
+    if match.identity:
+        return "" if match.by == "name" else f"{what}: {match.note()}"
+    with torch.no_grad():
+        weight, bias = own.weight.detach().clone(), own.bias.detach().clone() if own.bias is not None else None
+        mask = torch.ones_like(weight, dtype=torch.bool)
+        old_mask = init.masks.get("head.weight") if init.masks is not None else None
+        for row, target in enumerate(match.targets):
+            if target is None:
+                continue
+            weight[row] = src.weight[target]
+            if bias is not None and src.bias is not None:
+                bias[row] = src.bias[target]
+            if old_mask is not None:
+                mask[row] = old_mask[target]
+        head = nn.Linear(own.in_features, own.out_features, bias=bias is not None)
+        head.weight.copy_(weight)
+        if bias is not None:
+            head.bias.copy_(bias)
+    init.model.head = head
+    if old_mask is not None:
+        init.masks["head.weight"] = mask
+    if not match.kept:
+        return (f"{what}: none of {data_what}'s classes ({quote(names)}) is among its classes "
+                f"({quote(classes.short_names)}): the classifier head starts fresh, every other weight is kept")
+    fresh = f"; new classes start with a fresh head row: {quote(match.left_out)}" if match.left_out else ""
+    return (f"{what}: its classifier rows matched to {data_what}'s classes by name ({len(match.kept)} of "
+            f"{len(names)} found){fresh}")
 
 
 def load_init_weights(model: nn.Module, source: nn.Module, what: str) -> None:

@@ -18,13 +18,34 @@ from typing import Any
 from tqdm import tqdm
 
 from .atomic import atomic_write_bytes
-from .errors import SviteError
+from .errors import FlagError, SviteError
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # the one-file checkpoint
 METRICS_NAME = "metrics.jsonl"  # one JSON line per log interval and per epoch
 CONFIG_NAME = "config.json"  # the run's TrainConfig
 #: Files a run writes into its directory before (or beside) its first checkpoint.
 _RUN_FILES = (CONFIG_NAME, METRICS_NAME, ".lock")
+
+
+#: The source tree this package runs from, when it is a checkout (a run written into it, or into a folder
+#: holding it, would mix checkpoints with the code); None for an installed package.
+_PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = _PROJECT if (_PROJECT / "pyproject.toml").is_file() else None
+
+
+def check_out_path(out: str) -> None:
+    """Refuse an ``--out`` that is empty, the current folder, the project, or a folder holding either:
+    ``--out ''`` used to train straight into the current folder. A run gets a folder of its own."""
+    if not str(out).strip():
+        raise FlagError("--out", "--out '': empty; name a run directory of its own, e.g. --out runs/x")
+    path = Path(out).expanduser().resolve()
+    for place, what in ((Path.cwd().resolve(), "the current folder"), (PROJECT, "the project folder")):
+        if place is None:
+            continue
+        if path == place or path in place.parents:
+            relation = "is" if path == place else "holds"
+            raise FlagError("--out", f"--out {out}: {relation} {what} ({place}); a run gets a folder of its own, "
+                            "e.g. --out runs/x")
 
 
 def check_out_dir(out: Path) -> Path | None:

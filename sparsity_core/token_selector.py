@@ -1,6 +1,6 @@
 """SViTE+: a learnable token selector that really drops patch tokens.
 
-The reference (SVITE_REFERENCE.md §3) scores every token with ``nn.Linear(D, 1)``, picks the top-k by
+The reference (docs/reference.md §3) scores every token with ``nn.Linear(D, 1)``, picks the top-k by
 Gumbel noise with a straight-through estimator, and then only *zeroes* the dropped tokens: they stay
 in the sequence, so no compute is saved, and test-time selection is random. Here:
 

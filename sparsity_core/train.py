@@ -229,7 +229,11 @@ def _build(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, use_ini
     if steps_per_epoch == 0:
         raise SviteError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(data.train)} images)")
     model = build_model(model_config)
-    init_masks = init_from(cfg.init, model) if use_init else None
+    init_masks = None
+    if use_init:
+        init_masks, note = init_from(cfg.init, model, data.class_names, f"--data {cfg.data}")
+        if note and ddp.is_main:
+            print(f"svite train: note: {note}", file=sys.stderr)
     model.to(device)
     optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,

@@ -149,7 +149,7 @@ def plain_variants(model: torch.nn.Module, root: Path) -> None:
 
 
 def official_variants(model: torch.nn.Module, root: Path) -> None:
-    """The official SViTE format (SVITE_REFERENCE §4) with bad args and bad masks."""
+    """The official SViTE format (docs/reference.md §4) with bad args and bad masks."""
     index = {n: i for i, (n, _) in enumerate(model.named_parameters())}
     masks = {f"module.{n}_{index[n]}": torch.ones_like(p) for n, p in model.named_parameters() if p.ndim == 2}
     base_args = dict(model="deit_tiny_patch16_224", pruning_type="unstructure", atten_head=4, token_number=None)

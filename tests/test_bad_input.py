@@ -1,7 +1,9 @@
 """The bad-input catalogue: every case is one clear line, exit code 2, and no existing file changes.
 
 ``CASES`` are the original 32; ``FILE_CASES`` (issue 13) add lying checkpoints (masks read exactly or
-refused, metadata of the wrong type), hostile flags, filesystem refusals and damaged resume state.
+refused, metadata of the wrong type), hostile flags, filesystem refusals and damaged resume state;
+``CLASS_AND_FLAG_CASES`` (issue 19) add folder classes that match no checkpoint class, flags that would
+do nothing, and an ``--out`` that is not a run's own folder (plus the project folder, from elsewhere).
 The cases that need a memory measurement or could hang are in ``test_bad_input_sizes.py``.
 """
 
@@ -71,6 +73,10 @@ def files(tmp_path_factory) -> Path:
                 Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(d / f"{cls}{i}.png")
     (root / "broken_images" / "train" / "dog" / "dog0.png").write_bytes(b"\x89PNG not really")
     (root / "empty_dir").mkdir()
+    for cls in ("alpha", "beta"):  # classes no checkpoint here knows
+        (root / "alpha_beta" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (i * 60, 90, 0)).save(root / "alpha_beta" / cls / f"{cls}{i}.png")
     # a finished run directory that must never be clobbered
     assert main(["train", *TINY, "--out", str(root / "run")]) == 0
     ours_variants(tiny_sparse_checkpoint(root / "sparse.safetensors"), root)
@@ -247,6 +253,33 @@ FILE_CASES = [
 ]
 
 
+PROJECT = Path(__file__).resolve().parents[1]
+# issue 19: classes that cannot be matched, flags that would do nothing, an --out that is not a run's own folder
+CLASS_AND_FLAG_CASES = [
+    ("eval-folder-no-known-class", ["eval", "{r}/run/checkpoint.safetensors", "--data", "{r}/alpha_beta"],
+     "--data {r}/alpha_beta: none of its classes (alpha, beta) is a class of {r}/run/checkpoint.safetensors "
+     "(circle, square, triangle, diamond, cross, ... (10 in all))"),
+    ("eval-folder-no-names-other-count", ["eval", "{r}/good.safetensors", "--data", "{r}/alpha_beta"],
+     "--data {r}/alpha_beta: its 2 classes (alpha, beta) cannot be matched to {r}/good.safetensors, which records "
+     "no class names and has 10 outputs"),
+    ("train-init-no-names-other-count", ["train", *TINY, "--batch-size", "2", "--data", "{r}/alpha_beta", "--init",
+                                         "{r}/good.safetensors", "--out", "{r}/new-classes"],
+     "--data {r}/alpha_beta: its 2 classes (alpha, beta) cannot be matched to --init {r}/good.safetensors"),
+    ("out-empty", ["train", *TINY, "--out", ""], "--out '': empty; name a run directory of its own"),
+    ("out-current-folder", ["train", *TINY, "--out", "."], f"--out .: is the current folder ({Path.cwd()})"),
+    ("out-holds-current-folder", ["train", *TINY, "--out", ".."], f"--out ..: holds the current folder ({Path.cwd()})"),
+    ("unused-density-without-method", ["train", *TINY, "--density", "0.3", "--out", "{r}/new-u1"],
+     "--density has no effect with --method dense (the default); pass --method static, oneshot or svite to use it"),
+    ("unused-mask-path-without-custom", ["train", *TINY, "--method", "svite", "--mask-path", "{r}/garbage.pth",
+                                         "--out", "{r}/new-u2"],
+     "--mask-path has no effect with --sparse-init fixed_ERK (the default); pass --sparse-init custom to use it"),
+    ("unused-selector-flag-without-selector", ["train", *TINY, "--selector-mode", "gather", "--out", "{r}/new-u3"],
+     "--selector-mode has no effect without a token selector (neither --keep-ratio nor --token-number was given)"),
+    ("unused-aa-on-demo-data", ["train", *TINY, "--aa", "rand-m9-mstd0.5-inc1", "--out", "{r}/new-u4"],
+     "--aa has no effect with --data demo (the default)"),
+]
+
+
 def _run_case(files: Path, capsys, argv: list[str], fragment: str) -> str:
     """Run one case in-process: exit 2, the fragment in one stderr line, no traceback, no file changed,
     and no run directory left behind by a train case."""
@@ -268,6 +301,18 @@ def _run_case(files: Path, capsys, argv: list[str], fragment: str) -> str:
 @pytest.mark.parametrize("argv,fragment", [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
 def test_bad_input_catalogue_files_and_flags(files, capsys, argv, fragment):
     _run_case(files, capsys, argv, fragment)
+
+
+@pytest.mark.parametrize("argv,fragment", [c[1:] for c in CLASS_AND_FLAG_CASES], ids=[c[0] for c in CLASS_AND_FLAG_CASES])
+def test_bad_input_catalogue_classes_flags_and_out(files, capsys, argv, fragment):
+    _run_case(files, capsys, argv, fragment)
+
+
+def test_out_the_project_folder_from_elsewhere(files, capsys, monkeypatch):
+    monkeypatch.chdir(files / "empty_dir")
+    _run_case(files, capsys, ["train", *TINY, "--out", str(PROJECT)],
+              f"--out {PROJECT}: is the project folder ({PROJECT}); a run gets a folder of its own")
+    assert not (PROJECT / "checkpoint.safetensors").exists()
 
 
 def _fail_fsync_of(name: str, monkeypatch) -> None:

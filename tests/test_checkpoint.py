@@ -96,7 +96,7 @@ def test_plain_timm_state_dicts_load(tmp_path, tiny_model, layout):
 
 
 def _official_unstructured(model, with_selector_offset=False):
-    """An official SViTE checkpoint.pth as SVITE_REFERENCE.md §4 documents it."""
+    """An official SViTE checkpoint.pth as docs/reference.md §4 documents it."""
     masks = _random_masks(model, 0.35, 3)
     masks.apply(model)
     index = {n: i for i, (n, _) in enumerate(model.named_parameters())}

@@ -1,4 +1,4 @@
-"""PruneSchedule: the reference's update rule and cosine death rate (SVITE_REFERENCE.md §1)."""
+"""PruneSchedule: the reference's update rule and cosine death rate (docs/reference.md §1)."""
 
 from __future__ import annotations
 

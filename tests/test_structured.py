@@ -21,6 +21,7 @@ from sparsity_core.dst import EngineContext, build_engine
 from sparsity_core.dst.select import select_units as select_top
 from sparsity_core.dst.structured import prune_and_grow
 from sparsity_core.errors import SviteError
+from sparsity_core.flag_use import unused_flags
 from sparsity_core.masks import MaskSet, head_unit_name, neuron_unit_name
 from sparsity_core.models import ModelConfig, build_model
 from sparsity_core.train import train
@@ -157,8 +158,10 @@ def test_bad_densities_and_flags_are_rejected():
         _engine(_small_model(4), atten_density=0.2)
     with pytest.raises(SviteError, match="--other-density"):
         _engine(_small_model(4, mlp_ratio=0.25), other_density=0.1)
-    with pytest.raises(SviteError, match="--include"):  # a flag check: no model needed
-        check_method_flags(TrainConfig(method="s2vite", include=["*qkv*"]))
+    # --include has no effect on whole heads and neurons: not refused, the command line says so (flag_use)
+    check_method_flags(TrainConfig(method="s2vite", include=["*qkv*"]))
+    assert [u.message for u in unused_flags(TrainConfig(method="s2vite", include=["*qkv*"]), ["method", "include"])
+            ] == ["--include has no effect with --method s2vite"]
     with pytest.raises(SviteError, match="--growth momentum"):
         check_method_flags(TrainConfig(method="s2vite", growth="momentum"))
 

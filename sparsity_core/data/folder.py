@@ -15,6 +15,7 @@ import torch.utils.data
 from ..errors import SviteError
 from ..imagefiles import ImageFiles, class_folders, scan_images
 from .bundle import DataBundle, split_key
+from .matching import Preprocess
 
 _VAL_FRACTION = 0.1  # share of each class held out when a folder has no train/ and val/ split
 
@@ -103,30 +104,36 @@ def _stratified_split(root: Path, samples: list[tuple[str, int]], n_classes: int
 
 
 def folder_bundle(data: str | Path, img_size: int, seed: int, train_size: int | None, val_size: int | None,
-                  auto_augment: str | None = None) -> DataBundle:
+                  auto_augment: str | None = None, preprocess: Preprocess | None = None,
+                  whole: bool = False) -> DataBundle:
     """``--data DIR``: train_size / val_size cap the number of images (a seeded random subset);
-    ``auto_augment`` is a timm policy string (e.g. DeiT's ``rand-m9-mstd0.5-inc1``)."""
+    ``auto_augment`` is a timm policy string (e.g. DeiT's ``rand-m9-mstd0.5-inc1``).
+
+    ``preprocess`` is how a checkpoint wants its images (``matching.checkpoint_preprocess``; default:
+    ImageNet's normalisation and timm's crop). ``whole``: a folder without train/ and val/ is evaluated
+    whole (every image in ``val``) instead of by the 90/10 split that training holds out, because
+    evaluating a checkpoint on a folder it was not trained on has nothing to hold out."""
     root = Path(data).expanduser()
     if not root.exists():
         raise SviteError(f"{root}: data folder does not exist (use 'demo' for the built-in demo set)")
     if not root.is_dir():
         raise SviteError(f"{root}: is not a directory (expected a folder of class folders, or 'demo')")
-    return _build_folder(root.resolve(), int(img_size), seed, train_size, val_size, auto_augment)
+    return _build_folder(root.resolve(), int(img_size), seed, train_size, val_size, auto_augment,
+                         preprocess or Preprocess(), whole)
 
 
 def _build_folder(
     root: Path, img_size: int, seed: int, train_size: int | None, val_size: int | None,
-    auto_augment: str | None = None,
+    auto_augment: str | None, preprocess: Preprocess, whole: bool,
 ) -> DataBundle:
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+    from timm.data import create_transform
 
-    mean = tuple(float(m) for m in IMAGENET_DEFAULT_MEAN)
-    std = tuple(float(s) for s in IMAGENET_DEFAULT_STD)
+    mean, std = preprocess.mean, preprocess.std
     try:
         train_tf = create_transform(img_size, is_training=True, mean=mean, std=std, auto_augment=auto_augment)
     except (AssertionError, ValueError, KeyError) as err:
         raise SviteError(f"--aa {auto_augment!r}: not a timm auto-augment policy ({err})") from None
-    val_tf = create_transform(img_size, is_training=False, mean=mean, std=std)
+    val_tf = create_transform(img_size, is_training=False, mean=mean, std=std, crop_pct=preprocess.crop_pct)
 
     train_dir, val_dir = root / "train", root / "val"
     if train_dir.is_dir() != val_dir.is_dir():
@@ -149,7 +156,8 @@ def _build_folder(
         val_idx = _subset(len(val_base), val_size, seed, "val-subset")
     else:
         samples, classes = _scan_split(root)
-        train_all, val_all = _stratified_split(root, samples, len(classes), seed)
+        train_all, val_all = (([], list(range(len(samples)))) if whole
+                              else _stratified_split(root, samples, len(classes), seed))
         train_base = ImageFiles(samples, train_tf)
         val_base = ImageFiles(samples, val_tf)
         train_sub = _subset(len(train_all), train_size, seed, "train-subset")

@@ -3,7 +3,7 @@
 A pruned neuron has its fc1 row, fc1 bias and fc2 column masked. With all three at zero it sits at
 a saddle: ``GELU(0) = 0`` and ``W2[:, j] = 0`` make every gradient of that neuron exactly zero, so
 gradient growth can only re-pick the neurons that were alive in the last batch, and the MLP half of
-S2ViTE becomes a fixed random structured mask (SVITE_REFERENCE.md §2: the reference has the same
+S2ViTE becomes a fixed random structured mask (docs/reference.md §2: the reference has the same
 weakness). We keep, beside the model, a *shadow* fc1 row and bias for every neuron: its initial
 weights while it has never been active, its last weights once it has been pruned. The shadow never
 reaches the model's output (the fc2 column stays masked), but it says what the neuron *would*

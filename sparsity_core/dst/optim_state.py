@@ -10,7 +10,7 @@ Zeroing them is not: torch's AdamW keeps one ``step`` counter per *tensor*, so a
 ``exp_avg_sq`` at a grown entry gets no bias correction (it is ~1 after a few hundred steps) and
 stays far too small for ~1/(1-beta2) steps. Its first update is then about 3x the learning rate
 instead of at most ~1x (``tests/test_optim_state.py`` measures both), and the next magnitude prune
-keeps that noise. That was our first default; SVITE_REFERENCE.md records the correction.
+keeps that noise. That was our first default; docs/reference.md §7 records the correction.
 
 Policies (``--grown-moments``):
 

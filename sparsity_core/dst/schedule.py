@@ -1,6 +1,6 @@
 """When topology updates happen and how much they change (shared by SViTE and S2ViTE).
 
-Matches the reference (SVITE_REFERENCE.md §1): the iteration counter ``s`` counts optimizer steps
+Matches the reference (docs/reference.md §1): the iteration counter ``s`` counts optimizer steps
 done (1-based after the step); an update runs when ``s % update_frequency == 0 and s < t_end * T``;
 the prune ("death") rate follows CosineAnnealingLR from ``death_rate`` down to ``final_rate`` over
 the whole run, ``dr(s) = final + (initial - final) * (1 + cos(pi * s / T)) / 2``, or stays constant.
@@ -9,7 +9,7 @@ Ours, as RigL has it: no update before ``start`` steps (``--update-start``: the 
 a number of steps or epochs). The reference updates from step ``update_frequency`` on, while the model
 may still sit at chance; the scores that choose the topology are then noise, and pruning half of every
 layer's *initial* weights at chance weakens the signal the model needs to leave its plateau
-(SVITE_REFERENCE.md, "where we go further"). ``--update-start plateau`` waits, beyond the warm-up, until
+(docs/reference.md §7). ``--update-start plateau`` waits, beyond the warm-up, until
 the training loss has left its first plateau (:class:`UpdateClock`): how long a model sits at chance
 varies by seed and data, so no fixed step fits every run. Updates stay on multiples of
 ``update_frequency``: the first is the first multiple at or after the start.

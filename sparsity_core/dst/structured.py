@@ -68,7 +68,7 @@ class StructuredEngine(SparsityEngine):
     * **Grow neurons by the gradient their fc2 column would get** ``||dL/dW2[:,j]||_1``, taken
       through *shadow* fc1 weights kept for every inactive neuron (``neuron_shadow.py``). With the
       fc1 row, bias and fc2 column all zero an inactive neuron's real gradient is exactly zero (the
-      reference's weakness, SVITE_REFERENCE §2), so plain gradient growth could only re-pick the
+      reference's weakness, docs/reference.md §2), so plain gradient growth could only re-pick the
       neurons it had just pruned. ``--growth random`` explores at random instead.
 
     Grown units can learn and leave the output unchanged at the moment of growth:
