@@ -63,16 +63,33 @@ def test_s2vite_demo_six_maps_per_block_with_the_pruned_ones_marked():
     at.radio(key="heads_kind").set_value("rollout").run()
     assert chart(ok(at), "Per-head rollout of block 1 on this image")
     lines = chart(at, "Block 1: object IoU of each head over training")  # the demo's head probe
-    pruned = [f"head {h}" for h, a in enumerate(units["blocks.1.attn.heads"].numpy()) if not a]
-    named = {t["name"]: t for t in lines["data"]}
-    for head in pruned:  # never alive in this run: uniform at every snapshot, no IoU
-        assert np.isnan(arr(named[f"{head} (never alive)"]["y"]).astype(float)).all()
-    alive_lines = [t for n, t in named.items() if n.startswith("head ") and "never" not in n]
-    assert len(alive_lines) == 6 - len(pruned) and all(np.isfinite(arr(t["y"]).astype(float)).all() for t in alive_lines)
+    alive = units["blocks.1.attn.heads"].numpy()
+    named = {t["name"].removesuffix(" (never alive)"): t for t in lines["data"]}
+    for h, a in enumerate(alive):  # at the last snapshot a pruned head is uniform (no IoU), an alive one is not
+        y = arr(named[f"head {h}"]["y"]).astype(float)
+        assert np.isnan(y[-1]) == (not a)
+        assert ("never alive" in named[f"head {h}"]["name"]) == bool(np.isnan(y).all())
 
 
-def test_without_a_probe_the_masks_say_what_they_can():
-    at = open_page("heads", "svite")
+def _without_probe(name: str, runs: Path) -> str:
+    """A copy of a shipped demo with no head probe (as checkpoints made before it are), in the runs folder."""
+    from sparsity_core.checkpoint import save_checkpoint
+    from sparsity_core.convert import reencoded_history
+
+    loaded = load_checkpoint(ckpt(name))
+    history = reencoded_history(loaded)
+    history.entries["probe"] = [None] * len(history)
+    history.layers.pop("probe", None)
+    out = runs / f"{name}-no-probe" / "checkpoint.safetensors"
+    out.parent.mkdir(parents=True)
+    meta = {k: v for k, v in loaded.meta.items() if k not in ("format", "format_version", "head_probe")}
+    save_checkpoint(out, loaded.model, loaded.model_config, masks=loaded.masks, units=loaded.units,
+                    fired=loaded.fired, history=history, meta=meta)
+    return str(out)
+
+
+def test_without_a_probe_the_masks_say_what_they_can(tmp_path):
+    at = AppTest_for(_without_probe("svite", tmp_path / "runs"))
     assert any("recorded no head probe" in i.value for i in at.info)
     timeline = chart(at, "Block 3: share of each head's q, k and v weights kept")
     shares = arr(timeline["data"][0]["z"]).astype(float)
@@ -84,6 +101,10 @@ def test_dense_demo_has_every_head_alive():
     spec = _grid(at)
     assert len(_maps(spec)) == 6 and not any("pruned" in t for t in _titles(spec))
     assert "all 6 heads alive" in _story(at) and "pruned" not in _story(at)
+
+
+def test_a_dense_model_without_a_probe_says_its_history_holds_no_masks(tmp_path):
+    at = AppTest_for(_without_probe("dense", tmp_path / "runs"))
     assert any("Its history holds no masks" in i.value for i in at.info)
 
 

@@ -142,7 +142,7 @@ def test_the_same_head_across_snapshots_from_masks():
     assert np.allclose(at5, mask.float().mean(dim=(0, 2, 3)).numpy()) and 0 < at5.min() < at5.max() < 1
     dense = load_checkpoint(CHECKPOINTS / "dense.safetensors")
     assert analysis.head_mask_history(dense.history, dense, 0).empty
-    assert analysis.probe_history(sv, 0) is None  # made before the probe existed
+    assert (analysis.probe_history(sv, 0) is None) == (not sv.meta.get("head_probe"))
 
 
 # ----------------------------------------------------------------------------------------------
