@@ -16,7 +16,8 @@ from pathlib import Path
 from sparsity_core import validate
 from sparsity_core.errors import CheckpointError, SviteError
 
-from .settings import CHECKPOINT_SUFFIXES, checkpoints_dir, runs_dir, uploads_dir
+from . import sweep
+from .settings import CHECKPOINT_SUFFIXES, checkpoints_dir, uploads_dir
 
 #: Shipped demo checkpoints, in the order the picker lists them (file stems of checkpoints/).
 DEMO_ORDER = ("svite-plus", "svite", "s2vite", "dense")
@@ -46,23 +47,26 @@ def _demo_rank(p: Path) -> tuple[int, str]:
     return len(DEMO_ORDER), stem
 
 
+def _mtime(path: str) -> float:
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def find_checkpoints() -> list[CheckpointEntry]:
-    """Shipped checkpoints (``checkpoints/``), then runs (``runs/*/checkpoint.safetensors`` and any
-    checkpoint file directly in a run folder), newest first, then uploads."""
+    """Shipped checkpoints (``checkpoints/``), then every run with a checkpoint below the runs folders
+    (any depth: ``runs/exp_unstructured/svite_s0``; bare checkpoint files too), newest first, then uploads."""
     entries: list[CheckpointEntry] = []
     demo = checkpoints_dir()
     if demo.is_dir():
         for p in sorted((p for p in demo.iterdir() if _is_checkpoint(p)), key=_demo_rank):
             entries.append(CheckpointEntry(f"demo · {p.stem}", str(p), "demo"))
-    runs = runs_dir()
-    if runs.is_dir():
-        found: list[Path] = []
-        for run in runs.iterdir():
-            if run.is_dir():
-                found += [p for p in run.iterdir() if _is_checkpoint(p) and not p.name.startswith("resume-")]
-        for p in sorted(found, key=lambda q: q.stat().st_mtime, reverse=True):
-            name = p.parent.name if p.name == "checkpoint.safetensors" else f"{p.parent.name}/{p.name}"
-            entries.append(CheckpointEntry(f"run · {name}", str(p), "run"))
+    table, _ = sweep.all_runs()  # every run below the runs folders, at any depth (headers only, cached)
+    found = table[table["checkpoint"] != ""]
+    stamps = {p: _mtime(p) for p in found["checkpoint"]}
+    for row in sorted(found.itertuples(), key=lambda r: stamps[r.checkpoint], reverse=True):
+        entries.append(CheckpointEntry(f"run · {row.name}", str(row.checkpoint), "run"))
     up = uploads_dir()
     if up.is_dir():
         for p in sorted((p for p in up.iterdir() if _is_checkpoint(p)), key=lambda q: q.stat().st_mtime, reverse=True):

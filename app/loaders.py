@@ -115,12 +115,6 @@ def speed(path: str, batch_size: int = 32) -> pd.DataFrame:
     return _speed(path, stamp(path), int(batch_size))
 
 
-def run_metrics(path: str) -> pd.DataFrame:
-    """Records of ``metrics.jsonl`` beside a checkpoint (empty when there is none); a torn last
-    line (a run writing right now) is skipped."""
-    return read_metrics(Path(path).parent / "metrics.jsonl")
-
-
 def read_metrics(path: Path) -> pd.DataFrame:
     """The scalar fields of every record: nested ones (the end line repeats the final metrics as a dict)
     are left out, so the frame can be hashed for Streamlit's cache (pandas cannot hash a dict cell)."""

@@ -27,6 +27,19 @@ def runs_dir() -> Path:
     return Path(os.environ.get("SVITE_RUNS_DIR", REPO_ROOT / "runs")).expanduser()
 
 
+def shipped_runs_dir() -> Path:
+    """The sweep that ships with the app: run records without weights (``checkpoints/runs/``)."""
+    return checkpoints_dir() / "runs"
+
+
+def sweep_roots() -> list[Path]:
+    """The folders the Runs page and the picker search for runs (at any depth): ``SVITE_RUNS_DIR`` alone
+    when it is set (``bash scripts/app.sh --runs DIR``), else ``runs/`` and the shipped sweep."""
+    if os.environ.get("SVITE_RUNS_DIR"):
+        return [runs_dir()]
+    return [p for p in (runs_dir(), shipped_runs_dir()) if p.is_dir()] or [runs_dir()]
+
+
 def uploads_dir() -> Path:
     """Where uploaded checkpoints are kept for this machine (``SVITE_UPLOADS_DIR`` overrides)."""
     default = Path(tempfile.gettempdir()) / "svite-explorer-uploads"

@@ -132,3 +132,23 @@ def compare(rows: Sequence[Mapping[str, Any]]) -> str:
         parts.append(f"{r['checkpoint']} reaches {top1} at {_pct(float(r['density']))} density and "
                      f"{_pct(float(r['FLOPs vs dense']))} of the dense FLOPs")
     return "; ".join(parts) + "."
+
+
+def runs(n_runs: int, groups: pd.DataFrame, diffs: pd.DataFrame) -> str:
+    """How many runs and configurations, the best configuration over its seeds, and how far it is from each
+    baseline against the seed noise (the 95% interval of the paired difference)."""
+    done = groups[groups["n"] > 0] if "n" in groups else groups.iloc[0:0]
+    if done.empty:
+        return f"{n_runs} runs, none finished yet."
+    best = done.loc[done["mean"].idxmax()]
+    text = (f"{n_runs} runs of {len(groups)} configurations. Best: {best['label']}, {best['mean']:.1f}% top-1 "
+            f"(± {0.0 if pd.isna(best['std']) else best['std']:.1f} over {int(best['n'])} seed{'s' if best['n'] > 1 else ''})")
+    parts = []
+    for _, d in diffs[diffs["label"] == best["label"]].iterrows():
+        if pd.isna(d["ci_low"]):
+            parts.append(f"{d['mean_diff']:+.1f} points against {d['baseline']} (too few paired seeds for an interval)")
+            continue
+        noise = d["ci_low"] <= 0 <= d["ci_high"]
+        parts.append(f"{d['mean_diff']:+.1f} points against {d['baseline']} (95% interval {d['ci_low']:+.1f} to "
+                     f"{d['ci_high']:+.1f}{': within the seed noise' if noise else ''})")
+    return text + ("; " + "; ".join(parts) if parts else "") + "."

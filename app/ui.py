@@ -17,7 +17,7 @@ import torch
 from sparsity_core.checkpoint import LoadedCheckpoint
 from sparsity_core.errors import SviteError
 
-from . import catalog, figures, head_figures, loaders, tables
+from . import catalog, figures, head_figures, loaders, sweep, tables
 from .figures import PLOTLY_CONFIG
 from .settings import (
     CHECKPOINT_SUFFIXES,
@@ -36,12 +36,11 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("heads", "Heads", ":material/visibility:"),
     ("patches", "Patch maps", ":material/grid_on:"),
     ("compare", "Compare", ":material/compare_arrows:"),
+    ("runs", "Runs", ":material/table_chart:"),  # first (and the default) whenever there is more than one run
     ("retrain", "Retrain", ":material/model_training:"),
 )
-#: The story a talk tells, in order. A page joins the path once it is in PAGES: the Runs page (a sweep as
-#: data, the finale: is SViTE ahead of static masks over the seeds?) takes its place when it is added.
-TALK_ORDER = ("overview", "density", "evolution", "heads", "patches", "compare", "runs")
-TALK_PATH = tuple(k for k in TALK_ORDER if k in {key for key, _, _ in PAGES})
+#: The story a talk tells, in order ("runs" only with runs to show: talk_path()).
+TALK_PATH = ("runs", "overview", "density", "evolution", "heads", "patches", "compare")
 CKPT_KEY = "ckpt"
 TALK_KEY = "talk_mode"
 #: Seeded defaults the talk path starts from (widget keys of the pages -> values).
@@ -106,7 +105,7 @@ def navigation_pages() -> list[Any]:
     Streamlit serves the default page at ``/`` only, so ``/overview`` (or ``/overview?talk=1``, a
     natural bookmark) would say "Page not found": a hidden page runs the same script at its own address."""
     pages = []
-    for i, (key, title, icon) in enumerate(PAGES):
+    for i, (key, title, icon) in enumerate(_page_order()):
         script = str(REPO_ROOT / "pages" / f"{key}.py")
         page = st.Page(script, title=title, icon=icon, url_path=f"{key}-home" if i == 0 else key, default=i == 0)
         _PAGE_OBJECTS[key] = page
@@ -114,6 +113,17 @@ def navigation_pages() -> list[Any]:
         if i == 0:
             pages.append(st.Page(script, title=title, icon=icon, url_path=key, visibility="hidden"))
     return pages
+
+
+def _page_order() -> tuple[tuple[str, str, str], ...]:
+    """PAGES, with the Runs page first when there is more than one run to show."""
+    if sweep.run_count() <= 1:
+        return PAGES
+    return tuple(p for p in PAGES if p[0] == "runs") + tuple(p for p in PAGES if p[0] != "runs")
+
+
+def talk_path() -> tuple[str, ...]:
+    return TALK_PATH if sweep.run_count() > 1 else tuple(k for k in TALK_PATH if k != "runs")
 
 
 def _talk_default_checkpoint(entries: list[catalog.CheckpointEntry]) -> str | None:
@@ -282,13 +292,14 @@ def controls(label: str = "Controls") -> AbstractContextManager:
     return st.expander(label, expanded=False) if talk_mode() else st.container()
 
 
-def details(label: str) -> AbstractContextManager:
+def details(label: str, heading: bool = True) -> AbstractContextManager:
     """Tables, settings and raw numbers: behind a closed expander in talk mode (the first screen tells the
-    story with a chart and a sentence), under a subheading otherwise."""
+    story with a chart and a sentence), under a subheading (``heading``) otherwise."""
     if talk_mode():
         return st.expander(label, expanded=False)
     box = st.container()
-    box.subheader(label)
+    if heading:
+        box.subheader(label)
     return box
 
 
@@ -360,13 +371,14 @@ def guard(fn: Callable[[], None], what: str) -> None:
 
 def next_page_footer(current: str) -> None:
     """Talk mode: a link to the next stop of the talk path."""
-    if not talk_mode() or current not in TALK_PATH:
+    path = talk_path()
+    if not talk_mode() or current not in path:
         return
-    i = TALK_PATH.index(current)
+    i = path.index(current)
     st.divider()
-    st.caption(f"Talk path · {i + 1} of {len(TALK_PATH)}")
-    if i + 1 < len(TALK_PATH):
-        nxt = TALK_PATH[i + 1]
+    st.caption(f"Talk path · {i + 1} of {len(path)}")
+    if i + 1 < len(path):
+        nxt = path[i + 1]
         page = _PAGE_OBJECTS.get(nxt)
         title = dict((k, t) for k, t, _ in PAGES)[nxt]
         if page is not None:

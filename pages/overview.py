@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import loaders, story, tables, ui
+from app import loaders, runs_view, story, tables, ui
 
 path, loaded = ui.require_checkpoint()
 doc = loaders.inspect_doc(path)
@@ -29,7 +29,8 @@ c4.metric("Mask snapshots", f"{n_masked} of {n_snaps}" if n_masked != n_snaps el
 hist = loaders.history(path)
 fired = loaders.fired(path)
 sentence.markdown(story.overview(doc, hist, loaders.flops(path)))
-if len(fired):  # the headline: how much of the model it held, and how much it tried
+runs_view.checkpoint_curve(path)  # the run's learning curve with its topology updates, near the top
+if len(fired):  # how much of the model it held, and how much it tried
     ui.plot("fired_lines", fired, key="overview_fired")
 else:
     ui.plot("flops_bars", loaders.flops(path), key="flops")
@@ -91,10 +92,5 @@ def _cost() -> None:
 
 
 ui.guard(_cost, "Cost")
-
-curves = loaders.run_metrics(path)
-if len(curves):
-    st.subheader("Training run")
-    ui.plot("training_curves", curves, key="curves")
 
 ui.next_page_footer("overview")

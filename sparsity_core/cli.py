@@ -1,5 +1,4 @@
-"""``svite`` / ``python -m sparsity_core``: train, eval, inspect, check, compact, convert (the contract:
-docs/cli.md).
+"""``svite`` / ``python -m sparsity_core``: train, eval, inspect, check, compact, runs, convert (docs/cli.md).
 
 Error convention: bad input -> one line on stderr naming the file or flag and the problem, exit
 code 2, no traceback (set ``SVITE_DEBUG=1`` to see one), no file changed. A typed flag that has no
@@ -252,11 +251,57 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_runs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="a folder of runs: grouped by seed, paired differences, or exported as records",
+                       description="Find every run below DIR (any depth; headers and logs only, no weights), print "
+                       "the table grouped by configuration (mean ± std over seeds) and the paired differences "
+                       "against the baselines with 95%% intervals, the same numbers as the app's Runs page.")
+    p.add_argument("dir")
+    p.add_argument("--baseline", action="append", default=None, metavar="LABEL",
+                   help="compare with this configuration (repeat; default: the dense and static ones)")
+    p.add_argument("--metric", default="top1", choices=["top1", "top5"])
+    p.add_argument("--export", default=None, metavar="OUT",
+                   help="write a run record (svite-run.json: config, curves, summary; no weights) per run into OUT")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import runs
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise SviteError(f"{root}: {'not a folder' if root.exists() else 'no such folder'} (svite runs takes a folder "
+                         "of runs)")
+    if args.export:
+        written, notes = runs.export_records(root, args.export)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"wrote {len(written)} run records ({sum(p.stat().st_size for p in written) / 1e3:.1f} kB) to {args.export}")
+        return 0
+    table, notes = runs.index_runs(root)
+    labels = set(runs.with_labels(table)["label"]) if len(table) else set()
+    unknown = [b for b in args.baseline or [] if b not in labels]
+    if unknown:
+        raise SviteError(f"--baseline {unknown[0]}: no such configuration below {root} "
+                         f"(there are: {', '.join(sorted(labels)) or 'none'})")
+    if args.json:
+        from .report import to_json
+
+        print(to_json(runs.runs_document(table, notes, str(root), args.metric, args.baseline)))
+        return 0
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(runs.status_line(table) + f" below {root}\n")
+    print(runs.results_markdown(table, args.metric, args.baseline) if len(table) else "no runs found")
+    return 0
+
+
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="rewrite an older checkpoint of ours in the current format (nothing lost)",
-                       description="Rewrite OLD (e.g. format 1: every snapshot stored whole) as NEW in the current "
-                       "format (keyframes and deltas). Weights, masks, metadata and every snapshot are kept and "
-                       "checked after writing; NEW must not exist, and OLD is never changed.")
+    p = sub.add_parser("convert", help="rewrite an older checkpoint of ours in the current format; nothing lost, "
+                       "checked after writing; NEW must not exist and OLD is never changed")
     p.add_argument("path", metavar="OLD")
     p.add_argument("out", metavar="NEW")
     p.add_argument("--json", action="store_true")
@@ -303,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_check(sub)
     _add_compact(sub)
+    _add_runs(sub)
     _add_convert(sub)
     return parser
 

@@ -70,6 +70,16 @@ def count_flops(model: nn.Module, masks: MaskSet | None = None, units: MaskSet |
 
     Returns ``{"dense": int, "sparse": int, "per_module": {module: (dense, sparse)}}``.
     """
+    fractions = {name: float(m.float().mean()) for name, m in (masks or {}).items()}
+    fractions.update({name: float(u.float().mean()) for name, u in (units or {}).items()})
+    return scale_flops(module_flops(model, batch_size), fractions)
+
+
+@torch.no_grad()
+def module_flops(model: nn.Module, batch_size: int = 1) -> dict[str, int]:
+    """Each module's own FLOPs (its total minus its children's) in one dense forward pass. Works on a
+    ``meta``-device model too (shapes only), which is how the run index prices a checkpoint from its
+    header without reading its weights."""
     was_training = model.training
     model.eval()
     fused = {}
@@ -94,22 +104,24 @@ def count_flops(model: nn.Module, masks: MaskSet | None = None, units: MaskSet |
             continue
         name = key[len(prefix) + 1:] if key.startswith(prefix + ".") else ("" if key == prefix else key)
         counts[name] = sum(ops.values())
-    # a module's own FLOPs = its total minus its children's totals
-    own = {}
-    for name, total in counts.items():
-        children = sum(v for k, v in counts.items() if k != name and _parent(k) == name)
-        own[name] = total - children
+    return {name: total - sum(v for k, v in counts.items() if k != name and _parent(k) == name)
+            for name, total in counts.items()}
+
+
+def scale_flops(own: dict[str, int], fractions: dict[str, float]) -> dict[str, Any]:
+    """:func:`module_flops` scaled by what sparsity removes: a module by its weight's kept fraction
+    (``fractions["<module>.weight"]``), an attention's own matmuls by its block's alive heads
+    (``fractions["blocks.<i>.attn.heads"]``)."""
     per_module, dense_total, sparse_total = {}, 0, 0.0
     for name, flops in own.items():
         scale = 1.0
         weight = f"{name}.weight" if name else "weight"
-        if masks is not None and weight in masks:
-            scale = float(masks[weight].float().mean())
-        elif units is not None and name.endswith(".attn"):
-            block = name.split(".")[1] if name.startswith("blocks.") else None
-            heads = units.get(head_unit_name(int(block))) if block is not None and block.isdigit() else None
-            if heads is not None:
-                scale = float(heads.float().mean())
+        if weight in fractions:
+            scale = fractions[weight]
+        elif name.endswith(".attn") and name.startswith("blocks."):
+            block = name.split(".")[1]
+            if block.isdigit():
+                scale = fractions.get(head_unit_name(int(block)), 1.0)
         per_module[name] = (flops, flops * scale)
         dense_total += flops
         sparse_total += flops * scale

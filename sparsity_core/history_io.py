@@ -186,6 +186,8 @@ def _entry(row: Any, group: str, layers: list[Layer], prev: Entry | None, i: int
         found = "missing" if blob is None else f"{blob.dtype} {list(blob.shape)}"
         raise _Bad(f"{where}: tensor {name} must be uint8 [{total}], found {found}")
     used.add(name)
+    if blob.is_meta:  # header.read_header: the index alone (counts, steps, infos), no bytes to decode
+        return Entry(row["kind"], method, count, k, nbytes, (), stats)
     # a view of the bytes the reader copied out of the file (validate.read_safetensors): no memory
     # map survives the load, so a file rewritten in place cannot change a loaded history
     return Entry(row["kind"], method, count, k, nbytes, split_segments(blob.numpy(), nbytes), stats)

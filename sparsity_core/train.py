@@ -45,6 +45,7 @@ from .dst import EngineContext, SparsityEngine, build_engine
 from .errors import SviteError
 from .evaluate import evaluate_accuracy
 from .head_probe import HeadProbe
+from .header import curve_records, read_header
 from .history import MaskHistory
 from .masks import Snapshot
 from .models import ModelConfig, build_model, input_geometry
@@ -103,6 +104,7 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
     if resume_path is not None:  # before anything in the run directory is written
         run.step, run.start_epoch, run.history = resume(resume_path, run.model, run.optimizer, run.scheduler,
                                                         run.engine, device, run.steps_per_epoch)
+        run.curve = [r for r in curve_records(read_header(resume_path).meta) if r["step"] <= run.step]
     run.log = MetricsLog(out / METRICS_NAME if ddp.is_main else None, echo=echo_metrics and ddp.is_main)
     if ddp.is_main:
         _open_run_dir(run)
@@ -152,6 +154,7 @@ class Run:
     start_epoch: int = 0
     last_metrics: dict[str, Any] = field(default_factory=dict)
     probe: HeadProbe | None = None  # each head's attention on fixed images, with every snapshot
+    curve: list[dict[str, Any]] = field(default_factory=list)  # per-epoch metrics, carried in the checkpoint
 
     @property
     def total_steps(self) -> int:
@@ -193,7 +196,7 @@ class Run:
                 "steps_per_epoch": self.steps_per_epoch, "world_size": self.ddp.world_size,
                 "head_probe": self.probe.describe() if self.probe is not None and self.probe.count else None,
                 **engine.describe(), "epoch": epoch_done, "step": step, "metrics": self.last_metrics,
-                "complete": complete, "resume_file": f"resume-{step:09d}.pt"}
+                "curve": self.curve, "complete": complete, "resume_file": f"resume-{step:09d}.pt"}
         sidecar = self.out / meta["resume_file"]
         new_sidecar = not sidecar.exists()
         save_resume_state(sidecar, {"step": step, "epoch": epoch_done, "optimizer": self.optimizer.state_dict(),
@@ -350,7 +353,9 @@ def _end_epoch(run: Run, train_loss: float, t0: float) -> None:
     run.last_metrics = {**mean_loss, "val_top1": val["top1"], "val_top5": val["top5"], "val_loss": val["loss"],
                         "density": masks.overall_density() if masks is not None else 1.0}
     run.snapshot("epoch", epoch_done)
-    run.log.write({"kind": "epoch", "epoch": epoch_done, "step": run.step, **run.last_metrics,
-                   "time_s": time.perf_counter() - t0})
+    record = {"epoch": epoch_done, "step": run.step, **run.last_metrics, "time_s": time.perf_counter() - t0}
+    # the checkpoint carries its own learning curve, so a copied or uploaded file still has it
+    run.curve.append({**record, "lr": run.optimizer.param_groups[0]["lr"]})
+    run.log.write({"kind": "epoch", **record})
     if ddp.is_main:
         run.save(epoch_done, complete=run.step >= run.total_steps)

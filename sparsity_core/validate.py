@@ -48,6 +48,7 @@ _HEADER_TYPES: dict[str, tuple[type, ...]] = {
     "epoch": _NUMBER, "step": (int,), "complete": (bool,), "resume_file": (str,), "steps_per_epoch": (int,),
     "total_steps": (int,), "mask_shapes": (dict,), "unit_shapes": (dict,), "fired_shapes": (dict,),
     "history": (list, dict),  # format 1: a list of snapshots; format 2: the index history_io checks
+    "curve": (list,),  # one record of metrics per epoch (train.py); older files have none
 }
 _ENTRY_TYPES: dict[str, tuple[type, ...]] = {
     "step": (int,), "epoch": _NUMBER, "info": (dict,), "mask_shapes": (dict,), "unit_shapes": (dict,),

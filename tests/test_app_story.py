@@ -99,3 +99,15 @@ def test_the_heads_sentence_says_what_pruned_heads_did_while_alive():
     assert "head 1 looked at the object (IoU up to 0.62) while it was alive" in story.heads(
         2, [True, False, True], frame, "x", once)
     assert story.heads(0, [True, True], None, "x") == "Block 0: all 2 heads alive."
+
+
+def test_the_runs_sentence_judges_the_best_configuration_against_the_seed_noise():
+    groups = pd.DataFrame({"label": ["dense", "static 0.5", "SViTE 0.5"], "n": [3, 3, 3],
+                           "mean": [87.5, 82.6, 82.2], "std": [2.2, 2.3, 1.5]})
+    diffs = pd.DataFrame({"label": ["dense", "dense"], "baseline": ["static 0.5", "SViTE 0.5"],
+                          "mean_diff": [4.9, 5.3], "ci_low": [-0.5, 1.0], "ci_high": [10.3, 9.6]})
+    text = story.runs(9, groups, diffs)
+    assert text.startswith("9 runs of 3 configurations. Best: dense, 87.5% top-1 (± 2.2 over 3 seeds)")
+    assert "+4.9 points against static 0.5 (95% interval -0.5 to +10.3: within the seed noise)" in text
+    assert "+5.3 points against SViTE 0.5 (95% interval +1.0 to +9.6)." in text
+    assert story.runs(2, groups.assign(n=0), diffs.iloc[0:0]) == "2 runs, none finished yet."

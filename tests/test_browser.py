@@ -9,6 +9,7 @@ go to ``test-artifacts/browser/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -46,14 +47,22 @@ def _checkpoints_dir() -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`streamlit run app/main.py` on a free port, with its own (empty) runs and uploads folders."""
-    assert CHROMIUM.exists(), "Debian's chromium is missing: scripts/test.sh installs it with apt"
     ckpts = _checkpoints_dir()
     sparse = [p for p in ckpts.glob("svite*.safetensors")]
     assert sparse, f"no SViTE demo checkpoint in {ckpts}: run `python scripts/make_demo_checkpoints.py`"
     tmp = tmp_path_factory.mktemp("browser")
+    with streamlit_server(tmp, tmp / "runs", SVITE_CHECKPOINTS_DIR=str(ckpts)) as url:
+        yield {"url": url, "runs": tmp / "runs", "tmp": tmp}
+
+
+@contextlib.contextmanager
+def streamlit_server(tmp: Path, runs: Path, **env_extra: str):
+    """A `streamlit run app/main.py` on a free port with ``runs`` as SVITE_RUNS_DIR (uploads in ``tmp``);
+    yields its URL, stops it (its whole process group) afterwards. Its log is ``tmp/streamlit.log``."""
+    assert CHROMIUM.exists(), "Debian's chromium is missing: scripts/test.sh installs it with apt"
     port = _free_port()
-    env = {**os.environ, "SVITE_RUNS_DIR": str(tmp / "runs"), "SVITE_UPLOADS_DIR": str(tmp / "uploads"),
-           "SVITE_CHECKPOINTS_DIR": str(ckpts), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "SVITE_RUNS_DIR": str(runs), "SVITE_UPLOADS_DIR": str(tmp / "uploads"), "HF_HUB_OFFLINE": "1",
+           **env_extra}
     log = open(tmp / "streamlit.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
                              "--server.headless", "true", "--server.address", "localhost",
@@ -72,7 +81,7 @@ def server(tmp_path_factory):
             assert proc.poll() is None, (tmp / "streamlit.log").read_text()[-2000:]
             assert time.time() < deadline, "streamlit did not start within 60 s"
             time.sleep(0.3)
-        yield {"url": url, "runs": tmp / "runs", "tmp": tmp}
+        yield url
     finally:
         os.killpg(proc.pid, 15)
         try:

@@ -24,6 +24,8 @@ from test_browser import (  # noqa: E402,F401  (pw and server are fixtures)
 
 from app.ui import PAGES, TALK_PATH  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
+
 pytestmark = pytest.mark.browser
 TITLES = {key: title for key, title, _ in PAGES}
 FIRST_SCREEN = """() => {
@@ -61,10 +63,8 @@ def _overlap(a: dict, b: dict) -> bool:
     return a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
 
 
-@pytest.mark.parametrize("key", TALK_PATH)
-def test_every_talk_page_opens_on_its_headline_chart_and_sentence(server, browser_1080, key):  # noqa: F811
-    pg = browser_1080
-    seen = _open(pg, f"{server['url']}/{key}?talk=1", TITLES[key])
+def _first_screen(pg, url: str, key: str) -> None:
+    seen = _open(pg, url, TITLES[key])
     pg.screenshot(path=str(ARTIFACTS / f"first-screen-{key}.png"))  # what the room sees before any scrolling
     _no_errors(pg, f"{TITLES[key]} in talk mode")
     story = seen["story"]
@@ -75,6 +75,11 @@ def test_every_talk_page_opens_on_its_headline_chart_and_sentence(server, browse
     for p in seen["plots"]:
         for a in p["annotations"]:
             assert not (p["gtitle"] and _overlap(p["gtitle"], a)), f"{key}: '{p['title']}' runs into '{a['text']}'"
+
+
+@pytest.mark.parametrize("key", [k for k in TALK_PATH if k != "runs"])
+def test_every_talk_page_opens_on_its_headline_chart_and_sentence(server, browser_1080, key):  # noqa: F811
+    _first_screen(browser_1080, f"{server['url']}/{key}?talk=1", key)
 
 
 @pytest.mark.parametrize("key", [k for k, _, _ in PAGES])
@@ -99,3 +104,14 @@ def test_heads_view_screenshots(server, browser_1080):  # noqa: F811
         pg.screenshot(path=str(ARTIFACTS / f"{name}-first-screen.png"))
         _screenshot_whole_page(pg, ARTIFACTS / f"{name}.png", 1920, 1080)
         _no_errors(pg, f"Heads {query}")
+
+
+def test_the_runs_page_opens_a_talk_on_its_plots_when_there_is_a_sweep(server, browser_1080):  # noqa: F811
+    """The Runs page joins the talk path (first) once there are runs: four runs here, copies of the demos."""
+    import shutil
+
+    for name in ("dense", "svite", "svite-plus", "s2vite"):
+        (server["runs"] / f"talk-{name}").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / "checkpoints" / f"{name}.safetensors",
+                        server["runs"] / f"talk-{name}" / "checkpoint.safetensors")
+    _first_screen(browser_1080, f"{server['url']}/runs?talk=1", "runs")
