@@ -141,8 +141,9 @@ def runs(n_runs: int, groups: pd.DataFrame, diffs: pd.DataFrame) -> str:
     if done.empty:
         return f"{n_runs} runs, none finished yet."
     best = done.loc[done["mean"].idxmax()]
-    text = (f"{n_runs} runs of {len(groups)} configurations. Best: {best['label']}, {best['mean']:.1f}% top-1 "
-            f"(± {0.0 if pd.isna(best['std']) else best['std']:.1f} over {int(best['n'])} seed{'s' if best['n'] > 1 else ''})")
+    spread = (f"± {best['std']:.1f} over {int(best['n'])} seeds" if best["n"] > 1 and pd.notna(best["std"]) else
+              f"{int(best['n'])} seed{'s' if best['n'] > 1 else ''}")
+    text = f"{n_runs} runs of {len(groups)} configurations. Best: {best['label']}, {best['mean']:.1f}% top-1 ({spread})"
     parts = []
     for _, d in diffs[diffs["label"] == best["label"]].iterrows():
         if pd.isna(d["ci_low"]):

@@ -111,3 +111,5 @@ def test_the_runs_sentence_judges_the_best_configuration_against_the_seed_noise(
     assert "+4.9 points against static 0.5 (95% interval -0.5 to +10.3: within the seed noise)" in text
     assert "+5.3 points against SViTE 0.5 (95% interval +1.0 to +9.6)." in text
     assert story.runs(2, groups.assign(n=0), diffs.iloc[0:0]) == "2 runs, none finished yet."
+    one = groups.assign(n=1, std=float("nan"))
+    assert story.runs(3, one, diffs.iloc[0:0]) == "3 runs of 3 configurations. Best: dense, 87.5% top-1 (1 seed)."
