@@ -23,9 +23,10 @@ KEPT_SCALE = [[0.0, "#f2f2f2"], [1.0, "#1f3b73"]]  # pruned light, kept dark
 
 
 #: Square image-like panels (the model's view, per-patch heatmaps): figure height and margins, normal and
-#: talk mode. The panel's side is height - top - bottom (310 px normally, 550 px in talk mode), and the
-#: horizontal colour bar sits right under it, as long as the panel.
-PANEL = {"normal": {"height": 440, "t": 60, "b": 70}, "talk": {"height": 740, "t": 90, "b": 100}}
+#: talk mode. The panel's side is height - top - bottom (310 px normally, 540 px in talk mode), and the
+#: horizontal colour bar sits right under it, as long as the panel. Talk mode: a panel row fits the first
+#: screen at 1920×1080 under the header and the page's sentence.
+PANEL = {"normal": {"height": 440, "t": 60, "b": 70}, "talk": {"height": 700, "t": 76, "b": 84}}
 TALK_FONT, TALK_TITLE_FONT = 20, 26
 
 
@@ -61,9 +62,12 @@ def talk_layout(fig: go.Figure) -> go.Figure:
     meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
     if meta.get("kind") == "panel":
         return _panel(fig, fig.layout.title.text, "talk")
-    height = int(round((fig.layout.height or 380) * 1.35))
-    fig.update_layout(height=height, margin={"l": 80, "r": 30, "t": 100, "b": 70},
-                      title={"y": 1 - 55 / height})
+    height = int(meta.get("talk_height") or round((fig.layout.height or 380) * 1.35))
+    top = int(meta.get("talk_top") or 100)
+    if meta.get("kind") == "grid":  # subplot titles and labels: annotations, which keep their own font size
+        fig.update_annotations(font_size=TALK_FONT - 2)
+    fig.update_layout(height=height, margin={"l": 80, "r": 30, "t": top, "b": 70} if top == 100 else
+                      {"l": 10, "r": 10, "t": top, "b": 10}, title={"y": 1 - 55 / height})
     fig.update_xaxes(automargin=True, title_standoff=14)
     fig.update_yaxes(automargin=True, title_standoff=14)
     return fig
@@ -184,8 +188,9 @@ def young_pruning_lines(young: pd.DataFrame) -> go.Figure:
     return _layout(fig, "Does each update undo the one before?", height=340)
 
 
-def head_timeline(heads: pd.DataFrame) -> go.Figure:
-    """Every head (rows: block·head) alive or pruned at every snapshot (columns)."""
+def head_timeline(heads: pd.DataFrame, title: str = "Head survival: block × head across snapshots") -> go.Figure:
+    """Every head (rows: block·head) alive or pruned at every snapshot (columns); ``alive`` may also be the
+    share of a head's weights kept (unstructured runs)."""
     heads = heads.sort_values(["block", "head", "snapshot"])
     rows = [f"block {b} · head {h}" for b, h in heads[["block", "head"]].drop_duplicates().itertuples(index=False)]
     snaps = sorted(heads["snapshot"].unique())
@@ -195,31 +200,36 @@ def head_timeline(heads: pd.DataFrame) -> go.Figure:
                                hovertemplate="%{y} at snapshot %{x}: %{z}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title="snapshot")
-    return _layout(fig, "Head survival: block × head across snapshots", height=max(300, 14 * len(rows) + 120))
+    return _layout(fig, title, height=max(300, 14 * len(rows) + 120))
 
 
 def neuron_lines(neurons: pd.DataFrame) -> go.Figure:
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("neurons alive (fraction)", "initial neurons still alive"))
+    # axis titles, not subplot titles: those sit where the figure's title is and ran into it
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12)
     for b, part in neurons.groupby("block"):
         fig.add_trace(go.Scatter(x=part["step"], y=part["fraction_alive"], name=f"block {b}", legendgroup=str(b),
                                  mode="lines+markers"), row=1, col=1)
         fig.add_trace(go.Scatter(x=part["step"], y=part["survived"], name=f"block {b}", legendgroup=str(b),
                                  showlegend=False, mode="lines+markers"), row=1, col=2)
     fig.update_yaxes(range=[0, 1.05])
+    fig.update_yaxes(title="neurons alive (share)", row=1, col=1)
+    fig.update_yaxes(title="initial neurons still alive", row=1, col=2)
+    fig.update_xaxes(title="step")
     return _layout(fig, "MLP neuron survival timeline", height=340)
 
 
 # ----------------------------------------------------------------------------------------------
 # compare
 def density_compare(diff: pd.DataFrame, label_a: str, label_b: str) -> go.Figure:
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.08,
-                        subplot_titles=("density", f"difference ({label_b} − {label_a})"))
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.08)
     fig.add_trace(go.Bar(x=diff["layer"], y=diff["density_a"], name=label_a), row=1, col=1)
     fig.add_trace(go.Bar(x=diff["layer"], y=diff["density_b"], name=label_b), row=1, col=1)
     fig.add_trace(go.Bar(x=diff["layer"], y=diff["density_diff"], name="B − A", showlegend=False,
                          marker_color=["#2ca02c" if v >= 0 else "#d62728" for v in diff["density_diff"]]), row=2, col=1)
     fig.update_layout(barmode="group")
-    return _layout(fig, "Per-layer density", height=520)
+    fig.update_yaxes(title="density", row=1, col=1)
+    fig.update_yaxes(title="B − A", row=2, col=1)
+    return _layout(fig, f"Per-layer density, and the difference {label_b} − {label_a}", height=520)
 
 
 def diff_counts(diff: pd.DataFrame) -> go.Figure:
@@ -270,7 +280,7 @@ def speed_bars(speed: pd.DataFrame) -> go.Figure:
 
 def training_curves(metrics: pd.DataFrame) -> go.Figure:
     """Loss by step and validation top-1 by epoch from a run's metrics.jsonl records."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "validation top-1 (%)"))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12)  # axis titles: subplot titles hit the title
     steps = metrics[metrics.get("kind") == "step"] if "kind" in metrics else metrics.iloc[0:0]
     epochs = metrics[metrics.get("kind") == "epoch"] if "kind" in metrics else metrics.iloc[0:0]
     if len(steps) and "loss" in steps:
@@ -283,6 +293,8 @@ def training_curves(metrics: pd.DataFrame) -> go.Figure:
                       row=1, col=2)
     fig.update_xaxes(title="step", row=1, col=1)
     fig.update_xaxes(title="epoch", row=1, col=2)
+    fig.update_yaxes(title="training loss", row=1, col=1)
+    fig.update_yaxes(title="validation top-1 (%)", row=1, col=2)
     return _layout(fig, "Training curves", height=340)
 
 

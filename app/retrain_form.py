@@ -18,6 +18,10 @@ from typing import Any
 
 from sparsity_core.errors import SviteError
 
+#: The form's method-specific widgets (their keys) for each method: only these are shown.
+SLIDERS: dict[str, tuple[str, ...]] = {"svite": ("rt_density", "rt_freq"), "static": ("rt_density",),
+                                       "oneshot": ("rt_density",), "s2vite": ("rt_atten", "rt_other", "rt_freq"),
+                                       "dense": ()}
 METHODS = ("svite", "s2vite", "dense", "static", "oneshot")
 MODEL_KEYS = ("name", "img_size", "patch_size", "embed_dim", "depth", "num_heads")
 #: Short enough for about a minute on 2 cores (2 epochs x 31 steps of 64 images, 500 validation images).

@@ -11,7 +11,7 @@ import streamlit as st
 
 from sparsity_core import runs as core_runs
 
-from . import figures, run_figures, sweep, ui
+from . import figures, run_figures, story, sweep, ui
 from .settings import sweep_roots
 
 #: Columns of the runs table, in order (what a glance needs first), with their headers.
@@ -111,6 +111,13 @@ def runs_table(shown: pd.DataFrame) -> pd.DataFrame:
         c2.caption("Picked: " + ", ".join(picked["name"]) + ("" if len(openable) == len(picked) else
                    " (runs without a checkpoint, e.g. shipped records, show their curves here only)"))
     return picked
+
+
+def story_of(shown: pd.DataFrame, metric: str = "top1") -> str:
+    """The page's one sentence: the best configuration and its paired differences against the baselines."""
+    g = core_runs.groups(shown, metric)
+    bases = [b for b in core_runs.default_baselines(shown) if b in set(g["label"])]
+    return story.runs(len(shown), g, core_runs.paired_differences(shown, bases, metric) if bases else g.iloc[0:0])
 
 
 def grouped(shown: pd.DataFrame, metric: str = "top1") -> None:

@@ -17,7 +17,7 @@ import torch
 from sparsity_core.checkpoint import LoadedCheckpoint
 from sparsity_core.errors import SviteError
 
-from . import catalog, figures, loaders, sweep
+from . import catalog, figures, head_figures, loaders, sweep, tables
 from .figures import PLOTLY_CONFIG
 from .settings import (
     CHECKPOINT_SUFFIXES,
@@ -28,17 +28,19 @@ from .settings import (
     upload_limit_mb,
 )
 
-#: (file in pages/, title, icon). The order is the talk-mode path through the app.
+#: (file in pages/, title, icon), in the navigation's order.
 PAGES: tuple[tuple[str, str, str], ...] = (
     ("overview", "Overview", ":material/dashboard:"),
     ("density", "Layer density", ":material/bar_chart:"),
     ("evolution", "Mask evolution", ":material/timeline:"),
+    ("heads", "Heads", ":material/visibility:"),
     ("patches", "Patch maps", ":material/grid_on:"),
     ("compare", "Compare", ":material/compare_arrows:"),
     ("runs", "Runs", ":material/table_chart:"),  # first (and the default) whenever there is more than one run
     ("retrain", "Retrain", ":material/model_training:"),
 )
-TALK_PATH = ("runs", "overview", "density", "evolution", "patches", "compare")  # "runs" only with runs to show
+#: The story a talk tells, in order ("runs" only with runs to show: talk_path()).
+TALK_PATH = ("runs", "overview", "density", "evolution", "heads", "patches", "compare")
 CKPT_KEY = "ckpt"
 TALK_KEY = "talk_mode"
 #: Seeded defaults the talk path starts from (widget keys of the pages -> values).
@@ -60,9 +62,11 @@ html, body { font-size: 19px; }
 [data-testid="stMetricLabel"] p, [data-testid="stMetricLabel"] div { font-size: 1.3rem !important; }
 [data-testid="stMetricDelta"], [data-testid="stMetricDelta"] div { font-size: 1.2rem !important; }
 [data-testid="stTable"] td, [data-testid="stTable"] th { font-size: 1.25rem !important; padding: 0.35rem 0.6rem; }
-h1 { font-size: 3rem !important; }
+h1 { font-size: 3rem !important; padding-top: 0.4rem !important; }
 h2, h3 { font-size: 2.1rem !important; }
 [data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] p { font-size: 1.15rem !important; }
+.st-key-story p { font-size: 1.6rem !important; line-height: 1.3; }
+[data-testid="stMainBlockContainer"] { padding-top: 2rem !important; }
 </style>
 """
 #: Rows a talk-mode table shows (the CSV button below it has them all).
@@ -96,12 +100,18 @@ def configure_page() -> None:
 
 
 def navigation_pages() -> list[Any]:
-    """``st.Page`` objects for ``pages/*.py`` (kept so pages can link to each other)."""
+    """``st.Page`` objects for ``pages/*.py`` (kept so pages can link to each other).
+
+    Streamlit serves the default page at ``/`` only, so ``/overview`` (or ``/overview?talk=1``, a
+    natural bookmark) would say "Page not found": a hidden page runs the same script at its own address."""
     pages = []
     for i, (key, title, icon) in enumerate(_page_order()):
-        page = st.Page(str(REPO_ROOT / "pages" / f"{key}.py"), title=title, icon=icon, url_path=key, default=i == 0)
+        script = str(REPO_ROOT / "pages" / f"{key}.py")
+        page = st.Page(script, title=title, icon=icon, url_path=f"{key}-home" if i == 0 else key, default=i == 0)
         _PAGE_OBJECTS[key] = page
         pages.append(page)
+        if i == 0:
+            pages.append(st.Page(script, title=title, icon=icon, url_path=key, visibility="hidden"))
     return pages
 
 
@@ -137,9 +147,12 @@ def _seed_talk_path() -> None:
         st.session_state[CKPT_KEY] = default
     for key, value in TALK_DEFAULTS.items():
         st.session_state[key] = value
-    dense = [e.path for e in entries if e.source == "demo" and Path(e.path).stem.startswith("dense")]
-    if dense:
-        st.session_state["compare_b"] = dense[0]
+    demos = {Path(e.path).stem: e.path for e in entries if e.source == "demo"}
+    if "dense" in demos:
+        st.session_state["compare_b"] = demos["dense"]
+    if "s2vite" in demos and default is not None:  # the heads page shows heads pruned (S²ViTE) in a talk
+        st.session_state[_CHOICE.format("heads_ckpt")] = demos["s2vite"]
+        st.session_state[_FOLLOWS.format("heads_ckpt")] = default
 
 
 def sidebar() -> None:
@@ -228,10 +241,10 @@ def explain(err: BaseException, path: str | None = None) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def require_checkpoint() -> tuple[str, LoadedCheckpoint]:
-    """The picked checkpoint, loaded; stops the page with a clear message if there is none or it
-    cannot be read (the app itself stays up)."""
-    path = current_path()
+def require_checkpoint(path: str | None = None) -> tuple[str, LoadedCheckpoint]:
+    """The picked checkpoint (or ``path``), loaded; stops the page with a clear message if there is none
+    or it cannot be read (the app itself stays up)."""
+    path = path or current_path()
     if not path:
         st.info("Pick a checkpoint in the sidebar (or upload one) to begin.")
         st.stop()
@@ -243,14 +256,57 @@ def require_checkpoint() -> tuple[str, LoadedCheckpoint]:
     raise AssertionError("unreachable")
 
 
-def header(title: str, what: str = "") -> None:
+def header(title: str, what: str = "", path: str | None = None) -> None:
     st.title(title)
-    st.caption(f"**{current_label()}**" + (f" · {what}" if what else ""))
+    label = current_label() if path is None else {e.path: e.label for e in catalog.find_checkpoints()}.get(
+        path, Path(path).name)
+    st.caption(f"**{label}**" + (f" · {what}" if what else ""))
+
+
+_CHOICE, _FOLLOWS = "_{}_choice", "_{}_follows"
+
+
+def page_checkpoint(key: str) -> str | None:
+    """A page's own checkpoint (e.g. the Heads page's), which follows the sidebar's until it is changed on
+    the page, and a talk can seed apart from it. Kept outside the widget's state, which Streamlit drops
+    when another page is shown. :func:`page_checkpoint_select` draws its widget."""
+    sidebar = current_path()
+    paths = [e.path for e in catalog.find_checkpoints()]
+    choice, follows = _CHOICE.format(key), _FOLLOWS.format(key)
+    if st.session_state.get(follows) != sidebar or st.session_state.get(choice) not in paths:
+        st.session_state[choice], st.session_state[follows] = sidebar, sidebar
+    return st.session_state[choice]
+
+
+def page_checkpoint_select(key: str, label: str = "Checkpoint for this page") -> None:
+    entries = catalog.find_checkpoints()
+    labels = {e.path: e.label for e in entries}
+    st.session_state[key] = st.session_state[_CHOICE.format(key)]
+    st.selectbox(label, list(labels), key=key, format_func=lambda p: labels.get(p, Path(p).name),
+                 on_change=lambda: st.session_state.__setitem__(_CHOICE.format(key), st.session_state[key]),
+                 help="Follows the sidebar's checkpoint until you pick another one here.")
 
 
 def controls(label: str = "Controls") -> AbstractContextManager:
     """Where a page's widgets go: inline normally, tucked into a closed expander in talk mode."""
     return st.expander(label, expanded=False) if talk_mode() else st.container()
+
+
+def details(label: str, heading: bool = True) -> AbstractContextManager:
+    """Tables, settings and raw numbers: behind a closed expander in talk mode (the first screen tells the
+    story with a chart and a sentence), under a subheading (``heading``) otherwise."""
+    if talk_mode():
+        return st.expander(label, expanded=False)
+    box = st.container()
+    if heading:
+        box.subheader(label)
+    return box
+
+
+def story_slot() -> Any:
+    """Where the page's one sentence goes, computed from the data once it is known: call right under the
+    header, then ``.markdown(sentence)`` (larger in talk mode)."""
+    return st.container(key="story")
 
 
 def show_figure(fig: go.Figure, key: str) -> None:
@@ -263,12 +319,13 @@ def show_figure(fig: go.Figure, key: str) -> None:
 
 @st.cache_resource(max_entries=512, show_spinner=False)
 def _built(name: str, args: tuple, kwargs: tuple, talk: bool) -> go.Figure:
-    fig = getattr(figures, name)(*args, **dict(kwargs))
+    builder = getattr(figures, name, None) or getattr(head_figures, name)
+    fig = builder(*args, **dict(kwargs))
     return figures.talk_layout(fig) if talk else fig
 
 
 def plot(name: str, *args: Any, key: str, **kwargs: Any) -> None:
-    """Build ``figures.<name>(*args, **kwargs)`` and show it. Figures are cached by their inputs:
+    """Build ``figures.<name>(*args, **kwargs)`` (or ``head_figures.<name>``) and show it. Figures are cached by their inputs:
     plotly's validation makes building one cost 50-500 ms, re-sending a cached one ~1 ms. The
     cached object is shared, never mutated (Streamlit serialises a copy)."""
     talk = talk_mode()
@@ -284,12 +341,13 @@ def show_table(df: pd.DataFrame, name: str, key: str, height: int | None = None,
     raw tables a room cannot read anyway); the CSV holds them all."""
     if talk_mode():
         if talk_rows > 0:
-            st.table(df.head(talk_rows), hide_index=True)
+            st.table(tables.readable(df.head(talk_rows)), hide_index=True)
         if len(df) > talk_rows:
             st.caption(f"{f'First {talk_rows} of' if talk_rows else 'All'} {len(df)} rows in the CSV.")
     else:
-        st.dataframe(df, hide_index=True, height=height or "auto", **kwargs)
-    st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"{name}.csv", mime="text/csv",
+        st.dataframe(tables.readable(df), hide_index=True, height=height or "auto", **kwargs)
+    st.download_button("Download CSV", tables.renamed(df).to_csv(index=False).encode(), file_name=f"{name}.csv",
+                       mime="text/csv",
                        key=f"csv_{key}", icon=":material/download:", on_click="ignore")
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import catalog, loaders, ui
+from app import catalog, loaders, story, ui
 
 path, loaded = ui.require_checkpoint()
 ui.header("Compare", "A = the checkpoint in the sidebar")
+sentence = ui.story_slot()
 entries = catalog.find_checkpoints()
 labels = {e.path: e.label for e in entries}
 
@@ -43,7 +44,6 @@ except Exception as err:  # noqa: BLE001 (an unreadable file is a message, never
     st.error(f"Cannot read B: {ui.explain(err, path_b)}")
     st.stop()
 
-st.subheader("Side by side")
 doc_a, doc_b = loaders.inspect_doc(path), loaders.inspect_doc(path_b)
 if mode == "Two checkpoints":
     fa, fb = loaders.flops(path), loaders.flops(path_b)
@@ -55,15 +55,18 @@ if mode == "Two checkpoints":
                      "density": doc["overall_density"], "params": doc["params"], "nonzeros": doc["nonzeros"],
                      "MFLOPs": fl["sparse"] / 1e6, "FLOPs vs dense": fl["ratio"]})
     side = pd.DataFrame(rows)
-    ui.show_table(side, "compare_summary", key="compare_summary")
+    sentence.markdown(story.compare(rows))
     ui.plot("side_by_side", {"val top-1 (%)": [r["val_top1"] or 0 for r in rows],
                              "FLOPs vs dense (%)": [100 * r["FLOPs vs dense"] for r in rows],
                              "density (%)": [100 * r["density"] for r in rows]},
                                         [label_a, label_b], "Accuracy, FLOPs and density", "%", key="compare_bars")
+    with ui.details("Side by side"):
+        ui.show_table(side, "compare_summary", key="compare_summary")
 else:
     hist = loaders.history(path)
     side = hist.loc[[snap_a, snap_b]]
-    ui.show_table(side, "compare_snapshots", key="compare_summary")
+    with ui.details("Side by side"):
+        ui.show_table(side, "compare_snapshots", key="compare_summary")
 
 diff = loaders.mask_diff(path, snap_a, path_b, snap_b)
 if diff.empty:
@@ -75,12 +78,16 @@ st.subheader("Per-layer density")
 ui.plot("density_compare", diff, label_a, label_b, key="compare_density")
 st.subheader("Mask diff")
 tot = diff[["kept", "grown", "pruned"]].sum()
+if mode != "Two checkpoints":
+    sentence.markdown(f"From {label_a} to {label_b}, {int(tot['kept']):,} weights stayed, {int(tot['grown']):,} were "
+                      f"grown and {int(tot['pruned']):,} pruned.")
 c1, c2, c3 = st.columns(3)
 c1.metric("kept in both", f"{int(tot['kept']):,}")
 c2.metric("grown (only in B)", f"{int(tot['grown']):,}")
 c3.metric("pruned (only in A)", f"{int(tot['pruned']):,}")
 ui.plot("diff_counts", diff, key="compare_counts")
-ui.show_table(diff, "mask_diff", key="compare_diff")
+with ui.details("Mask diff per layer"):
+    ui.show_table(diff, "mask_diff", key="compare_diff")
 with ui.controls("Layer"):
     ui.keep_valid("compare_layer", list(diff["layer"]))
     layer = st.selectbox("Layer for the diff heatmap", list(diff["layer"]), key="compare_layer")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import loaders, ui
+from app import loaders, story, ui
 
 path, _ = ui.require_checkpoint()
 ui.header("Layer density", "how much of every sparsified weight is kept")
+sentence = ui.story_slot()
 hist = loaders.history(path)
 masked_snaps = ([int(i) for i in hist.loc[hist["overall_density"].notna(), "snapshot"]]
                 if "overall_density" in hist else [])
@@ -26,10 +27,12 @@ if not masked_snaps:
             "no masks), so this page shows its final weights: a dense model reads as density 1.0.")
 
 table = loaders.density_table(path, snapshot)
-st.subheader("Per layer")
-ui.show_table(table, "layer_density", key="density_table")
+erk = "ERK" in str((loaders.inspect_doc(path).get("settings") or {}).get("sparse_init", ""))
+sentence.markdown(story.density(table, erk))
 ui.plot("density_by_stage", table, key="density_stage")
 ui.plot("density_by_type", loaders.density_by_group(table, "block_type"), key="density_type")
+with ui.details("Per layer"):
+    ui.show_table(table, "layer_density", key="density_table")
 
 st.subheader("One layer's mask")
 with ui.controls("Layer"):
@@ -60,6 +63,7 @@ else:
         ui.plot("unit_grid", alive, f"Attention heads alive: {n_alive} of {n_all}", key="density_heads")
     if neurons is not None:
         ui.plot("neuron_bars", neurons, key="density_neurons")
-        ui.show_table(neurons, "neurons_alive", key="density_neurons")
+        with ui.details("Neurons alive per block"):
+            ui.show_table(neurons, "neurons_alive", key="density_neurons")
 
 ui.next_page_footer("density")

@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import loaders, ui
+from app import loaders, story, ui
 
 path, loaded = ui.require_checkpoint()
 hist = loaders.history(path)
 n_masked = int(hist["overall_density"].notna().sum()) if "overall_density" in hist else 0
 ui.header("Mask evolution", f"{n_masked} of {len(hist)} snapshots hold masks")
-st.subheader("Snapshots")
-ui.show_table(hist, "history", key="evo_history", height=240)
+sentence = ui.story_slot()
 
 evo = loaders.evolution(path)
 heads, neurons = loaders.units(path)
 if evo.empty and heads is None and neurons is None:
     st.info(f"None of this checkpoint's {len(hist)} snapshots holds masks (it was trained densely), so there is "
             "no topology to follow. Pick a SViTE / S²ViTE checkpoint in the sidebar.")
+    with ui.details("Snapshots"):
+        ui.show_table(hist, "history", key="evo_history", height=240)
     ui.next_page_footer("evolution")
     st.stop()
 
@@ -27,22 +28,23 @@ if not evo.empty:
         group = st.radio("Lines per", ["block_type", "layer"], horizontal=True, key="evo_group",
                          format_func=lambda g: "block type" if g == "block_type" else "layer")
         metric = st.radio("Distance", ["jaccard", "hamming"], horizontal=True, key="evo_metric")
-    st.subheader("Density across snapshots")
-    ui.plot("evolution_lines", evo, group, key="evo_lines")
-    ui.plot("fired_lines", loaders.fired(path), key="evo_fired")
-
-    st.subheader("How far apart are the topologies?")
     dist, idx = loaders.distances(path, metric)
+    churn = loaders.churn(path)
+    sentence.markdown(story.evolution(churn, dist, idx, metric))
     labels = [f"#{i} s{int(hist.loc[i, 'step'])}" for i in idx]
     ui.plot("distance_heatmap", dist, labels, metric, key="evo_distance")
     basis = loaders.distance_basis(path)
     st.caption(f"Distances {basis['text']}.")
 
+    st.subheader("Density across snapshots")
+    ui.plot("evolution_lines", evo, group, key="evo_lines")
+    ui.plot("fired_lines", loaders.fired(path), key="evo_fired")
+
     st.subheader("Churn per update")
-    churn = loaders.churn(path)
     updates = churn[churn["event"] == "update"] if (churn["event"] == "update").any() else churn
     ui.plot("churn_bars", updates, key="evo_churn")
-    ui.show_table(churn, "churn", key="evo_churn", height=240)
+    with ui.details("Churn, every snapshot"):
+        ui.show_table(churn, "churn", key="evo_churn", height=240)
     if int((churn["event"] == "update").sum()) >= 2 and heads is None and neurons is None:
         if basis["exact"] or st.button("Compare each update with the one before (decodes every update's masks)",
                                        key="evo_young_go"):
@@ -57,7 +59,8 @@ if heads is not None or neurons is not None:
         ui.plot("head_timeline", heads, key="evo_heads")
     if neurons is not None:
         ui.plot("neuron_lines", neurons, key="evo_neurons")
-        ui.show_table(neurons, "neuron_survival", key="evo_neurons", height=240)
+        with ui.details("Neuron survival"):
+            ui.show_table(neurons, "neuron_survival", key="evo_neurons", height=240)
 else:
     st.info("This checkpoint has no head/neuron masks (structured S²ViTE runs have them).")
 
@@ -88,5 +91,8 @@ if not evo.empty:
                                on_click="ignore", icon=":material/download:")
 
     ui.guard(_gif, "GIF")
+
+with ui.details("Snapshots"):
+    ui.show_table(hist, "history", key="evo_history", height=240)
 
 ui.next_page_footer("evolution")

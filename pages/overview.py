@@ -5,17 +5,18 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import loaders, runs_view, ui
+from app import loaders, runs_view, story, tables, ui
 
 path, loaded = ui.require_checkpoint()
 doc = loaders.inspect_doc(path)
 arch = doc["architecture"]
 metrics = doc.get("metrics") or {}
 ui.header("Overview", f"{doc['format']} checkpoint")
+sentence = ui.story_slot()
 
 sel = doc.get("token_selector")
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Method", doc["method"] + (" + token selector" if sel else ""))
+c1.metric("Method", story.method_name(doc))
 c2.metric("Overall density", f"{doc['overall_density']:.3f}")
 top1 = metrics.get("val_top1")
 c3.metric("Val top-1", f"{top1:.1f}%" if isinstance(top1, (int, float)) else "n/a")
@@ -25,9 +26,15 @@ c4.metric("Mask snapshots", f"{n_masked} of {n_snaps}" if n_masked != n_snaps el
           help=f"{n_snaps} snapshots recorded (init, topology updates, epoch ends); {n_masked} of them hold masks. "
                "A dense run records snapshots but has no masks, so it has no topology to follow.")
 
+hist = loaders.history(path)
+fired = loaders.fired(path)
+sentence.markdown(story.overview(doc, hist, loaders.flops(path)))
 runs_view.checkpoint_curve(path)  # the run's learning curve with its topology updates, near the top
+if len(fired):  # how much of the model it held, and how much it tried
+    ui.plot("fired_lines", fired, key="overview_fired")
+else:
+    ui.plot("flops_bars", loaders.flops(path), key="flops")
 
-st.subheader("Model and settings")
 model_rows = [
     ("model", doc["model"]), ("format", doc["format"]), ("method", doc["method"]),
     ("epoch", doc.get("epoch")), ("step", doc.get("step")), ("complete", doc.get("complete")),
@@ -37,10 +44,12 @@ model_rows = [
     ("patch size", arch["patch_size"]), ("patches", arch["num_patches"]), ("classes", arch["num_classes"]),
     ("token selector", f"keeps {sel['keep']} of {sel['of']} patches" if sel else "none"),
 ]
-model_rows += [(f"final metric: {k}", v) for k, v in metrics.items()]
-model_rows += [(f"setting: {k}", v) for k, v in sorted((doc.get("settings") or {}).items())]
-summary = pd.DataFrame(model_rows, columns=["field", "value"]).astype({"value": str})
-ui.show_table(summary, "overview", key="overview")
+model_rows += [(f"final metric: {tables.human(k)}", v) for k, v in metrics.items()]
+model_rows += [(f"setting: {tables.human(k)}", v) for k, v in sorted((doc.get("settings") or {}).items())]
+summary = pd.DataFrame(model_rows, columns=["field", "value"])
+summary["value"] = summary["value"].map(tables.number)
+with ui.details("Model and settings"):
+    ui.show_table(summary, "overview", key="overview")
 
 
 def _integrity() -> None:
@@ -54,10 +63,11 @@ def _integrity() -> None:
         st.error("Integrity check FAILED: the masks stored in this checkpoint do not describe its weights.")
     checks = pd.DataFrame(report.checks)
     checks["passed"] = checks["passed"].map({True: "✔ yes", False: "✘ no"})
-    ui.show_table(checks[["check", "passed", "detail"]], "integrity", key="integrity")
-    if len(report.layers):
-        with st.expander("Per-layer detail"):
-            ui.show_table(report.layers, "integrity_layers", key="integrity_layers")
+    with ui.details("What was checked"):
+        ui.show_table(checks[["check", "passed", "detail"]], "integrity", key="integrity")
+        if len(report.layers):
+            with st.expander("Per-layer detail"):
+                ui.show_table(report.layers, "integrity_layers", key="integrity_layers")
 
 
 ui.guard(_integrity, "Integrity check")
@@ -65,7 +75,8 @@ ui.guard(_integrity, "Integrity check")
 
 def _cost() -> None:
     st.subheader("Cost: FLOPs and measured throughput")
-    ui.plot("flops_bars", loaders.flops(path), key="flops")
+    if len(fired):  # else it is the headline chart above
+        ui.plot("flops_bars", loaders.flops(path), key="flops")
     with ui.controls("Throughput"):
         ui.keep_valid("speed_batch", [1, 8, 32, 64], 32)
         batch = st.select_slider("Batch size", [1, 8, 32, 64], key="speed_batch")
@@ -74,7 +85,8 @@ def _cost() -> None:
         speed = loaders.speed(path, batch)
         st.session_state["speed_done"] = (path, batch)
         ui.plot("speed_bars", speed, key="speed")
-        ui.show_table(speed, "throughput", key="speed")
+        with ui.details("Throughput, measured"):
+            ui.show_table(speed, "throughput", key="speed")
         st.caption("Measured here on CPU. Unstructured masks still run as dense matmuls, so only dropped tokens "
                    "(token selector) or removed heads/neurons (compacted S²ViTE) make this checkpoint faster.")
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import figures, images, patch_data, ui
-from app.errors import SviteError
-from app.settings import IMAGE_SUFFIXES, IMAGE_UPLOAD_MB
+from app import figures, image_picker, patch_data, story, ui
 
 # Rollout first: it needs one forward pass per image, so the page (and its agreement over 32 demo images)
 # opens in about a second; the captum methods take 10-40 s for those 32 images the first time (progress
@@ -26,63 +24,29 @@ arch = doc["architecture"]
 sel = doc.get("token_selector")
 patch, img_size = int(arch["patch_size"]), int(arch["img_size"])
 ui.header("Patch maps", f"selector keeps {sel['keep']} of {sel['of']} patches" if sel else "no token selector")
+sentence = ui.story_slot()
 
-object_mask = truth = None
-notes: list[str] = []
-demo_index: int | None = None
 trained_on = (loaded.meta.get("data") or {}).get("source")
-folder = patch_data.folder_data(path)  # the run's own image folder, classes matched by name; None if absent
-sources = ["Demo dataset", "Sample photos", "Upload"] + ([patch_data.FOLDER_SOURCE] if folder is not None else [])
-if "patch_source" not in st.session_state:  # the model's own data when there is some, else photos
-    st.session_state["patch_source"] = ("Demo dataset" if trained_on == "demo" else
-                                        patch_data.FOLDER_SOURCE if folder is not None else "Sample photos")
-ui.keep_valid("patch_source", sources)
 with ui.controls("Image and attribution"):
-    source = st.radio("Image", sources, horizontal=True, key="patch_source")
-    if source == patch_data.FOLDER_SOURCE:
-        ui.keep_valid("patch_folder_index", range(len(folder)), 0)
-        index = int(st.slider(f"Image of {trained_on} (the run's validation split)", 0, len(folder) - 1,
-                              key="patch_folder_index"))
-        image, truth = patch_data.folder_sample(folder, index)
-    elif source == "Demo dataset":
-        demo = patch_data.demo_for(path)
-        ui.keep_valid("patch_demo_index", range(len(demo)), 8)
-        demo_index = int(st.slider("Demo image (validation split)", 0, len(demo) - 1, key="patch_demo_index"))
-        sample = demo.sample(demo_index)
-        image, object_mask, truth = sample.image, sample.patch_mask, demo.class_names[sample.label]
-    elif source == "Sample photos":
-        photos = patch_data.photos()
-        ui.keep_valid("patch_photo", sorted(photos))
-        image = photos[st.selectbox("Photo", sorted(photos), key="patch_photo")]
-    else:
-        up = st.file_uploader(f"An image ({', '.join(IMAGE_SUFFIXES)}; ≤ {IMAGE_UPLOAD_MB} MB)", key="patch_upload")
-        if up is None:
-            st.info("Upload an image to see its patch maps.")
-            st.stop()
-        if up.size > IMAGE_UPLOAD_MB * 2**20:
-            st.warning(f"{up.name}: {up.size / 2**20:.0f} MB is over the {IMAGE_UPLOAD_MB} MB image limit.")
-            st.stop()
-        try:
-            decoded = images.decode_image(up.getvalue(), up.name)
-        except SviteError as err:
-            st.warning(str(err))
-            st.stop()
-        image, notes = decoded.rgb, [f"{up.name}: {decoded.original_size[0]}×{decoded.original_size[1]} px, "
-                                     f"{decoded.mode}."] + decoded.notes
+    picked = image_picker.pick_image(path, "patch", trained_on)
     method = st.selectbox("Attribution", list(METHODS), format_func=METHODS.get, key="patch_method")
-
-st.caption(" ".join(notes + [images.fit_description(image.shape, img_size, patch)]))
-image = images.fit(image, img_size)  # what the model sees, from here on: small arrays to hash for the caches
-if source not in ("Demo dataset", patch_data.FOLDER_SOURCE) and trained_on == "demo":
-    st.warning(f"This model was trained on {img_size} px synthetic shapes (10 classes), so a photo is far outside "
-               "what it learnt: its label for the photo means little, and its maps show where it looks, not what "
-               "it recognises.")
+object_mask, truth, demo_index = picked.object_mask, picked.truth, picked.demo_index
+image = image_picker.fitted(picked, img_size)
 pred = patch_data.predict(path, image)
 top = pred.iloc[0]
 names_from = patch_data.class_names(path)[1]
-st.caption(f"Prediction (selector on): **{top['class']}** ({top['probability']:.1%}; class names: {names_from})"
-           + (f" · true class: **{truth}**" if truth is not None else "")
-           + (" · gold frame: the object's patches" if object_mask is not None else ""))
+
+
+def _notes() -> None:
+    """How the image was fitted, and the prediction: above the panels, or below them in talk mode."""
+    image_picker.describe(picked, img_size, patch, trained_on)
+    st.caption(f"Prediction (selector on): **{top['class']}** ({top['probability']:.1%}; class names: {names_from})"
+               + (f" · true class: **{truth}**" if truth is not None else "")
+               + (" · gold frame: the object's patches" if object_mask is not None else ""))
+
+
+if not ui.talk_mode():
+    _notes()
 
 view = patch_data.model_view(path, image)
 attr = patch_data.attribution(path, image, method)
@@ -91,6 +55,8 @@ attr_args = dict(colorscale="RdBu" if method != "attention_rollout" else "Viridi
 attr_title = f"{METHODS[method].split(' (')[0]}, every patch present"
 left, right = st.columns(2)
 if not sel:
+    sentence.markdown(f"No token selector: every patch reaches every block. The {METHODS[method].split(' (')[0].lower()} "
+                      f"shows which patches mattered for its prediction, {top['class']}.")
     st.info("This checkpoint has no token selector (SViTE+ runs, trained with --keep-ratio or --token-number, "
             "have one), so there is no keep map and no agreement to score. Attributions work on any ViT.")
     with left:
@@ -98,6 +64,8 @@ if not sel:
                 "Model input with its patch grid", key="patch_keep")
     with right:
         ui.plot("patch_heatmap", attr, attr_title, key="patch_attr", **attr_args)
+    if ui.talk_mode():
+        _notes()
     ui.next_page_footer("patches")
     st.stop()
 
@@ -108,6 +76,8 @@ with left:
             f"Kept {km.keep} of {km.of} patches (dropped: hatched)", key="patch_keep")
 with right:
     ui.plot("patch_heatmap", km.scores, "Selector scores (top ones kept)", colorbar="score", key="patch_scores")
+if ui.talk_mode():
+    _notes()
 
 st.subheader("Does the selector keep what matters?")
 st.caption(DEFINITION)
@@ -125,14 +95,17 @@ if not patch_data.is_large(path) or st.button(f"Compute the agreement over {n_de
         path, method, this, kept, attr, demo_index,
         progress=lambda d, t: bar.progress(d / t, text=f"Attributions: {d} of {t} demo images"))
     bar.empty()
+recall = float((kept & object_mask).sum() / object_mask.sum()) if object_mask is not None and object_mask.any() \
+    else None
+sentence.markdown(story.patches(km.keep, km.of, recall, this["selector"], chance, METHODS[method].split(" (")[0].lower()))
 with right2:
     st.metric(f"IoU of the {km.keep} kept and the top-{km.keep} attributed patches", f"{this['selector']:.3f}",
               delta=f"{this['selector'] - chance:+.3f} vs chance", delta_color="off")
     fixed = f" · best fixed mask **{this['best fixed mask']:.3f}**" if "best fixed mask" in this else ""
     st.markdown(f"Chance (a random {km.keep} of {km.of}): **{chance:.3f}**{fixed} · centre mask "
                 f"**{this['centre mask']:.3f}**")
-    if object_mask is not None and object_mask.any():
-        rec = float((kept & object_mask).sum() / object_mask.sum())
+    if recall is not None:
+        rec = recall
         prior = patch_data.positional_recall(path, km.keep)
         st.metric("Object patches kept (this image)", f"{rec:.0%}",
                   delta=f"{rec - km.keep / km.of:+.0%} vs chance", delta_color="off")
@@ -188,12 +161,14 @@ col, _ = st.columns(2)
 with col:
     ui.plot("patch_heatmap", grid, f"How often each patch is kept: {cls} ({n} images)",
             colorscale="Viridis", colorbar="kept", key="patch_freq")
-ui.show_table(freq, "keep_frequency", key="patch_freq", height=200, talk_rows=0)
+with ui.details("Keep frequency per patch and class"):
+    ui.show_table(freq, "keep_frequency", key="patch_freq", height=200, talk_rows=0)
 vs = patch_data.keep_vs_object(path)
 summary = vs.groupby("class")[["recall", "precision", "iou"]].mean().reset_index()
 st.caption(f"Object patches kept, mean over {len(vs)} demo images: **{vs['recall'].mean():.1%}**; chance "
            f"{sel['keep'] / sel['of']:.1%}; best fixed mask {patch_data.positional_recall(path, sel['keep']):.1%} "
            "(the positions where objects fall most often in the demo training images; it never looks at the image).")
-ui.show_table(summary, "keep_vs_object", key="patch_vs_object")
+with ui.details("Object patches kept, per class"):
+    ui.show_table(summary, "keep_vs_object", key="patch_vs_object")
 
 ui.next_page_footer("patches")

@@ -46,6 +46,12 @@ def _apply_defaults() -> None:
         st.session_state[key] = getattr(form, name)
 
 
+# Values of sliders hidden for the chosen method: kept as plain state (Streamlit drops the state of a widget
+# that a run does not draw), so switching the method back shows them again as they were.
+for _key in FIELDS:
+    if _key in st.session_state:
+        st.session_state[_key] = st.session_state[_key]
+
 # The start follows the sidebar's checkpoint (until the user picks another one here).
 sidebar = ui.current_path()
 # Widget state is dropped when the user visits another page, so a return also refills the form.
@@ -63,17 +69,24 @@ doc = _doc(start)
 defaults = retrain_form.defaults_for(doc, None if start == "scratch" else start)
 st.caption(retrain_form.describe(defaults, doc))
 
+# outside the form: a widget inside a form does not rerun the page, and the sliders follow the method
+method = st.selectbox("Method", retrain_form.METHODS, key="rt_method",
+                      help="svite: unstructured dynamic sparsity · s2vite: heads and neurons · dense · static / "
+                           "oneshot baselines")
+shown = retrain_form.SLIDERS[method]
 with st.form("retrain_form"):
-    c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Method", retrain_form.METHODS, key="rt_method",
-                          help="svite: unstructured dynamic sparsity · s2vite: heads and neurons · dense · static / "
-                               "oneshot baselines")
-    epochs = c2.number_input("Epochs", 1, 500, key="rt_epochs")
-    train_size = c3.number_input("Train images (demo)", 32, 50000, key="rt_train_size")
-    c1, c2, c3 = st.columns(3)
-    density = c1.slider("Density (SViTE)", 0.05, 1.0, step=0.05, key="rt_density")
-    atten = c2.slider("Head density (S²ViTE)", 0.1, 1.0, step=0.05, key="rt_atten")
-    other = c3.slider("Neuron density (S²ViTE)", 0.1, 1.0, step=0.05, key="rt_other")
+    c1, c2 = st.columns(2)
+    epochs = c1.number_input("Epochs", 1, 500, key="rt_epochs")
+    train_size = c2.number_input("Train images (demo)", 32, 50000, key="rt_train_size")
+    columns = iter(st.columns(max(1, len(shown))))
+    if "rt_density" in shown:
+        next(columns).slider("Weight density", 0.05, 1.0, step=0.05, key="rt_density",
+                             help="The share of the sparsified weights kept (SViTE, static, one-shot).")
+    if "rt_atten" in shown:
+        next(columns).slider("Head density", 0.1, 1.0, step=0.05, key="rt_atten",
+                             help="S²ViTE: the share of attention heads kept in every block.")
+        next(columns).slider("Neuron density", 0.1, 1.0, step=0.05, key="rt_other",
+                             help="S²ViTE: the share of MLP neurons kept in every block.")
     keep = st.slider("Token keep ratio (0 = no token selector)", 0.0, 1.0, step=0.05, key="rt_keep",
                      help="Starting from an SViTE+ checkpoint, its selector (scorer, mode, block) is kept and "
                           "fine-tuned; 0 trains its backbone without one.")
@@ -83,7 +96,8 @@ with st.form("retrain_form"):
         batch = c2.number_input("Batch size", 1, 1024, key="rt_batch")
         lr = c3.number_input("Learning rate", 1e-6, 1.0, format="%.5f", key="rt_lr")
         c1, c2, c3 = st.columns(3)
-        freq = c1.number_input("Update frequency (steps)", 1, 100000, key="rt_freq")
+        if "rt_freq" in shown:
+            c1.number_input("Update frequency (steps)", 1, 100000, key="rt_freq")
         seed = c2.number_input("Seed", 0, 2**31 - 1, key="rt_seed")
         scorer = c3.selectbox("Scorer of a new token selector", ["mlp", "linear"], key="rt_scorer")
         data = st.text_input("Data: 'demo' or an ImageFolder path", key="rt_data")
@@ -91,9 +105,10 @@ with st.form("retrain_form"):
 
 if submitted:
     form = retrain_form.defaults_for(doc, None if start == "scratch" else start)  # selector details, model flags
-    values = {"method": method, "density": float(density), "atten_density": float(atten),
-              "other_density": float(other), "keep_ratio": float(keep), "epochs": int(epochs),
-              "update_frequency": int(freq), "data": str(data).strip(), "train_size": int(train_size),
+    state = st.session_state
+    values = {"method": method, "density": float(state["rt_density"]), "atten_density": float(state["rt_atten"]),
+              "other_density": float(state["rt_other"]), "keep_ratio": float(keep), "epochs": int(epochs),
+              "update_frequency": int(state["rt_freq"]), "data": str(data).strip(), "train_size": int(train_size),
               "val_size": int(val_size), "batch_size": int(batch), "lr": float(lr), "seed": int(seed)}
     for name, value in values.items():
         setattr(form, name, value)

@@ -8,13 +8,21 @@ from app import runs_view, sweep, ui
 
 table, notes = sweep.all_runs()
 runs_view.header(table, notes)
+sentence = ui.story_slot()
 if table.empty:
     runs_view.empty_help()
 else:
     shown = runs_view.filters(table)
-    picked = runs_view.runs_table(shown)
-    runs_view.grouped(shown)
-    runs_view.paper_plots(shown)
+    sentence.markdown(runs_view.story_of(shown))
+    talk = ui.talk_mode()
+    if talk:  # a talk opens on the paper's plots; the tables wait behind expanders
+        runs_view.paper_plots(shown)
+    with ui.details("The runs", heading=False):
+        picked = runs_view.runs_table(shown)
+    with ui.details("Grouped by configuration", heading=False):
+        runs_view.grouped(shown)
+    if not talk:
+        runs_view.paper_plots(shown)
     runs_view.curves(shown, picked)
     runs_view.follow(table)
 ui.next_page_footer("runs")

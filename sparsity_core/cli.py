@@ -1,4 +1,4 @@
-"""``svite`` / ``python -m sparsity_core``: train, eval, inspect, check, compact (the contract: docs/cli.md).
+"""``svite`` / ``python -m sparsity_core``: train, eval, inspect, check, compact, runs, convert (docs/cli.md).
 
 Error convention: bad input -> one line on stderr naming the file or flag and the problem, exit
 code 2, no traceback (set ``SVITE_DEBUG=1`` to see one), no file changed. A typed flag that has no
@@ -302,6 +302,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="rewrite an older checkpoint of ours in the current format; nothing lost, "
+                       "checked after writing; NEW must not exist and OLD is never changed")
+    p.add_argument("path", metavar="OLD")
+    p.add_argument("out", metavar="NEW")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_file
+
+    _emit(convert_file(args.path, args.out), args.json)
+    return 0
+
+
 def _emit(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         from .report import to_json
@@ -336,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(sub)
     _add_compact(sub)
     _add_runs(sub)
+    _add_convert(sub)
     return parser
 
 

@@ -4,7 +4,7 @@ A run of hundreds of topology updates on a DeiT-B (86 M masked weights) would ca
 history if every snapshot were stored whole, though most snapshots change nothing and an update
 flips a few percent of the positions. So each snapshot stores, per *group* (``masks``: weight masks;
 ``units``: head/neuron masks; ``sample``: a systematic sample of the weight masks for distances;
-``state``: token-selector weights) one entry:
+``state``: token-selector weights; ``probe``: the head probe) one entry:
 
 * ``key``   -- the full state of every layer (a delta against all zeros),
 * ``delta`` -- per layer, only what changed since the previous snapshot (see
@@ -109,7 +109,7 @@ class MaskHistory(Sequence[Snapshot]):
         """Encode one snapshot against the previous one (all groups, or none on error)."""
         encoders = self._resume_encoders()
         current = {"masks": packed_group(snap.masks), "units": packed_group(snap.units),
-                   "state": byte_group(snap.state)}
+                   "state": byte_group(snap.state), "probe": byte_group(snap.probe)}
         if current["masks"] is not None:
             current["sample"] = self._sample_of(*current["masks"])
         staged: dict[str, tuple[Entry | None, Encoder, list[Layer] | None]] = {}
@@ -327,7 +327,7 @@ class MaskHistory(Sequence[Snapshot]):
 @dataclass
 class SnapshotView:
     """Snapshot ``index`` of a :class:`MaskHistory`, shaped like :class:`Snapshot`: step, epoch and
-    info at once; ``masks``, ``units`` and ``state`` decoded (all layers) on first use."""
+    info at once; ``masks``, ``units``, ``state`` and ``probe`` decoded (all layers) on first use."""
 
     history: MaskHistory
     index: int
@@ -361,11 +361,18 @@ class SnapshotView:
     def units(self) -> PackedMasks:
         return self._packed("units")
 
+    def _tensors(self, group: str) -> dict[str, torch.Tensor]:
+        if group not in self._decoded:
+            self._decoded[group] = self.history.group_at(self.index, group)
+        return self._decoded[group]
+
     @property
     def state(self) -> dict[str, torch.Tensor]:
-        if "state" not in self._decoded:
-            self._decoded["state"] = self.history.group_at(self.index, "state")
-        return self._decoded["state"]
+        return self._tensors("state")
+
+    @property
+    def probe(self) -> dict[str, torch.Tensor]:
+        return self._tensors("probe")
 
 
 def as_history(history: MaskHistory | Sequence[Snapshot] | None) -> MaskHistory:

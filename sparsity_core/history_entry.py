@@ -1,8 +1,9 @@
 """One group of one snapshot in the mask history: its layers, its entry, and how an entry is built.
 
 A *group* is the weight masks (``masks``), the head/neuron masks (``units``), the distance sample
-(``sample``) or the token-selector weights (``state``); its *layers* are its tensors, fixed for the
-whole history. An :class:`Entry` holds, per layer, one segment coded by
+(``sample``), the token-selector weights (``state``) or the head probe (``probe``: each head's class-token
+attention on a few fixed images, ``head_probe.py``); its *layers* are its tensors, fixed for the whole
+history. An :class:`Entry` holds, per layer, one segment coded by
 :mod:`sparsity_core.history_codec`, the segment's header numbers, and (bit groups) the counts the
 charts read without decoding. :mod:`sparsity_core.history` strings entries into a history.
 """
@@ -20,8 +21,9 @@ from .errors import SviteError
 from .history_codec import EMPTY, encode_bits, encode_bytes
 from .masks import PackedMasks
 
-GROUPS = ("masks", "units", "sample", "state")
+GROUPS = ("masks", "units", "sample", "state", "probe")
 BIT_GROUPS = ("masks", "units", "sample")
+BYTE_GROUPS = ("state", "probe")
 STATS = ("ones", "flips", "grown", "fired")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,

@@ -5,7 +5,8 @@ Format 2 (this one) stores, under the JSON metadata key ``history``::
     {"encoding": "svite-keyframe-delta-1", "keyframe_every": 32, "keyframe_budget": 8,
      "groups": {"masks": {"layers": [["blocks.0.attn.qkv.weight", [288, 96]], ...]},
                 "units": {...}, "sample": {"layers": [["sample", [S]]], "stride": s},
-                "state": {"layers": [["token_selector.scorer.0.weight", [96], "float32"], ...]}},
+                "state": {"layers": [["token_selector.scorer.0.weight", [96], "float32"], ...]},
+                "probe": {"layers": [["blocks.0.attn.cls_attention", [8, 6, 64], "float16"], ...]}},
      "snapshots": [{"step": 0, "epoch": 0.0, "info": {...},
                     "masks": {"kind": "key", "method": [...], "bytes": [...], "count": [...], "k": [...],
                               "ones": [...], "flips": [...], "grown": [...], "fired": [...]},
@@ -36,6 +37,7 @@ from .history import MaskHistory
 from .history_codec import BITMAP, RAW, check_bits_header, check_bytes_header
 from .history_entry import (
     BIT_GROUPS,
+    BYTE_GROUPS,
     DTYPES,
     GROUPS,
     STATS,
@@ -139,7 +141,7 @@ def _layers(group: str, spec: Any) -> list[Layer]:
             raise _Bad(f"group '{group}': a layer must be [name, shape] or [name, shape, dtype]")
         shape = tuple(_int(s, f"shape of '{item[0]}'", 0, MAX_LAYER_NUMEL) for s in item[1])
         dtype = item[2] if len(item) == 3 else ""
-        if (group == "state") != bool(dtype) or (dtype and dtype not in DTYPES):
+        if (group in BYTE_GROUPS) != bool(dtype) or (dtype and dtype not in DTYPES):
             raise _Bad(f"group '{group}': layer '{item[0]}' has dtype {dtype!r}")
         layer = Layer(item[0], shape, dtype)
         if layer.size > MAX_LAYER_NUMEL:
@@ -297,6 +299,7 @@ def _from_legacy(snapshots: list[Snapshot], source: str) -> MaskHistory:
             history.entries[group].append(entry)
         history.entries["sample"].append(None)
         history.entries["state"].append(_legacy_state(history, i, snap.state))
+        history.entries["probe"].append(None)  # format 1 recorded no head probe
     history._encoders = None
     return history
 

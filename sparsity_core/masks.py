@@ -205,17 +205,19 @@ class Snapshot:
     units: PackedMasks = field(default_factory=PackedMasks)  # head / neuron masks (structured runs)
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. token selector weights
     info: dict[str, Any] = field(default_factory=dict)  # event ('update'/'epoch'), density, rate, ...
+    probe: dict[str, torch.Tensor] = field(default_factory=dict)  # each head's attention on fixed images
 
     @classmethod
     def take(cls, step: int, epoch: float, masks: MaskSet | None = None, units: MaskSet | None = None,
-             state: Mapping[str, torch.Tensor] | None = None, **info: Any) -> Snapshot:
+             state: Mapping[str, torch.Tensor] | None = None, probe: Mapping[str, torch.Tensor] | None = None,
+             **info: Any) -> Snapshot:
         if masks is not None and len(masks):
             info.setdefault("overall_density", masks.overall_density())
         return cls(step=int(step), epoch=float(epoch),
                    masks=masks.pack() if masks is not None else PackedMasks(),
                    units=units.pack() if units is not None else PackedMasks(),
                    state={k: v.detach().to("cpu").clone() for k, v in (state or {}).items()},
-                   info=dict(info))
+                   info=dict(info), probe={k: v.detach().to("cpu").clone() for k, v in (probe or {}).items()})
 
 
 def head_unit_name(block: int) -> str:

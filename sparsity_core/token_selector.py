@@ -39,6 +39,8 @@ exactly "after the position embedding (and pos_drop / patch_drop / norm_pre), be
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -48,8 +50,8 @@ from torch import nn
 from .errors import SviteError
 from .models import ModelConfig, SelectorConfig, num_patches, register_extension
 
-__all__ = ["TAU_END", "TAU_START", "TokenSelector", "attach_token_selector", "gumbel_noise", "keep_at",
-           "temperature_at"]
+__all__ = ["TAU_END", "TAU_START", "TokenSelector", "attach_token_selector", "every_patch", "gumbel_noise",
+           "keep_at", "temperature_at"]
 
 TAU_START = 10.0
 TAU_END = 0.1
@@ -195,6 +197,26 @@ class TokenSelector(nn.Module):
         bias = self.attn_bias.to(args[0].dtype)
         given = kwargs.get("attn_mask")
         return args, {**kwargs, "attn_mask": bias if given is None else given + bias}
+
+
+@contextmanager
+def every_patch(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with its token selector (if any) keeping every patch, for the duration of the block.
+
+    In eval mode the selector keeps the top ``keep`` of its scores; with ``keep`` = all patches that is
+    every patch in its own order, so the sequence is the full one and the model is exactly its backbone
+    without a selector. Analyses that ask what the backbone does with every patch present use this.
+    """
+    selector = getattr(model, "token_selector", None)
+    if selector is None:
+        yield model
+        return
+    keep = selector.keep
+    selector.keep = int(selector.num_patches)
+    try:
+        yield model
+    finally:
+        selector.keep = keep
 
 
 def soft_key_bias(y: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:

@@ -45,6 +45,7 @@ from .dst import EngineContext, SparsityEngine, build_engine
 from .dst.active_optim import ActiveAdamW
 from .errors import SviteError
 from .evaluate import evaluate_accuracy
+from .head_probe import HeadProbe
 from .header import curve_records, read_header
 from .history import MaskHistory
 from .masks import Snapshot
@@ -153,6 +154,7 @@ class Run:
     step: int = 0  # optimizer steps done
     start_epoch: int = 0
     last_metrics: dict[str, Any] = field(default_factory=dict)
+    probe: HeadProbe | None = None  # each head's attention on fixed images, with every snapshot
     curve: list[dict[str, Any]] = field(default_factory=list)  # per-epoch metrics, carried in the checkpoint
 
     @property
@@ -167,15 +169,24 @@ class Run:
     def selector(self) -> nn.Module | None:
         return getattr(self.model, "token_selector", None)
 
+    def head_probe(self) -> dict[str, torch.Tensor]:
+        """The head probe's tensors now (``head_probe.py``; none for a model it cannot probe)."""
+        if self.probe is None:
+            try:
+                self.probe = HeadProbe(self.model, self.data.mean, self.data.std)
+            except SviteError:  # a geometry the demo images cannot take: training goes on without a probe
+                self.probe = HeadProbe(self.model, self.data.mean, self.data.std, count=0)
+        return self.probe(self.model)
+
     def snapshot(self, event: str, epoch_value: float) -> None:
-        """Record the engine's masks (and the token selector's weights) in the history."""
+        """Record the engine's masks, the token selector's weights and the head probe in the history."""
         selector = self.selector
         state = {f"token_selector.{k}": v for k, v in selector.state_dict().items()} if selector is not None else {}
         info = self.engine.snapshot_info()
         if self.ddp.world_size > 1 and self.engine.masks is not None:
             info["rank_mask_hashes"] = check_ranks_agree(self.engine, self.step)
         self.history.append(Snapshot.take(self.step, epoch_value, masks=self.engine.masks, units=self.engine.units,
-                                          state=state, event=event, **info))
+                                          state=state, probe=self.head_probe(), event=event, **info))
 
     def save(self, epoch_done: float, complete: bool) -> Path:
         """Write the resume sidecar, then the checkpoint naming it, then drop older sidecars."""
@@ -184,6 +195,7 @@ class Run:
                          "std": list(self.data.std), "class_names": self.data.class_names},
                 "train_config": cfg.to_dict(), "total_steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch, "world_size": self.ddp.world_size,
+                "head_probe": self.probe.describe() if self.probe is not None and self.probe.count else None,
                 **engine.describe(), "epoch": epoch_done, "step": step, "metrics": self.last_metrics,
                 "curve": self.curve, "complete": complete, "resume_file": f"resume-{step:09d}.pt"}
         sidecar = self.out / meta["resume_file"]

@@ -86,7 +86,7 @@ def z(at: AppTest, starts: str) -> np.ndarray:
 def test_overview_shows_summary_integrity_cost():
     at = open_page("overview", "svite")
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Method"] == "svite" and float(metrics["Overall density"]) == pytest.approx(0.5, abs=0.01)
+    assert metrics["Method"] == "SViTE" and float(metrics["Overall density"]) == pytest.approx(0.5, abs=0.01)
     assert int(metrics["Mask snapshots"]) >= 10  # every snapshot of a SViTE run holds masks
     assert any("Integrity check passed" in s.value for s in at.success)
     dense, sparse = arr(chart(at, "FLOPs per image")["data"][0]["y"])
@@ -113,7 +113,7 @@ def test_overview_of_structured_and_selector_checkpoints():
 def test_density_page_tables_bars_heatmap_and_widgets():
     at = open_page("density", "svite")
     table = at.dataframe[0].value
-    assert set(table["block_type"]) == {"patch", "qkv", "proj", "fc1", "fc2", "head"}
+    assert set(table["block type"]) == {"patch", "qkv", "proj", "fc1", "fc2", "head"}
     assert chart(at, "Density per layer, by depth")["data"]
     assert set(chart(at, "Density by block type")["data"][0]["x"]) == {"patch", "qkv", "proj", "fc1", "fc2", "head"}
     assert at.selectbox(key="density_layer").value == "patch_embed.proj.weight"
@@ -264,7 +264,7 @@ def test_compare_two_checkpoints_and_two_snapshots():
     at = open_page("compare", "svite", compare_b=ckpt("dense"))
     diff = at.dataframe[1].value.set_index("layer")
     assert len(diff) == 18 and (diff["pruned"] == 0).all() and diff["grown"].sum() > 0
-    assert (diff["kept"] + diff["grown"] == diff["numel"]).all()  # B (dense) keeps every weight
+    assert (diff["kept"] + diff["grown"] == diff["weights"]).all()  # B (dense) keeps every weight
     assert list(at.dataframe[0].value["method"]) == ["svite", "dense"]
     assert chart(at, "Per-layer density") and chart(at, "Mask diff per layer")
     first = z(at, "patch_embed.proj.weight: green")

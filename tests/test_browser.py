@@ -27,7 +27,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PAGES = [("", "Overview"), ("density", "Layer density"), ("evolution", "Mask evolution"),
+PAGES = [("", "Overview"), ("density", "Layer density"), ("evolution", "Mask evolution"), ("heads", "Heads"),
          ("patches", "Patch maps"), ("compare", "Compare")]
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
@@ -101,13 +101,18 @@ def pw():
         yield driver
 
 
+def browser_page(pw, profile: Path, width: int, height: int, timeout_s: float):
+    """(context, page) of Debian's Chromium with its own profile, at a viewport of width × height."""
+    ctx = pw.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), args=CHROME_ARGS,
+                                                headless=True, viewport={"width": width, "height": height})
+    pg = ctx.pages[0] if ctx.pages else ctx.new_page()
+    pg.set_default_timeout(timeout_s * 1000)
+    return ctx, pg
+
+
 @pytest.fixture(scope="module")
 def page(server, pw, tmp_path_factory):
-    ctx = pw.chromium.launch_persistent_context(str(tmp_path_factory.mktemp("chromium-profile")),
-                                                executable_path=str(CHROMIUM), args=CHROME_ARGS, headless=True,
-                                                viewport={"width": 1400, "height": 2400})
-    pg = ctx.pages[0] if ctx.pages else ctx.new_page()
-    pg.set_default_timeout(60_000)
+    ctx, pg = browser_page(pw, tmp_path_factory.mktemp("chromium-profile"), 1400, 2400, 60)
     yield pg
     ctx.close()
 
@@ -208,7 +213,7 @@ def test_one_epoch_retrain_survives_a_reload_finishes_and_reaches_the_picker(pag
 # ----------------------------------------------------------------------------------------------
 # talk mode on a projector: measured in the browser (computed font sizes, element boxes)
 TALK_PAGES = [("overview", "Overview"), ("density", "Layer density"), ("evolution", "Mask evolution"),
-              ("patches", "Patch maps"), ("compare", "Compare"), ("retrain", "Retrain")]
+              ("heads", "Heads"), ("patches", "Patch maps"), ("compare", "Compare"), ("retrain", "Retrain")]
 MEASURE = """() => {
   const box = e => { if (!e) return null; const r = e.getBoundingClientRect();
                      return r.width > 0 && r.height > 0 ? {x: r.x, y: r.y, w: r.width, h: r.height} : null; };
@@ -379,7 +384,7 @@ def test_an_official_imagenet_checkpoint_works_on_every_page_with_224_px_photos(
     _settle(page)
     picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input').first
     assert picker.input_value() == "upload · checkpoint.pth"
-    for title in ("Overview", "Layer density", "Mask evolution", "Patch maps", "Compare", "Retrain"):
+    for title in ("Overview", "Layer density", "Mask evolution", "Heads", "Patch maps", "Compare", "Retrain"):
         page.locator(f'[data-testid="stSidebarNav"] a:has-text("{title}")').click()  # same session: same pick
         page.wait_for_selector(f'h1:has-text("{title}")')
         if title == "Patch maps":  # its last part (agreement over 32 demo images at 224 px) comes last

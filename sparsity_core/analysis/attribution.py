@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..attention import attention_maps
 from ..errors import SviteError
 from ..models import grid_size
 from .patches import _eval_mode, _model_of, _patch_size, all_patches, to_model_input
@@ -103,31 +104,6 @@ def patch_attributions(model: Any, image: np.ndarray | torch.Tensor, method: str
     return per_patch.cpu().numpy().astype(np.float32)
 
 
-def _attention_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Each block's attention probabilities for one forward pass (a hook on timm's ``attn_drop`` with
-    ``fused_attn`` off for the call; no timm code copied)."""
-    attns: list[torch.Tensor] = []
-    handles, fused = [], []
-    for block in model.blocks:
-        attn = getattr(block, "attn", None)
-        if attn is None or not hasattr(attn, "attn_drop") or not hasattr(attn, "fused_attn"):
-            raise SviteError("attention rollout needs timm ViT blocks with a standard Attention module")
-        fused.append((attn, attn.fused_attn))
-        attn.fused_attn = False
-        handles.append(attn.attn_drop.register_forward_hook(lambda m, a, out: attns.append(out.detach())))
-    try:
-        with _eval_mode(model), torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        for attn, flag in fused:
-            attn.fused_attn = flag
-    if len(attns) != len(model.blocks):
-        raise SviteError("attention rollout: did not see every block's attention")
-    return attns
-
-
 def attention_rollout(model: Any, image: np.ndarray | torch.Tensor, head_fusion: str = "mean",
                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                       with_selector: bool = False) -> np.ndarray:
@@ -144,7 +120,7 @@ def attention_rollout(model: Any, image: np.ndarray | torch.Tensor, head_fusion:
         raise SviteError(f"head_fusion '{head_fusion}': use mean, max or min")
     x = to_model_input(model, image, mean, std)
     with (nullcontext(model) if with_selector else all_patches(model)):
-        attns = _attention_maps(model, x)
+        attns = attention_maps(model, x)  # timm's own modules, read through a hook
     prefix = int(getattr(model, "num_prefix_tokens", 1))
     gh, gw = grid_size(model)
     n = prefix + gh * gw

@@ -24,9 +24,11 @@ import torch
 import torch.utils.data
 from torch import nn
 
+from ..attention import eval_mode as _eval_mode
 from ..data import DEMO_MEAN, DEMO_STD, image_to_input
 from ..errors import SviteError
 from ..models import grid_size, model_input_size
+from ..token_selector import every_patch
 
 __all__ = [
     "PatchKeepMap",
@@ -62,16 +64,6 @@ def _selector_of(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-@contextmanager
 def all_patches(model: Any) -> Iterator[nn.Module]:
     """The model with its token selector switched off: every patch token reaches every block.
 
@@ -83,17 +75,8 @@ def all_patches(model: Any) -> Iterator[nn.Module]:
     the selector (attention rollout gave IoU 1.000 on every image). A model without a selector is
     returned as it is.
     """
-    model = _model_of(model)
-    selector = getattr(model, "token_selector", None)
-    if selector is None:
-        yield model
-        return
-    keep = selector.keep
-    selector.keep = int(selector.num_patches)
-    try:
-        yield model
-    finally:
-        selector.keep = keep
+    with every_patch(_model_of(model)) as m:
+        yield m
 
 
 def _device(model: nn.Module) -> torch.device:
