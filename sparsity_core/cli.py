@@ -94,14 +94,12 @@ def _add_sparsity_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     g.add_argument("--death", default=d.death, choices=["magnitude", "magnitude-mature"],
                    help="prune by |w| (the reference), or by |w| with weights grown at the previous update "
                         "pruned last (magnitude-mature)")
-    # "zero" (both moments, our former default) was measured worse and is not offered here; the experiment
-    # scripts reproduce it through TrainConfig for the ablation
+    # "zero" (both moments, our former default) measured worse: not offered; TrainConfig has it for the ablation
     g.add_argument("--grown-moments", default=d.grown_moments, choices=["keep", "zero-avg"],
                    help="AdamW moments of grown weights: keep (default, the reference), zero-avg (first moment "
                         "zeroed)")
     g.add_argument("--optimizer-state", default=d.optimizer_state, choices=["full", "active"],
-                   help="AdamW moments of masked weights: full (default), or active: for active weights only "
-                        "(saves 8 x (1 - density) bytes per masked weight; grown weights start zero-avg)")
+                   help="AdamW moments of masked weights: every entry (full) or active ones only (active)")
     g.add_argument("--update-start", default=d.update_start, metavar="WHEN",
                    help="no topology update before this: 'warmup' (the end of the LR warm-up), 'plateau' (after "
                         "the warm-up, once the training loss has fallen to 0.9 of its starting value), a number of "
