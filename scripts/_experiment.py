@@ -23,6 +23,7 @@ import torch  # noqa: E402
 import sparsity_core  # noqa: E402,F401  (before timm)
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.config import TrainConfig  # noqa: E402
+from sparsity_core.runs.identity import group_key  # noqa: E402
 from sparsity_core.train import CHECKPOINT_NAME, train  # noqa: E402
 
 RUNS_ROOT = ROOT / "runs"
@@ -50,30 +51,15 @@ RECIPE = dict(model="vit_tiny_demo", data="demo", train_size=5000, val_size=1000
 SVITE = dict(method="svite", density=0.5, sparse_init="fixed_ERK", update_frequency=400, death_rate=0.5,
              decay_schedule="cosine", t_end=0.8, growth="gradient", death="magnitude")
 
-# config fields that do not change what a run computes
-_NOT_OUTCOME = {"out", "resume", "device", "log_every", "checkpoint_every", "num_workers"}
-# Settings of topology updates: no outcome of a method that never updates its topology (dense, static)
-_UPDATE_ONLY = {"update_frequency", "update_start", "death_rate", "decay_schedule", "t_end", "growth", "death",
-                "grown_moments"}
-
-
 def is_complete(run: Path) -> bool:
     ckpt = run / CHECKPOINT_NAME
     return ckpt.exists() and bool(load_checkpoint(ckpt).meta.get("complete"))
 
 
-# fields added after some runs were made, with the value that reproduces how those runs behaved
-_LEGACY = {"selector_keep_warmup": 0.0, "optimizer_state": "full"}
-
-
 def same_outcome(theirs: dict, mine: dict) -> bool:
-    """Do two training configs (TrainConfig dicts) compute the same run? The selector's settings only
-    count for runs with a token selector."""
-    theirs = {**_LEGACY, **theirs}
-    ignore = set(_NOT_OUTCOME) | (_UPDATE_ONLY if mine.get("method") in ("dense", "static") else set())
-    if mine.get("token_number") is None and mine.get("keep_ratio") is None:
-        ignore |= {k for k in mine if k.startswith("selector_")}
-    return all(theirs.get(k) == v for k, v in mine.items() if k not in ignore)
+    """Do two training configs (TrainConfig dicts) compute the same run? The same seed and the same fields
+    that take effect (``sparsity_core.runs.identity``: the Runs page groups runs by the same rule)."""
+    return theirs.get("seed") == mine.get("seed") and group_key(theirs) == group_key(mine)
 
 
 def find_run(experiment: str, name: str, fields: dict, seed: int, shared_name: str | None = None) -> Path:

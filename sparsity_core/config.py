@@ -120,6 +120,20 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# Fields added to TrainConfig after runs were made, with the value that reproduces how a run whose config.json
+# lacks them behaved (it is not always today's default: S2ViTE runs before --head-growth grew heads by the
+# gradient norm, SViTE+ runs before --selector-keep-warmup kept k tokens from the start). Whoever compares
+# configs of saved runs (runs/identity.py, scripts/_experiment.py) fills the missing fields from here.
+LEGACY_DEFAULTS: dict[str, Any] = {"selector_keep_warmup": 0.0, "head_growth": "gradient-norm",
+                                   "optimizer_state": "full"}
+
+
+def with_legacy_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's config with every field it lacks filled: a later field from :data:`LEGACY_DEFAULTS`,
+    any other from today's defaults."""
+    return {**TrainConfig().to_dict(), **LEGACY_DEFAULTS, **config}
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """Reject absurd flags up front, each with one line naming the flag: ranges, the model name, size
     caps and a memory estimate (``limits.py``), then the flags of the chosen method."""

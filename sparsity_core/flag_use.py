@@ -104,6 +104,12 @@ FLAG_USE: dict[str, tuple[Needs, ...] | None] = {
 }
 
 
+def takes_effect(field: str, cfg: Any) -> bool:
+    """Does ``field`` change what a run with ``cfg`` computes (every condition of :data:`FLAG_USE` holds)?
+    Runs that differ only in fields without effect are the same experiment (``runs/identity.py``)."""
+    return all(n.holds(cfg) for n in FLAG_USE.get(field) or ())
+
+
 def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 

@@ -309,3 +309,23 @@ def test_app_sh_refuses_a_runs_folder_that_is_not_there(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"scripts/app.sh: error: --runs {tmp_path / 'missing'}: not a folder\n"
+
+
+def test_a_configuration_is_what_the_run_computes():
+    """Runs are grouped by the fields that take effect (the CLI's unused-flag table): a flag the method does
+    not use, a resume, or a field added after the run was made does not split a sweep; a field that does
+    change the run does."""
+    from sparsity_core.config import TrainConfig
+    from sparsity_core.runs.identity import group_key
+
+    dense = TrainConfig(method="dense", seed=0).to_dict()
+    assert group_key(dense) == group_key({**dense, "density": 0.3, "head_growth": "gradient-norm", "seed": 4})
+    assert group_key(dense) == group_key({**dense, "resume": "runs/x", "out": "elsewhere"})
+    assert group_key(dense) != group_key({**dense, "lr": 2e-3})
+    s2 = TrainConfig(method="s2vite", head_growth="gradient-norm").to_dict()
+    before_the_flag = {k: v for k, v in s2.items() if k != "head_growth"}  # ran with the former rule
+    assert group_key(before_the_flag) == group_key(s2)
+    assert group_key(before_the_flag) != group_key(TrainConfig(method="s2vite").to_dict())
+    svite = TrainConfig(method="svite").to_dict()
+    assert group_key(svite) != group_key({**svite, "update_frequency": 7})
+    assert group_key({**svite, "method": "static"}) == group_key({**svite, "method": "static", "update_frequency": 7})

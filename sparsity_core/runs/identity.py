@@ -4,43 +4,34 @@ grouped (mean ± std over seeds, differences paired by seed).
 
 Fields that cannot change the outcome are left out of the key: where a run was written and how it was
 driven (``out``, ``resume``, ``device``, logging, checkpointing, workers, ``max_steps`` is kept: a
-shorter run is another experiment), the update schedule of a method that never updates (dense,
-static), the selector's settings of a run without a selector, the S²ViTE densities of other methods.
+shorter run is another experiment), and every flag the run's method and setup do not use, as the CLI's
+unused-flag table says (``flag_use.py``: the update schedule of a method that never updates, the
+selector's settings of a run without a selector, the S²ViTE densities of other methods, ...). A field
+that an older run's config lacks takes the value it ran with (``config.LEGACY_DEFAULTS``), so a flag added
+later does not split a sweep.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 from typing import Any
 
+from ..config import with_legacy_defaults
+from ..flag_use import takes_effect
 from .facts import method_label
 
 NOT_OUTCOME = frozenset({"out", "resume", "device", "log_every", "checkpoint_every", "num_workers", "seed"})
-UPDATE_ONLY = frozenset({"update_frequency", "update_start", "death_rate", "decay_schedule", "t_end", "growth",
-                         "death", "grown_moments"})
-UNSTRUCTURED_ONLY = frozenset({"density", "sparse_init", "mask_path", "include", "exclude"})
-S2VITE_ONLY = frozenset({"atten_density", "other_density"})
 _SEED_SUFFIX = re.compile(r"[_-]s(?:eed)?\d+$")
 
 
 def outcome_fields(config: dict[str, Any]) -> dict[str, Any]:
     """The fields of a TrainConfig dict that decide what the run computes, seed excluded."""
-    method = config.get("method", "dense")
-    drop = set(NOT_OUTCOME)
-    if method in ("dense", "static", "oneshot"):
-        drop |= UPDATE_ONLY
-    if method == "dense":
-        drop |= UNSTRUCTURED_ONLY
-    if method != "s2vite":
-        drop |= S2VITE_ONLY
-    else:
-        drop |= UNSTRUCTURED_ONLY
-    if method != "oneshot":
-        drop.add("oneshot_at")
-    if config.get("keep_ratio") is None and config.get("token_number") is None:
-        drop |= {k for k in config if k.startswith("selector_")}
-    return {k: v for k, v in sorted(config.items()) if k not in drop}
+    full = with_legacy_defaults(config)
+    view = SimpleNamespace(**{**full, "resume": None})  # a resumed run computes what it would have uninterrupted
+    # a field this version does not know has no row in the flag table: it is kept, to be safe
+    return {k: full[k] for k in sorted(full) if k not in NOT_OUTCOME and takes_effect(k, view)}
 
 
 def group_key(config: dict[str, Any]) -> str:
