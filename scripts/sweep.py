@@ -17,7 +17,9 @@ The phases, in the order they run (each phase's jobs seed-major, so that a parti
    selector keeping half the patches), S2ViTE at 0.7 heads / 0.6 neurons;
 3. the sparser points, static and SViTE at densities 0.2 and 0.1 (dense shared), and what S2ViTE's head
    exploration costs (S2ViTE with the former head growth rule);
-4. ablations, on request (``--phases 4``).
+4. the mechanism test when SViTE does not beat static masks (``--phases 4``): weights grown at one update
+   are pruned at the next only after every older weight (``--death magnitude-mature``), at density 0.5;
+5. the same at density 0.1 (``--phases 5``).
 
 A log line per job start and end (with its wall time) goes to stdout and ``runs/sweep.log``.
 """
@@ -43,7 +45,8 @@ PHASES: dict[int, list[tuple[str, str]]] = {
         ("exp_token_selector", "svite+selector-mlp"), ("exp_structured", "s2vite")],
     3: [("exp_unstructured", "static_d02"), ("exp_unstructured", "svite_d02"),
         ("exp_unstructured", "static_d01"), ("exp_unstructured", "svite_d01"), ("exp_structured", "s2vite_gradnorm")],
-    4: [("exp_unstructured", "svite_mature"), ("exp_unstructured", "svite_mature_d01")],
+    4: [("exp_unstructured", "svite_mature")],
+    5: [("exp_unstructured", "svite_mature_d01")],
 }
 LOG = ROOT / "runs" / "sweep.log"
 
