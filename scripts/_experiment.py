@@ -23,6 +23,7 @@ import torch  # noqa: E402
 import sparsity_core  # noqa: E402,F401  (before timm)
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.config import TrainConfig  # noqa: E402
+from sparsity_core.runs import index_runs, results_markdown, with_labels  # noqa: E402
 from sparsity_core.runs.identity import group_key  # noqa: E402
 from sparsity_core.train import CHECKPOINT_NAME, train  # noqa: E402
 
@@ -121,10 +122,23 @@ def train_seconds(run: Path) -> float:
     return sum(per_epoch.values())
 
 
+def sweep_summary(labels: list[str], baselines: list[str]) -> list[str]:
+    """The grouped table (mean ± std over seeds) and the paired differences with 95% intervals of these
+    configurations (run folder names without ``_s<seed>``), found anywhere below ``runs/``: the function the
+    app's Runs page and ``svite runs`` use (``sparsity_core.runs.results_markdown``), so the docs and the
+    app cannot disagree."""
+    table, _ = index_runs(RUNS_ROOT)
+    if table.empty:
+        return ["No runs yet."]
+    table = with_labels(table)
+    picked = table[table["label"].isin(labels)]
+    return results_markdown(picked, baselines=[b for b in baselines if b in set(picked["label"])]).splitlines()
+
+
 def experiment_parser(doc: str) -> argparse.ArgumentParser:
     """The flags every experiment script has: --seeds, --table."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--table", action="store_true", help="only write the table from finished runs")
     return parser
 

@@ -23,6 +23,7 @@ from _experiment import (  # noqa: E402
     SVITE,
     finished_runs,
     method_experiment_main,
+    sweep_summary,
     train_run,
     train_seconds,
     write_results,
@@ -62,8 +63,11 @@ METHODS = {
     "svite_active": dict(SVITE, optimizer_state="active"),
 }
 DEFAULT_METHODS = ["static", "oneshot", "svite", "dense"]
-# Seeds kept out of the tuning (seeds 0-2 were used to find the fixes): reported apart, never in the means
-FRESH_SEEDS = [3]
+# the configurations of each density point, and the baselines each is paired with
+POINTS = {0.5: (["dense", "static", "oneshot", "svite", "svite_mature", "svite_warmup", "svite_zero", "svite_active"],
+                ["dense", "static"]),
+          0.2: (["dense", "static_d02", "svite_d02"], ["dense", "static_d02"]),
+          0.1: (["dense", "static_d01", "svite_d01", "svite_mature_d01"], ["dense", "static_d01"])}
 
 
 def arm_fields(name: str) -> dict:
@@ -85,7 +89,9 @@ def collect(seeds: list[int]) -> pd.DataFrame:
         train_s = train_seconds(run)
         updates = sum(1 for s in loaded.history if s.info.get("event") == "update")
         young = young_pruning(loaded.history) if updates > 1 and name != "oneshot" else None
-        rows.append({"method": name, "seed": seed, "top1": metrics.get("val_top1"),
+        first = next((snap.step for snap in loaded.history if snap.info.get("event") == "update"), None)
+        rows.append({"method": name, "seed": seed, "first_update": first,
+                     "total_steps": loaded.meta.get("total_steps"), "top1": metrics.get("val_top1"),
                      "top5": metrics.get("val_top5"), "density": metrics.get("density", 1.0),
                      "fired": loaded.fired.overall_density() if loaded.fired is not None else 1.0,
                      "updates": updates, "train_s": train_s,
@@ -96,66 +102,32 @@ def collect(seeds: list[int]) -> pd.DataFrame:
 
 
 def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
-    summary = df.groupby("method", sort=False).agg(top1_mean=("top1", "mean"), top1_std=("top1", "std"),
-                                                   runs=("top1", "size"), density=("density", "mean"),
-                                                   fired=("fired", "mean"))
+    svite = ", ".join(f"{k}={v}" for k, v in METHODS["svite"].items() if k not in ("method",) and k not in SPARSE)
     lines = ["# SViTE vs dense, static and one-shot on the demo data", "",
-             f"Command: `{COMMAND}` (seeds {', '.join(map(str, seeds))}; finished runs are skipped).", "",
+             f"Command: `{COMMAND}` (seeds {', '.join(map(str, seeds))}; finished runs are skipped; "
+             "`scripts/sweep.py` trains the same runs two at a time).", "",
              "Recipe (every method): " + ", ".join(f"{k}={v}" for k, v in RECIPE.items()) + ".",
-             "Sparse methods: density 0.5 over the sparsified weights (patch embed, qkv, proj, fc1, fc2, head), "
-             "fixed_ERK per-layer budgets, identical for all three.",
-             "SViTE (svite): " + ", ".join(f"{k}={v}" for k, v in METHODS["svite"].items()
-                                           if k not in ("method",) and k not in SPARSE)
-             + " (and the TrainConfig defaults: grown_moments=keep, update_start=plateau).",
-             "Ablations, where run: svite_zero (grown weights' AdamW moments zeroed: our former default), "
-             "svite_zero_avg (first moment zeroed), svite_start5ep (updates from epoch 5), svite_dr02 (death rate 0.2).",
+             "Sparse methods: the stated density over the sparsified weights (patch embed, qkv, proj, fc1, fc2, "
+             "head), fixed_ERK per-layer budgets, identical for every method at a density.",
+             f"SViTE (svite): {svite} (and the TrainConfig defaults: grown_moments=keep, update_start=plateau).",
+             "Ablations, where run: svite_mature (--death magnitude-mature: weights grown at one update pruned at "
+             "the next only after every older weight), svite_warmup (updates from the end of the LR warm-up), "
+             "svite_zero (grown weights' AdamW moments zeroed: our former default), svite_active "
+             "(--optimizer-state active: AdamW moments for active weights only).",
              "One-shot: dense for half the run, then per-layer magnitude prune to the same budgets, fine-tune.",
-             "",
-             "| method | top-1 mean ± std (%) | runs | density | ever-active (fired) |", "|---|---|---|---|---|"]
-    for method, r in summary.iterrows():
-        std = 0.0 if pd.isna(r.top1_std) else r.top1_std
-        lines.append(f"| {method} | {r.top1_mean:.2f} ± {std:.2f} | {int(r.runs)} | {r.density:.3f} | "
-                     f"{r.fired:.3f} |")
-    # A seed fixes the data and the initial weights for every method (the engines draw masks from their own
-    # generator), so per-seed differences are paired and far less noisy than differences of means.
-    wide = df.pivot_table(index="seed", columns="method", values="top1")
-    pairs = [(a, b) for a, b in (("svite", "dense"), ("svite", "static"), ("svite", "oneshot"),
-                                 ("static", "dense"), ("oneshot", "dense"), ("svite_zero", "svite"),
-                                 ("svite_zero_avg", "svite"), ("svite_start5ep", "svite"), ("svite_dr02", "svite"),
-                                 ("svite_start5ep", "static"), ("svite_dr02", "static"),
-                                 ("svite_momentum", "svite"), ("svite_momentum", "static"),
-                                 ("svite_warmup", "svite"), ("svite_warmup", "static"),
-                                 ("svite_mature", "svite"), ("svite_mature", "static"), ("svite_mature", "dense"),
-                                 ("svite_active", "svite"), ("svite_active", "dense"),
-                                 ("svite_40ep", "static_40ep"), ("svite_40ep", "dense_40ep"), ("static_40ep", "dense_40ep"))
-             if a in wide and b in wide]
-    if {"dense", "svite", "static"} <= set(wide):
-        to_dense, to_static = (wide["svite"] - wide["dense"]).dropna(), (wide["svite"] - wide["static"]).dropna()
-        lines += ["", f"SViTE − dense, paired over {len(to_dense)} seeds: {to_dense.mean():+.2f} points (target: ≥ −2.0, "
-                  f"stretch −1.0); SViTE − static, paired over {len(to_static)} seeds: {to_static.mean():+.2f} points, "
-                  f"ahead on {int((to_static > 0).sum())} (target: > 0, and ahead on at least 2 of 3 seeds)."]
-    if pairs:
-        lines += ["", "Paired differences (same seed = same data and initial weights), top-1 points:", "",
-                  "| difference | " + " | ".join(f"seed {s}" for s in wide.index) + " | mean ± std |",
-                  "|---|" + "---|" * (len(wide.index) + 1)]
-        for a, b in pairs:
-            d = (wide[a] - wide[b]).dropna()
-            std = d.std() if len(d) > 1 else 0.0
-            cells = " | ".join("" if pd.isna(wide.loc[s, a] - wide.loc[s, b]) else f"{wide.loc[s, a] - wide.loc[s, b]:+.1f}"
-                               for s in wide.index)
-            lines.append(f"| {a} − {b} | {cells} | {d.mean():+.2f} ± {std:.2f} |")
-    fresh = collect([s for s in FRESH_SEEDS if s not in seeds])
-    if not fresh.empty:
-        lines += ["", "Fresh seed (not used while fixing the methods; not in the means above):", "",
-                  "| method | seed | top-1 (%) | updates | run |", "|---|---|---|---|---|"]
-        lines += [f"| {r.method} | {r.seed} | {r.top1:.2f} | {r.updates} | `{r.run}` |" for _, r in fresh.iterrows()]
-    lines += ["", "Per seed (train s: time in the training loop, evaluation excluded, on the shared 2-core machine):", "",
-              "| method | seed | top-1 (%) | top-5 (%) | updates | fired | pruned that were grown at the update before "
-              "(their share of the active weights) | train s | run |",
-              "|---|---|---|---|---|---|---|---|---|"]
+             "A seed fixes the data and the initial weights for every method (the engines draw masks from their "
+             "own generator), so differences are paired by seed."]
+    for density, (labels, baselines) in POINTS.items():
+        lines += ["", f"## Density {density}", ""] + sweep_summary(labels, baselines)
+    lines += ["", "Per seed (first update: the step of the first topology update, of the run's total steps; "
+              "train s: time in the training loop on the shared 2-core machine, evaluation excluded):", "",
+              "| method | seed | top-1 (%) | top-5 (%) | updates | first update | fired | pruned that were grown at "
+              "the update before (their share of the active weights) | train s | run |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
         young = "" if pd.isna(r.young_of_pruned) else f"{r.young_of_pruned:.2f} ({r.young_of_active:.2f})"
-        lines.append(f"| {r.method} | {r.seed} | {r.top1:.2f} | {r.top5:.2f} | {r.updates} | {r.fired:.3f} | "
+        first = "" if pd.isna(r.first_update) else f"{int(r.first_update)} of {int(r.total_steps)}"
+        lines.append(f"| {r.method} | {r.seed} | {r.top1:.2f} | {r.top5:.2f} | {r.updates} | {first} | {r.fired:.3f} | "
                      f"{young} | {r.train_s:.0f} | `{r.run}` |")
     return write_results(RESULTS, lines)
 
