@@ -23,7 +23,9 @@ from _experiment import (  # noqa: E402
     RECIPE,
     finished_runs,
     method_experiment_main,
+    sweep_summary,
     train_run,
+    train_seconds,
     write_results,
 )
 
@@ -66,11 +68,11 @@ def run_all(seeds: list[int], methods: list[str]) -> None:
 def collect(seeds: list[int]) -> pd.DataFrame:
     rows = []
     configs = {name: {**RECIPE, **fields} for name, fields in METHODS.items()}
-    for name, seed, run, loaded, metrics, wall in finished_runs(EXPERIMENT, configs, seeds, seed_major=True):
+    for name, seed, run, loaded, metrics, _wall in finished_runs(EXPERIMENT, configs, seeds, seed_major=True):
         row = {"method": name, "seed": seed, "top1": metrics.get("val_top1"), "top5": metrics.get("val_top5"),
                "params": count_parameters(loaded.model)["params"],
                "flops": count_flops(loaded.model, loaded.masks, loaded.units)["sparse"],
-               "wall_s": wall, "run": str(run.relative_to(ROOT))}
+               "wall_s": train_seconds(run), "run": str(run.relative_to(ROOT))}
         if loaded.units is not None:
             small, _ = compact(loaded)
             data = build_data("demo", img_size=32, patch_size=4, seed=seed, train_size=1,
@@ -82,6 +84,13 @@ def collect(seeds: list[int]) -> pd.DataFrame:
                        alive_heads=sum(int(m.sum()) for n, m in loaded.units.items() if n.endswith(".heads")),
                        alive_neurons=sum(int(m.sum()) for n, m in loaded.units.items()
                                          if n.endswith(".neurons")))
+            row.update(heads_per_block=" ".join(f"{int(loaded.units[f'blocks.{i}.attn.heads'].sum())}/"
+                                                f"{int(fired[f'blocks.{i}.attn.heads'].sum())}"
+                                                for i in range(len(loaded.model.blocks))),
+                       blocks_explored=sum(int(fired[f"blocks.{i}.attn.heads"].sum())
+                                           > int(loaded.units[f"blocks.{i}.attn.heads"].sum())
+                                           for i in range(len(loaded.model.blocks))),
+                       blocks=len(loaded.model.blocks))
             row.update(zero_qk_heads=_alive_heads_without_query_or_key(loaded),
                        min_neuron_gain=min(int(fired[n].sum()) - int(loaded.units[n].sum())
                                            for n in loaded.units if n.endswith(".neurons")))
@@ -106,46 +115,38 @@ def _alive_heads_without_query_or_key(loaded) -> int:
 
 
 def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
-    summary = df.groupby("method", sort=False).agg(top1_mean=("top1", "mean"), top1_std=("top1", "std"),
-                                                   runs=("top1", "size"), params=("params", "first"),
-                                                   mflops=("flops", "first"))
-    summary["mflops"] = summary["mflops"] / 1e6
     lines = ["# S2ViTE vs dense on the demo data", "",
-             f"Command: `{COMMAND}` (seeds {', '.join(map(str, seeds))}; finished runs are skipped).", "",
-             "Recipe (both methods): " + ", ".join(f"{k}={v}" for k, v in RECIPE.items()) + ".",
+             f"Command: `{COMMAND}` (seeds {', '.join(map(str, seeds))}; finished runs are skipped; "
+             "`scripts/sweep.py` trains the same runs two at a time).", "",
+             "Recipe (every method): " + ", ".join(f"{k}={v}" for k, v in RECIPE.items()) + ".",
              "S2ViTE: " + ", ".join(f"{k}={v}" for k, v in METHODS["s2vite"].items() if k != "method") +
-             " (4 of 6 heads and 230 of 384 MLP neurons per block); params and FLOPs of S2ViTE are those of the "
-             "compacted model.", "",
-             "| method | top-1 mean ± std (%) | runs | params | MFLOPs/img |", "|---|---|---|---|---|"]
-    for method, r in summary.iterrows():
-        std = 0.0 if pd.isna(r.top1_std) else r.top1_std
-        lines.append(f"| {method} | {r.top1_mean:.2f} ± {std:.2f} | {int(r.runs)} | {int(r.params):,} | "
-                     f"{r.mflops:.2f} |")
-    wide = df.pivot_table(index="seed", columns="method", values="top1")
-    for arm, label in (("s2vite", "S2ViTE"), ("s2vite_gradnorm", "S2ViTE with the former head growth rule"),
-                       ("s2vite_static", "S2ViTE's static structured control (same initial units, no updates)")):
-        if {arm, "dense"} <= set(wide):  # paired by seed: the same data and initial weights
-            gap = (wide[arm] - wide["dense"]).dropna()
-            target = " (target: within 3 points)" if arm == "s2vite" else ""
-            lines += ["", f"{label} − dense, paired over {len(gap)} seeds: {gap.mean():+.2f} points{target}."]
-    lines += ["", "Per seed:", "", "| method | seed | top-1 (%) | top-5 (%) | compacted top-1 (%) | max logit diff "
-              "(compact vs masked) | wall (s) | run |", "|---|---|---|---|---|---|---|---|"]
+             " (4 of 6 heads and 230 of 384 MLP neurons per block; heads grown by alignment through shadow q/k/v "
+             "rows, the default); s2vite_gradnorm: the same with the former head growth rule "
+             "(--head-growth gradient-norm).", ""]
+    lines += sweep_summary(["dense", "s2vite", "s2vite_gradnorm", "s2vite_static"], ["dense", "s2vite_gradnorm"])
+    lines += ["", "Params and FLOPs of the compacted S2ViTE models, and their accuracy (the same as the masked "
+              "model's, up to the max logit difference):", "",
+              "| method | seed | top-1 (%) | top-5 (%) | params (compacted) | MFLOPs/img (compacted) | compacted top-1 "
+              "(%) | max logit diff (compact vs masked) | train s | run |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
-        ctop = r.get("compact_top1")
-        cdiff = r.get("compact_logit_diff")
+        ctop, cdiff = r.get("compact_top1"), r.get("compact_logit_diff")
         wall = "" if r.wall_s is None or pd.isna(r.wall_s) else f"{r.wall_s:.0f}"
-        lines.append(f"| {r.method} | {r.seed} | {r.top1:.2f} | {r.top5:.2f} | "
+        lines.append(f"| {r.method} | {r.seed} | {r.top1:.2f} | {r.top5:.2f} | {int(r.params):,} | {r.flops / 1e6:.2f} | "
                      f"{'' if ctop is None or pd.isna(ctop) else f'{ctop:.2f}'} | "
                      f"{'' if cdiff is None or pd.isna(cdiff) else f'{cdiff:.1e}'} | {wall} | `{r.run}` |")
     if "fired_heads" in df:
-        lines += ["", "Exploration of the S2ViTE runs (units alive at the end / ever alive, summed over the 4 blocks "
-                  "of 6 heads and 384 neurons; the last columns: alive heads whose q or k rows are all zero, "
-                  "and the smallest per-block excess of ever-alive over alive neurons):", "",
-                  "| run | heads alive | heads ever alive | neurons alive | neurons ever alive | alive heads with "
-                  "q = 0 or k = 0 | min per-block (ever alive − alive) neurons |", "|---|---|---|---|---|---|---|"]
-        for _, r in df[df["method"] != "dense"].iterrows():
-            lines.append(f"| {r.method} {r.seed} | {int(r.alive_heads)} | {int(r.fired_heads)} | {int(r.alive_neurons)} | "
-                         f"{int(r.fired_neurons)} | {int(r.zero_qk_heads)} | {int(r.min_neuron_gain)} |")
+        sparse = df[df["method"] != "dense"]
+        lines += ["", "Exploration: heads alive / ever alive per block (blocks 0-3, of 6 heads), blocks where more heads "
+                  "were ever alive than are alive (target for the default: at least half the blocks on every seed), "
+                  "neurons summed over the blocks (of 4 x 384), alive heads whose q or k rows are all zero, and the "
+                  "smallest per-block excess of ever-alive over alive neurons:", "",
+                  "| run | heads alive / ever, per block | blocks that explored heads | neurons alive | neurons ever "
+                  "alive | alive heads with q = 0 or k = 0 | min per-block (ever alive − alive) neurons |",
+                  "|---|---|---|---|---|---|---|"]
+        for _, r in sparse.iterrows():
+            lines.append(f"| {r.method} {r.seed} | {r.heads_per_block} | {int(r.blocks_explored)} of {int(r.blocks)} | "
+                         f"{int(r.alive_neurons)} | {int(r.fired_neurons)} | {int(r.zero_qk_heads)} | "
+                         f"{int(r.min_neuron_gain)} |")
     return write_results(RESULTS, lines)
 
 

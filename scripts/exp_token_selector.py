@@ -25,7 +25,16 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from _experiment import RECIPE, SVITE, experiment_parser, finished_runs, train_run, write_results  # noqa: E402
+from _experiment import (  # noqa: E402
+    RECIPE,
+    SVITE,
+    experiment_parser,
+    finished_runs,
+    sweep_summary,
+    train_run,
+    train_seconds,
+    write_results,
+)
 
 from sparsity_core.analysis.patches import object_patch_recall, positional_prior_recall  # noqa: E402
 from sparsity_core.data import DemoShapes  # noqa: E402
@@ -74,13 +83,13 @@ def run_all(base: str, seeds: list[int], only: str | None = None) -> None:
 def collect(base: str, seeds: list[int]) -> pd.DataFrame:
     rows = []
     vals = {seed: DemoShapes("val", RECIPE["val_size"], seed=seed) for seed in seeds}
-    for name, seed, run, loaded, metrics, wall in finished_runs(EXPERIMENT, configs(base), seeds, seed_major=True,
+    for name, seed, run, loaded, metrics, _wall in finished_runs(EXPERIMENT, configs(base), seeds, seed_major=True,
                                                                 shared_names=SHARED_NAMES):
         val = vals[seed]
         row = {"config": name, "seed": seed, "top1": metrics.get("val_top1"), "top5": metrics.get("val_top5"),
                "density": metrics.get("density"),
                "mflops": count_flops(loaded.model, loaded.masks, loaded.units)["sparse"] / 1e6,
-               "wall_s": wall, "run": str(run.relative_to(ROOT)),
+               "wall_s": train_seconds(run), "run": str(run.relative_to(ROOT)),
                "recall": None, "recall_untrained": None, "recall_fixed_mask": None, "keep_ratio": None}
         selector = getattr(loaded.model, "token_selector", None)
         if selector is not None:
@@ -100,38 +109,31 @@ def _fmt(value: object, spec: str) -> str:
 
 
 def write_table(df: pd.DataFrame, base: str, seeds: list[int]) -> str:
-    summary = df.groupby("config", sort=False).agg(
-        top1_mean=("top1", "mean"), top1_std=("top1", "std"), runs=("top1", "size"), mflops=("mflops", "first"),
-        recall=("recall", "mean"), recall_std=("recall", "std"), untrained=("recall_untrained", "mean"),
-        fixed=("recall_fixed_mask", "mean"), wall=("wall_s", "mean"))
     sel = SELECTOR["keep_ratio"]
     lines = [f"# Token selector (SViTE+) on the demo data: {base} + selector vs {base}", "",
              f"Command: `{COMMAND}{'' if base == 'svite' else ' --base ' + base}` (seeds "
-             f"{', '.join(map(str, seeds))}; finished runs are skipped).", "",
+             f"{', '.join(map(str, seeds))}; finished runs are skipped; `scripts/sweep.py` trains the same runs "
+             "two at a time).", "",
              "Recipe (every run): " + ", ".join(f"{k}={v}" for k, v in RECIPE.items()) + ".",
              f"{base}: " + ", ".join(f"{k}={v}" for k, v in BASES[base].items()) + ".",
              "Selector: " + ", ".join(f"{k}={v}" for k, v in SELECTOR.items()) + ", selector_scorer=mlp|linear" +
-             " (training: Gumbel top-k, straight-through, τ 10 → 0.1; evaluation: hard top-k).", "",
-             f"Object-patch recall = mean over the {RECIPE['val_size']} validation images of the fraction of the "
-             f"object's patches the selector keeps. Chance (random patches) is the keep ratio, {sel}; an untrained "
-             "selector and the best fixed mask (the positions where objects fall most often in the training "
-             "split; content-blind) are the baselines a selector has to beat.", "",
-             "| config | top-1 mean ± std (%) | runs | MFLOPs/img | object-patch recall mean ± std | untrained "
-             "selector | best fixed mask | wall (s, mean) |", "|---|---|---|---|---|---|---|---|"]
-    for name, r in summary.iterrows():
-        std = 0.0 if pd.isna(r.top1_std) else r.top1_std
-        rstd = 0.0 if pd.isna(r.recall_std) else r.recall_std
-        recall = "" if pd.isna(r.recall) else f"{r.recall:.3f} ± {rstd:.3f}"
-        lines.append(f"| {name} | {r.top1_mean:.2f} ± {std:.2f} | {int(r.runs)} | {r.mflops:.2f} | {recall} | "
-                     f"{_fmt(r.untrained, '.3f')} | {_fmt(r.fixed, '.3f')} | {_fmt(r.wall, '.0f')} |")
-    for scorer in SCORERS:
-        with_sel = f"{base}+selector-{scorer}"
-        if {base, with_sel} <= set(summary.index):
-            gap = summary.loc[with_sel, "top1_mean"] - summary.loc[base, "top1_mean"]
-            lines += ["", f"{with_sel} − {base}: {gap:+.2f} top-1 points (target: within 2 points, on the paired mean); object-patch "
-                      f"recall {summary.loc[with_sel, 'recall']:.3f} (target ≥ 0.9 on every seed)."]
+             " (training: Gumbel top-k, straight-through, τ 10 → 0.1; evaluation: hard top-k).", ""]
+    configs_ = [base] + [f"{base}+selector-{scorer}" for scorer in SCORERS]
+    lines += sweep_summary(["dense", "static", *configs_], ["dense", "static", base])
+    recall = df.groupby("config", sort=False).agg(recall=("recall", "mean"), recall_std=("recall", "std"),
+                                                  recall_min=("recall", "min"), untrained=("recall_untrained", "mean"),
+                                                  fixed=("recall_fixed_mask", "mean"), runs=("recall", "count"))
+    lines += ["", f"Object-patch recall = mean over the {RECIPE['val_size']} validation images of the fraction of the "
+              f"object's patches the selector keeps. Chance (random patches) is the keep ratio, {sel}; an untrained "
+              "selector and the best fixed mask (the positions where objects fall most often in the training "
+              "split; content-blind) are the baselines a selector has to beat (target: ≥ 0.9 on every seed).", "",
+              "| config | seeds | recall mean ± std | lowest seed | untrained selector | best fixed mask | chance |",
+              "|---|---|---|---|---|---|---|"]
+    for name, r in recall[recall["runs"] > 0].iterrows():
+        lines.append(f"| {name} | {int(r.runs)} | {r.recall:.3f} ± {0.0 if pd.isna(r.recall_std) else r.recall_std:.3f} | "
+                     f"{r.recall_min:.3f} | {_fmt(r.untrained, '.3f')} | {_fmt(r.fixed, '.3f')} | {sel} |")
     lines += ["", "Per seed:", "", "| config | seed | top-1 (%) | top-5 (%) | density | recall | untrained | "
-              "fixed mask | wall (s) | run |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "fixed mask | train s | run |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
         lines.append(f"| {r.config} | {r.seed} | {r.top1:.2f} | {r.top5:.2f} | {_fmt(r.density, '.3f')} | "
                      f"{_fmt(r.recall, '.3f')} | {_fmt(r.recall_untrained, '.3f')} | "
