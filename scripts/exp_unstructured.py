@@ -63,6 +63,7 @@ METHODS = {
     "svite_active": dict(SVITE, optimizer_state="active"),
 }
 DEFAULT_METHODS = ["static", "oneshot", "svite", "dense"]
+ABLATIONS = ["svite_mature", "svite_warmup", "svite_zero", "svite_active"]
 # the configurations of each density point, and the baselines each is paired with
 POINTS = {0.5: (["dense", "static", "oneshot", "svite", "svite_mature", "svite_warmup", "svite_zero", "svite_active"],
                 ["dense", "static"]),
@@ -119,6 +120,8 @@ def write_table(df: pd.DataFrame, seeds: list[int]) -> str:
              "own generator), so differences are paired by seed."]
     for density, (labels, baselines) in POINTS.items():
         lines += ["", f"## Density {density}", ""] + sweep_summary(labels, baselines)
+    lines += ["", "## Ablations against SViTE (density 0.5)", ""]
+    lines += sweep_summary(["svite", *ABLATIONS], ["svite"])
     lines += ["", "Per seed (first update: the step of the first topology update, of the run's total steps; "
               "train s: time in the training loop on the shared 2-core machine, evaluation excluded):", "",
               "| method | seed | top-1 (%) | top-5 (%) | updates | first update | fired | pruned that were grown at "
