@@ -2,13 +2,17 @@
 
 All cases run in ONE child process (imports once, ~30 s in all), one after the other through
 ``sparsity_core.cli.main``; after each case the child records its exit code, its stderr and its peak
-resident memory so far (``resource.getrusage``, ``ru_maxrss``). Peak memory is monotone, so "peak
+resident memory so far (``VmHWM`` of ``/proc/self/status``). Peak memory is monotone, so "peak
 so far < 1 GB" after a case bounds that case and all before it. Before this, a 2 MB file could drive
 memory past 6 GB, and a FIFO or a symlink loop in a data folder hung training.
 
 The child also runs under an address-space limit (``RLIMIT_AS``), only as a guard for the machine:
 a case the checks miss then fails with an out-of-memory message instead of swapping. The overall
 timeout only guards against a case hanging again; nothing is asserted about time.
+
+Why not ``resource.getrusage(...).ru_maxrss``: Linux carries it across ``execve`` from the process that
+forked the child, so the child started at the pytest process's own peak (1.2 GB after the suite's
+earlier files in CI) and every case "failed". ``VmHWM`` belongs to the child's fresh address space.
 """
 
 from __future__ import annotations
@@ -109,6 +113,9 @@ import contextlib, io, json, resource, sys
 limit = {GUARD_ADDRESS_SPACE_MB} << 20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from sparsity_core.cli import main
+def peak_rss_mb():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
 results = {{}}
 for name, argv in json.load(sys.stdin):
     err = io.StringIO()
@@ -118,7 +125,7 @@ for name, argv in json.load(sys.stdin):
         except BaseException as exc:  # recorded, so one bad case does not hide the others
             rc = f"raised {{type(exc).__name__}}: {{exc}}"
     results[name] = {{"rc": rc, "stderr": err.getvalue(),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}
+                      "peak_rss_mb": peak_rss_mb()}}
 print(json.dumps(results))
 """
 

@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from sweeps import stop, three_runs
 
+from app import settings
 from sparsity_core import runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +93,7 @@ def test_without_a_runs_dir_the_app_opens_on_the_shipped_records(folder, tmp_pat
     written, _ = runs.export_records(root, ckpts / "runs")
     assert len(written) == 4 and sum(p.stat().st_size for p in written) < 64_000
     monkeypatch.delenv("SVITE_RUNS_DIR", raising=False)
+    monkeypatch.setattr(settings, "REPO_ROOT", tmp_path / "clone")  # a fresh clone: no runs/ of its own
     monkeypatch.setenv("SVITE_CHECKPOINTS_DIR", str(ckpts))
     monkeypatch.setenv("SVITE_UPLOADS_DIR", str(tmp_path / "uploads"))
     at = AppTest.from_file(APP, default_timeout=60).run()  # the default page
