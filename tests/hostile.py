@@ -75,6 +75,7 @@ def format_1(base: Path, out: Path) -> Path:
                         "unit_shapes": {n: list(s) for n, s in snap.units.shapes.items()}})
         tensors.update({f"history/{i}/mask/{n}": t for n, t in snap.masks.data.items()})
         tensors.update({f"history/{i}/unit/{n}": t for n, t in snap.units.data.items()})
+        tensors.update({f"history/{i}/state/{n}": t for n, t in snap.state.items()})
     header.update(format_version=1, history=entries)
     return write_ours(out, tensors, header)
 
