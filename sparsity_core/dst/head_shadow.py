@@ -20,7 +20,9 @@ information about the head: an alive head's v rows have grown in training while 
 still has timm's init (its outputs measured 0.35-0.6 against 0.8-1.4 for alive heads at the first update
 of the demo run), so the unnormalised gradient ranked every dead head last (0 of 24 block-updates would
 have grown one), where the normalised one grew a dead head in 17 of 24
-(``scripts/head_growth_scores.py --along-training``).
+(``scripts/head_growth_scores.py --along-training``, run on the former 20-epoch demo recipe). On the
+40-epoch recipe all 6 heads of every block were active at some point in every S2ViTE run of the sweep
+(4 alive at the end; ``docs/structured_results.md``).
 
 A grown head gets its shadow rows back and its ``proj`` columns set to 0: the model's output is unchanged
 at the moment of growth, the columns learn from the next step (their gradient ``G_h`` is not zero), and
