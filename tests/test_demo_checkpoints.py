@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from safetensors import safe_open
-
 from hostile import format_1
+from safetensors import safe_open
 
 from sparsity_core.analysis import integrity_check, neuron_survival
 from sparsity_core.checkpoint import load_checkpoint

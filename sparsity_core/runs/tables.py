@@ -42,11 +42,15 @@ def group_markdown(g: pd.DataFrame, metric: str = "top1", digits: int = 2) -> li
 
 
 def diff_markdown(d: pd.DataFrame, digits: int = 2) -> list[str]:
-    lines = ["| configuration | minus | n | seeds | mean difference | 95% interval | per seed | ahead on |",
+    lines = ["| configuration | minus | n | seeds | mean difference (bold: interval excludes 0) | 95% interval | per seed "
+             "| ahead on |",
              "|---|---|---|---|---|---|---|---|"]
     for _, r in d.iterrows():
         ci = "n = 1: none" if r["n"] < 2 else f"[{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]"
-        lines.append(f"| {r['label']} | {r['baseline']} | {r['n']} | {r['seeds']} | **{r['mean_diff']:+.{digits}f}** | "
+        mean = f"{r['mean_diff']:+.{digits}f}"
+        if r["n"] >= 2 and (r["ci_low"] > 0 or r["ci_high"] < 0):  # bold: beyond the seed noise
+            mean = f"**{mean}**"
+        lines.append(f"| {r['label']} | {r['baseline']} | {r['n']} | {r['seeds']} | {mean} | "
                      f"{ci} | {r['per_seed']} | {r['ahead']} |")
     return lines
 
