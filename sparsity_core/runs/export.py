@@ -2,8 +2,9 @@
 as its sweep (``checkpoints/runs/``), without a single weight.
 
 Each run becomes ``OUT/<its path below DIR>/svite-run.json`` (:mod:`records`): its table row, its
-training config and its curves. Runs that are themselves records are not exported again, and ``OUT``
-may not lie inside ``DIR`` (the next index would list every run twice).
+training config and its curves. Runs that are themselves records are not exported again, nor are runs
+still going (a record is frozen: it would say "running" for ever; they are named in the notes), and
+``OUT`` may not lie inside ``DIR`` (the next index would list every run twice).
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ def export_records(root: str | Path, out: str | Path) -> tuple[list[Path], list[
         raise SviteError(f"--export {out}: lies inside {root}; the next index would list every run twice")
     runs, notes = index_runs(root)
     written = []
-    for row in runs[runs["source"] != "record"].to_dict("records"):
+    running = runs["status"] == "running"  # a record is frozen: "running" would stay so for ever
+    notes = [*notes, *(f"{name}: still running, not exported (export again when it has finished)"
+                       for name in runs.loc[running, "name"])]
+    for row in runs[(runs["source"] != "record") & ~running].to_dict("records"):
         path = Path(row["path"])
         curves = run_curves(path, row["source"])
         tables = curves.as_record()
