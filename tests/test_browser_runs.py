@@ -64,3 +64,31 @@ def test_pick_a_run_on_the_runs_page_and_see_its_curve_on_overview(server, tmp_p
         curve.scroll_into_view_if_needed()
         pg.screenshot(path=str(ARTIFACTS / "overview_curve.png"))
         ctx.close()
+
+
+def test_the_shipped_sweep_at_1920x1080(tmp_path):
+    """The sweep a fresh clone opens on, as a presenter sees it: the Runs page's first screen, the paper's
+    plots (top-1 against density and FLOPs) and the learning curves with the topology updates."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(tmp_path, ROOT / "checkpoints" / "runs") as url, sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM),
+                                                    args=CHROME_ARGS, headless=True,
+                                                    viewport={"width": 1920, "height": 1080})
+        pg = ctx.pages[0] if ctx.pages else ctx.new_page()
+        pg.set_default_timeout(60_000)
+        pg.goto(url)
+        pg.wait_for_selector('h1:has-text("Runs")')
+        pg.wait_for_selector(".js-plotly-plot")
+        _settle(pg)
+        _no_errors(pg, "Runs")
+        pg.screenshot(path=str(ARTIFACTS / "shipped_sweep_first_screen.png"))
+        for title, name in (("against density", "shipped_sweep_vs_density"), ("Learning curves", "shipped_sweep_curves")):
+            plot = pg.locator(".js-plotly-plot", has_text=title).first
+            plot.wait_for()
+            plot.scroll_into_view_if_needed()
+            _settle(pg)
+            assert plot.locator(".scatterlayer .trace").count() >= 5, title  # five methods at least
+            pg.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        ctx.close()

@@ -94,7 +94,7 @@ def test_without_a_runs_dir_the_app_opens_on_the_shipped_records(folder, tmp_pat
     assert len(written) == 3 and sum(p.stat().st_size for p in written) < 64_000
     assert notes[-1] == "a/dense_s2: still running, not exported (export again when it has finished)"
     monkeypatch.delenv("SVITE_RUNS_DIR", raising=False)
-    monkeypatch.setattr(settings, "REPO_ROOT", tmp_path / "clone")  # a fresh clone: no runs/ of its own
+    monkeypatch.setattr(settings, "runs_dir", lambda: tmp_path / "clone" / "runs")  # a fresh clone: no runs/
     monkeypatch.setenv("SVITE_CHECKPOINTS_DIR", str(ckpts))
     monkeypatch.setenv("SVITE_UPLOADS_DIR", str(tmp_path / "uploads"))
     at = AppTest.from_file(APP, default_timeout=60).run()  # the default page
@@ -119,3 +119,26 @@ def test_a_run_that_appears_or_stops_shows_up_without_a_restart(env):
     assert table.loc["late/svite_s5", "status"] == "finished"
     assert table.loc["a/dense_s2", "status"] == "failed"
     assert "without an end record" in table.loc["a/dense_s2", "last error"]
+
+
+def test_the_shipped_sweep_opens_first_with_every_method_over_five_seeds(tmp_path, monkeypatch):
+    """The sweep this repository ships (checkpoints/runs/, records without weights): a fresh clone opens on
+    it, every method of the paper with its baselines over 5 seeds, and paired differences against dense and
+    static over the seeds they share, from the same function as the docs' tables."""
+    monkeypatch.delenv("SVITE_RUNS_DIR", raising=False)
+    monkeypatch.setattr(settings, "runs_dir", lambda: tmp_path / "clone" / "runs")
+    monkeypatch.setenv("SVITE_UPLOADS_DIR", str(tmp_path / "uploads"))
+    shipped = ROOT / "checkpoints" / "runs"
+    records = list(shipped.rglob(runs.RECORD_NAME))
+    assert sum(p.stat().st_size for p in records) <= 2 * 2**20
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception and not at.error and [t.value for t in at.title] == ["Runs"]
+    table = at.dataframe[0].value
+    assert len(table) == len(records) and set(table["status"]) == {"finished"}
+    grouped = at.dataframe[1].value.set_index("configuration")
+    for method in ("dense", "static", "SViTE", "S²ViTE", "SViTE+"):
+        rows = grouped[grouped["method"] == method]
+        assert (rows["n"] >= 5).any(), f"{method}: fewer than 5 seeds in the shipped sweep"
+    diffs = at.dataframe[2].value
+    assert {"dense", "static"} <= set(diffs["minus"])
+    assert (diffs["n"] >= 5).any() and diffs.loc[diffs["n"] >= 2, "95% low"].notna().all()
