@@ -256,7 +256,7 @@ def _add_runs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="a folder of runs: grouped by seed, paired differences, or exported as records",
                        description="Find every run below DIR (any depth; headers and logs only, no weights), print "
                        "the table grouped by configuration (mean ± std over seeds) and the paired differences "
-                       "against the baselines with 95%% intervals, the same numbers as the app's Runs page.")
+                       "against the baselines with 95% intervals, the same numbers as the app's Runs page.")
     p.add_argument("dir")
     p.add_argument("--baseline", action="append", default=None, metavar="LABEL",
                    help="compare with this configuration (repeat; default: the dense and static ones)")
