@@ -212,6 +212,11 @@ def empty_help() -> None:
             "`bash scripts/app.sh --runs DIR` (SVITE_RUNS_DIR).")
 
 
+#: Overview's curve in talk mode: below the title, the sentence and the four numbers, it must end on a
+#: 1080 px screen (the browser test measures it).
+TALK_CURVE_HEIGHT = 540
+
+
 def checkpoint_curve(path: str) -> None:
     """Overview's learning curve of the picked checkpoint (its own per-epoch metrics, or the
     metrics.jsonl beside it), with its topology updates; while its run is running it redraws itself
@@ -221,13 +226,18 @@ def checkpoint_curve(path: str) -> None:
     @st.fragment(run_every=FOLLOW_S if running else None)
     def _draw() -> None:
         c = sweep.checkpoint_curves(path)
-        st.subheader("Learning curve" + (" (running: updates every few seconds)" if running else ""))
+        talk = ui.talk_mode()  # the figure is the first screen's headline there: no subheader above it
+        if not talk or running or c.empty:
+            st.subheader("Learning curve" + (" (running: updates every few seconds)" if running else ""))
         if c.empty:
             st.caption(c.note.capitalize() + ".")
             return
         name = ui.current_label()
         item = {"name": name, "label": name, "method": _method_label(path), "seed": None, "curves": c}
-        ui.show_figure(run_figures.learning_curves([item], chance=_chance_of(path)), key="overview_curve")
+        fig = run_figures.learning_curves([item], chance=_chance_of(path))
+        meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+        fig.update_layout(meta={**meta, "talk_height": TALK_CURVE_HEIGHT})
+        ui.show_figure(fig, key="overview_curve")
         st.caption(f"From {'the ' + c.source if c.source != 'checkpoint' else 'the checkpoint itself'} "
                    f"(per-epoch validation; training loss and learning rate at every logged step where a log exists). "
                    "▲: a topology update (hover for its step, prune rate and weights moved).")
