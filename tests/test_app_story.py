@@ -116,3 +116,12 @@ def test_the_runs_sentence_judges_the_best_configuration_against_the_seed_noise(
     assert story.runs(2, groups.assign(n=0), diffs.iloc[0:0]) == "2 runs, none finished yet."
     one = groups.assign(n=1, std=float("nan"))
     assert story.runs(3, one, diffs.iloc[0:0]) == "3 runs of 3 configurations. Best: dense, 87.5% top-1 (1 seed)."
+    # dense and static as the baselines (the page's default): dense is best, so the best of the others is named
+    against = pd.DataFrame({"label": ["SViTE 0.5", "SViTE 0.5", "static 0.5"], "baseline": ["dense", "static 0.5", "dense"],
+                            "mean_diff": [-5.3, -0.4, -4.9], "ci_low": [-9.6, -4.0, -10.3], "ci_high": [-1.0, 3.2, 0.5]})
+    text = story.runs(9, groups, against)
+    assert text.startswith("9 runs of 3 configurations. Best: dense, 87.5% top-1 (± 2.2 over 3 seeds). Best of the "
+                           "others: SViTE 0.5, 82.2% top-1 (± 1.5 over 3 seeds): -5.3 points against dense (95% "
+                           "interval -9.6 to -1.0); -0.4 points against static 0.5 (95% interval -4.0 to +3.2: within "
+                           "the seed noise).")
+    assert "static 0.5, 82.6%" not in text  # a baseline is not one of "the others"
