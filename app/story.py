@@ -145,8 +145,9 @@ def runs(n_runs: int, groups: pd.DataFrame, diffs: pd.DataFrame) -> str:
     text = f"{n_runs} runs of {len(groups)} configurations. Best: {_config_line(best)}"
     parts = _against_baselines(best, diffs)
     text += ("; " + "; ".join(parts) if parts else "") + "."
-    others = done[~done["label"].isin(set(diffs["baseline"]))] if len(diffs) else done.iloc[0:0]
-    if best["label"] in set(diffs["baseline"]) and len(others):
+    baselines = set(diffs["baseline"]) if len(diffs) and "baseline" in diffs else set()
+    others = done[~done["label"].isin(baselines)]
+    if best["label"] in baselines and len(others):
         other = others.loc[others["mean"].idxmax()]
         parts = _against_baselines(other, diffs)
         text += f" Best of the others: {_config_line(other)}" + (": " + "; ".join(parts) if parts else "") + "."
@@ -161,6 +162,8 @@ def _config_line(g: pd.Series) -> str:
 
 def _against_baselines(g: pd.Series, diffs: pd.DataFrame) -> list[str]:
     parts = []
+    if not len(diffs) or "baseline" not in diffs:  # no baselines picked
+        return []
     for _, d in diffs[diffs["label"] == g["label"]].iterrows():
         if pd.isna(d["ci_low"]):
             parts.append(f"{d['mean_diff']:+.1f} points against {d['baseline']} (too few paired seeds for an interval)")
