@@ -75,6 +75,24 @@ def test_paired_differences_match_hand_computed_values():
     assert g.loc["A", "std"] == pytest.approx(math.sqrt(7.0)) and g.loc["B", "mean"] == pytest.approx(82.2)
 
 
+def test_static_baselines_at_several_densities_each_pair_with_their_own_density():
+    """Static masks at 0.5 and 0.1 are both baselines; SViTE at 0.1 is compared with static at 0.1 (and with
+    dense), never with static at 0.5; one baseline per method is compared with everything."""
+    rows = []
+    for label, method, density, top1 in [("dense", "dense", 1.0, 90.0), ("static d0.5", "static", 0.5, 85.0),
+                                         ("static d0.1", "static", 0.1, 60.0), ("svite d0.5", "SViTE", 0.5, 86.0),
+                                         ("svite d0.1", "SViTE", 0.1, 63.0)]:
+        for seed in (0, 1):
+            rows.append({"name": f"{label}_s{seed}", "group": label, "method_label": method, "method": method,
+                         "seed": seed, "top1": top1 + seed, "density": density, "status": "finished"})
+    t = index_module.table(rows)
+    assert runs.default_baselines(t) == ["dense", "static d0.5", "static d0.1"]
+    d = runs.paired_differences(t)
+    pairs = {(r.label, r.baseline): r.mean_diff for r in d.itertuples()}
+    assert pairs == {("svite d0.5", "dense"): -4.0, ("svite d0.1", "dense"): -27.0,
+                     ("svite d0.5", "static d0.5"): 1.0, ("svite d0.1", "static d0.1"): 3.0}
+
+
 def test_one_shared_seed_gives_a_difference_without_an_interval():
     d = runs.paired_differences(_table({"A": {0: 70.0}, "B": {0: 68.5, 1: 60.0}}), ["B"]).iloc[0]
     assert d["n"] == 1 and d["mean_diff"] == pytest.approx(1.5) and math.isnan(d["ci_low"]) and math.isnan(d["sd"])
