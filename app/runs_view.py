@@ -163,7 +163,8 @@ def _accuracy_fig(digest: int, _shown: pd.DataFrame, x: str, talk: bool) -> Any:
 
 
 def paper_plots(shown: pd.DataFrame) -> None:
-    st.subheader("Accuracy against density and FLOPs")
+    if not ui.talk_mode():  # in talk mode these are the first screen's headline: the figures' titles say it
+        st.subheader("Accuracy against density and FLOPs")
     digest = int(pd.util.hash_pandas_object(shown[["name", "status", "top1", "density", "flops_pct"]]).sum())
     for column, x in zip(st.columns(2), ("density", "flops_pct"), strict=True):
         with column:
@@ -176,8 +177,10 @@ def curves(shown: pd.DataFrame, picked: pd.DataFrame) -> None:
     st.subheader("Learning curves")
     rows = picked if len(picked) else shown
     if not len(picked) and len(shown) > MAX_OVERLAY:
-        st.info(f"{len(shown)} runs: pick up to {MAX_OVERLAY} in the table above (or filter) to overlay their curves.")
-        return
+        rows = _overlay_default(shown)
+        st.caption(f"{len(shown)} runs: drawn here are {len(rows)}, every seed of the baselines and of the best "
+                   f"configurations ({', '.join(dict.fromkeys(rows['label']))}). Pick runs in the table above (or "
+                   f"filter) to overlay others, up to {MAX_OVERLAY}.")
     with ui.controls("Curves"):
         x = st.radio("Against", ["step", "epoch"], horizontal=True, key="runs_curve_x")
     items = sweep.curves_for(rows)
@@ -189,6 +192,22 @@ def curves(shown: pd.DataFrame, picked: pd.DataFrame) -> None:
     ui.show_figure(fig, key="runs_curves")
     st.caption("▲ on the top-1 panel's floor: a topology update (hover for its step, prune rate and the weights it "
                "moved). Fired rate: the fraction of sparsified weights that were ever active up to that step.")
+
+
+def _overlay_default(shown: pd.DataFrame) -> pd.DataFrame:
+    """Too many runs to overlay: the baselines' and then the best configurations' runs (finished ones, by
+    mean top-1), whole configurations only, up to MAX_OVERLAY runs."""
+    done = shown[shown["status"] == "finished"]
+    g = core_runs.groups(done) if len(done) else None
+    if g is None or g.empty:
+        return shown.head(MAX_OVERLAY)
+    bases = [b for b in core_runs.default_baselines(done) if b in set(g["label"])]
+    order = bases + [label for label in g.sort_values("mean", ascending=False)["label"] if label not in bases]
+    picked: list[str] = []
+    for label in order:
+        if (done["label"].isin([*picked, label])).sum() <= MAX_OVERLAY:
+            picked.append(label)
+    return done[done["label"].isin(picked)]
 
 
 def follow(table: pd.DataFrame) -> None:
