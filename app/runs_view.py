@@ -117,7 +117,7 @@ def story_of(shown: pd.DataFrame, metric: str = "top1") -> str:
     """The page's one sentence: the best configuration and its paired differences against the baselines."""
     g = core_runs.groups(shown, metric)
     bases = [b for b in core_runs.default_baselines(shown) if b in set(g["label"])]
-    return story.runs(len(shown), g, core_runs.paired_differences(shown, bases, metric) if bases else g.iloc[0:0])
+    return story.runs(len(shown), g, core_runs.paired_differences(shown, bases, metric))
 
 
 def grouped(shown: pd.DataFrame, metric: str = "top1") -> None:
@@ -198,15 +198,16 @@ def _overlay_default(shown: pd.DataFrame) -> pd.DataFrame:
     """Too many runs to overlay: the baselines' and then the best configurations' runs (finished ones, by
     mean top-1), whole configurations only, up to MAX_OVERLAY runs."""
     done = shown[shown["status"] == "finished"]
-    g = core_runs.groups(done) if len(done) else None
-    if g is None or g.empty:
+    if done.empty:
         return shown.head(MAX_OVERLAY)
+    g = core_runs.groups(done)
     bases = [b for b in core_runs.default_baselines(done) if b in set(g["label"])]
     order = bases + [label for label in g.sort_values("mean", ascending=False)["label"] if label not in bases]
-    picked: list[str] = []
+    size, picked, total = done["label"].value_counts(), [], 0
     for label in order:
-        if (done["label"].isin([*picked, label])).sum() <= MAX_OVERLAY:
+        if total + size[label] <= MAX_OVERLAY:
             picked.append(label)
+            total += size[label]
     return done[done["label"].isin(picked)]
 
 

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sparsity_core import runs as core_runs
+
 METHOD_NAMES = {"svite": "SViTE", "s2vite": "S²ViTE", "static": "Static masks", "oneshot": "One-shot pruning",
                 "dense": "The dense model", "s2vite-compact": "The compacted S²ViTE model"}
 
@@ -145,7 +147,7 @@ def runs(n_runs: int, groups: pd.DataFrame, diffs: pd.DataFrame) -> str:
     text = f"{n_runs} runs of {len(groups)} configurations. Best: {_config_line(best)}"
     parts = _against_baselines(best, diffs)
     text += ("; " + "; ".join(parts) if parts else "") + "."
-    baselines = set(diffs["baseline"]) if len(diffs) and "baseline" in diffs else set()
+    baselines = set(diffs["baseline"])
     others = done[~done["label"].isin(baselines)]
     if best["label"] in baselines and len(others):
         other = others.loc[others["mean"].idxmax()]
@@ -162,13 +164,11 @@ def _config_line(g: pd.Series) -> str:
 
 def _against_baselines(g: pd.Series, diffs: pd.DataFrame) -> list[str]:
     parts = []
-    if not len(diffs) or "baseline" not in diffs:  # no baselines picked
-        return []
     for _, d in diffs[diffs["label"] == g["label"]].iterrows():
         if pd.isna(d["ci_low"]):
             parts.append(f"{d['mean_diff']:+.1f} points against {d['baseline']} (too few paired seeds for an interval)")
             continue
-        noise = d["ci_low"] <= 0 <= d["ci_high"]
+        noise = not core_runs.beyond_seed_noise(d["ci_low"], d["ci_high"])
         parts.append(f"{d['mean_diff']:+.1f} points against {d['baseline']} (95% interval {d['ci_low']:+.1f} to "
                      f"{d['ci_high']:+.1f}{': within the seed noise' if noise else ''})")
     return parts

@@ -9,6 +9,7 @@ training config is identical in every field that decides the outcome is reused i
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import sparsity_core  # noqa: E402,F401  (before timm)
@@ -100,15 +102,15 @@ def train_run(experiment: str, name: str, fields: dict, seed: int, shared_name: 
 def finished_runs(experiment: str, configs: dict[str, dict], seeds: list[int], *, seed_major: bool = False,
                   shared_names: dict[str, str] | None = None):
     """Every finished run of these configs (name -> TrainConfig fields) and seeds, in method-major order
-    (or seed-major): yields (name, seed, run directory, loaded checkpoint, its metrics, wall seconds or None)."""
+    (or seed-major): yields (name, seed, run directory, loaded checkpoint, its metrics, :func:`train_seconds`)."""
     order = [(n, s) for s in seeds for n in configs] if seed_major else [(n, s) for n in configs for s in seeds]
     for name, seed in order:
         run = find_run(experiment, name, configs[name], seed, (shared_names or {}).get(name))
-        if not is_complete(run):
+        if not (run / CHECKPOINT_NAME).exists():
             continue
-        loaded = load_checkpoint(run / CHECKPOINT_NAME)
-        wall = run / "wall_s.txt"
-        yield name, seed, run, loaded, loaded.meta.get("metrics", {}), float(wall.read_text()) if wall.exists() else None
+        loaded = load_checkpoint(run / CHECKPOINT_NAME)  # once: is_complete() would load it a second time
+        if loaded.meta.get("complete"):
+            yield name, seed, run, loaded, loaded.meta.get("metrics", {}), train_seconds(run)
 
 
 def train_seconds(run: Path) -> float:
@@ -122,15 +124,22 @@ def train_seconds(run: Path) -> float:
     return sum(per_epoch.values())
 
 
+@functools.cache
+def _run_table() -> pd.DataFrame:
+    """Every run below ``runs/``, labelled; indexed once per process (a script writes several tables from it,
+    after its training is done)."""
+    table, _ = index_runs(RUNS_ROOT)
+    return with_labels(table) if len(table) else table
+
+
 def sweep_summary(labels: list[str], baselines: list[str]) -> list[str]:
     """The grouped table (mean ± std over seeds) and the paired differences with 95% intervals of these
     configurations (run folder names without ``_s<seed>``), found anywhere below ``runs/``: the function the
     app's Runs page and ``svite runs`` use (``sparsity_core.runs.results_markdown``), so the docs and the
     app cannot disagree."""
-    table, _ = index_runs(RUNS_ROOT)
+    table = _run_table()
     if table.empty:
         return ["No runs yet."]
-    table = with_labels(table)
     picked = table[table["label"].isin(labels)]
     return results_markdown(picked, baselines=[b for b in baselines if b in set(picked["label"])]).splitlines()
 

@@ -25,7 +25,6 @@ from _experiment import (  # noqa: E402
     method_experiment_main,
     sweep_summary,
     train_run,
-    train_seconds,
     write_results,
 )
 
@@ -68,11 +67,11 @@ def run_all(seeds: list[int], methods: list[str]) -> None:
 def collect(seeds: list[int]) -> pd.DataFrame:
     rows = []
     configs = {name: {**RECIPE, **fields} for name, fields in METHODS.items()}
-    for name, seed, run, loaded, metrics, _wall in finished_runs(EXPERIMENT, configs, seeds, seed_major=True):
+    for name, seed, run, loaded, metrics, train_s in finished_runs(EXPERIMENT, configs, seeds, seed_major=True):
         row = {"method": name, "seed": seed, "top1": metrics.get("val_top1"), "top5": metrics.get("val_top5"),
                "params": count_parameters(loaded.model)["params"],
                "flops": count_flops(loaded.model, loaded.masks, loaded.units)["sparse"],
-               "wall_s": train_seconds(run), "run": str(run.relative_to(ROOT))}
+               "wall_s": train_s, "run": str(run.relative_to(ROOT))}
         if loaded.units is not None:
             small, _ = compact(loaded)
             data = build_data("demo", img_size=32, patch_size=4, seed=seed, train_size=1,
@@ -84,13 +83,10 @@ def collect(seeds: list[int]) -> pd.DataFrame:
                        alive_heads=sum(int(m.sum()) for n, m in loaded.units.items() if n.endswith(".heads")),
                        alive_neurons=sum(int(m.sum()) for n, m in loaded.units.items()
                                          if n.endswith(".neurons")))
-            row.update(heads_per_block=" ".join(f"{int(loaded.units[f'blocks.{i}.attn.heads'].sum())}/"
-                                                f"{int(fired[f'blocks.{i}.attn.heads'].sum())}"
-                                                for i in range(len(loaded.model.blocks))),
-                       blocks_explored=sum(int(fired[f"blocks.{i}.attn.heads"].sum())
-                                           > int(loaded.units[f"blocks.{i}.attn.heads"].sum())
-                                           for i in range(len(loaded.model.blocks))),
-                       blocks=len(loaded.model.blocks))
+            heads = [(int(loaded.units[f"blocks.{i}.attn.heads"].sum()), int(fired[f"blocks.{i}.attn.heads"].sum()))
+                     for i in range(len(loaded.model.blocks))]  # (alive, ever alive) per block
+            row.update(heads_per_block=" ".join(f"{alive}/{ever}" for alive, ever in heads),
+                       blocks_explored=sum(ever > alive for alive, ever in heads), blocks=len(heads))
             row.update(zero_qk_heads=_alive_heads_without_query_or_key(loaded),
                        min_neuron_gain=min(int(fired[n].sum()) - int(loaded.units[n].sum())
                                            for n in loaded.units if n.endswith(".neurons")))

@@ -32,7 +32,6 @@ from _experiment import (  # noqa: E402
     finished_runs,
     sweep_summary,
     train_run,
-    train_seconds,
     write_results,
 )
 
@@ -83,13 +82,13 @@ def run_all(base: str, seeds: list[int], only: str | None = None) -> None:
 def collect(base: str, seeds: list[int]) -> pd.DataFrame:
     rows = []
     vals = {seed: DemoShapes("val", RECIPE["val_size"], seed=seed) for seed in seeds}
-    for name, seed, run, loaded, metrics, _wall in finished_runs(EXPERIMENT, configs(base), seeds, seed_major=True,
+    for name, seed, run, loaded, metrics, train_s in finished_runs(EXPERIMENT, configs(base), seeds, seed_major=True,
                                                                 shared_names=SHARED_NAMES):
         val = vals[seed]
         row = {"config": name, "seed": seed, "top1": metrics.get("val_top1"), "top5": metrics.get("val_top5"),
                "density": metrics.get("density"),
                "mflops": count_flops(loaded.model, loaded.masks, loaded.units)["sparse"] / 1e6,
-               "wall_s": train_seconds(run), "run": str(run.relative_to(ROOT)),
+               "wall_s": train_s, "run": str(run.relative_to(ROOT)),
                "recall": None, "recall_untrained": None, "recall_fixed_mask": None, "keep_ratio": None}
         selector = getattr(loaded.model, "token_selector", None)
         if selector is not None:

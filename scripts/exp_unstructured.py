@@ -25,7 +25,6 @@ from _experiment import (  # noqa: E402
     method_experiment_main,
     sweep_summary,
     train_run,
-    train_seconds,
     write_results,
 )
 
@@ -86,8 +85,7 @@ def run_all(seeds: list[int], methods: list[str]) -> None:
 def collect(seeds: list[int]) -> pd.DataFrame:
     rows = []
     configs = {name: {**RECIPE, **fields} for name, fields in METHODS.items()}
-    for name, seed, run, loaded, metrics, _wall in finished_runs(EXPERIMENT, configs, seeds):
-        train_s = train_seconds(run)
+    for name, seed, run, loaded, metrics, train_s in finished_runs(EXPERIMENT, configs, seeds):
         updates = sum(1 for s in loaded.history if s.info.get("event") == "update")
         young = young_pruning(loaded.history) if updates > 1 and name != "oneshot" else None
         first = next((snap.step for snap in loaded.history if snap.info.get("event") == "update"), None)

@@ -13,6 +13,7 @@ from .identity import group_key, outcome_fields
 from .index import COLUMNS, RunIndex, index_runs, read_run
 from .records import read_record
 from .stats import (
+           beyond_seed_noise,
            default_baselines,
            groups,
            labels,
@@ -24,7 +25,7 @@ from .stats import (
 from .tables import results_markdown, runs_document, status_line
 from .walk import RECORD_NAME, find_runs
 
-__all__ = ["COLUMNS", "RECORD_NAME", "Curves", "RunIndex", "checkpoint_curves", "default_baselines",
+__all__ = ["COLUMNS", "RECORD_NAME", "Curves", "RunIndex", "beyond_seed_noise", "checkpoint_curves", "default_baselines",
            "export_records", "find_runs", "group_key", "groups", "index_runs", "labels", "method_label", "outcome_fields",
            "paired_differences", "pareto_front", "read_record", "read_run", "results_markdown", "run_curves",
            "runs_document", "status_line", "t_interval", "with_labels"]

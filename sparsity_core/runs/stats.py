@@ -109,6 +109,11 @@ def t_interval(diffs: np.ndarray, level: float = 0.95) -> tuple[float, float, fl
     return mean, mean - half, mean + half
 
 
+def beyond_seed_noise(ci_low: float, ci_high: float) -> bool:
+    """Does a paired difference's interval exclude 0? (False without an interval: NaN bounds.)"""
+    return bool(ci_low > 0 or ci_high < 0)
+
+
 def paired_differences(runs: pd.DataFrame, baselines: list[str] | None = None, metric: str = "top1") -> pd.DataFrame:
     """Each configuration minus each baseline configuration, over the seeds both finished: n, mean,
     95% t-interval, sd, the per-seed differences and on how many seeds it was ahead. Baselines
@@ -121,11 +126,11 @@ def paired_differences(runs: pd.DataFrame, baselines: list[str] | None = None, m
     by_label = {label: by_label[label] for label in order}
     rows = []
     bases = [b for b in (baselines if baselines is not None else default_baselines(runs)) if b in by_label]
-    nearest = _nearest_baseline(runs, bases)
+    compared_with = _baselines_of(runs, list(by_label), bases)
     for base in bases:
         b = by_label[base]
         for label, a in by_label.items():
-            if label in bases or base not in nearest(label):  # baselines are not compared with each other
+            if label in bases or base not in compared_with[label]:  # baselines are not compared with each other
                 continue
             shared = a.index.intersection(b.index)
             if not len(shared):
@@ -139,7 +144,7 @@ def paired_differences(runs: pd.DataFrame, baselines: list[str] | None = None, m
     return pd.DataFrame(rows, columns=DIFF_COLUMNS)
 
 
-def _nearest_baseline(runs: pd.DataFrame, bases: list[str]):
+def _baselines_of(runs: pd.DataFrame, labels: list[str], bases: list[str]) -> dict[str, set[str]]:
     """``label -> the baselines it is compared with``: every baseline whose method no other baseline has,
     and of those sharing a method, the one nearest the label's density (the first of equals)."""
     density = runs.groupby("label", sort=False)["density"].median()
@@ -147,19 +152,17 @@ def _nearest_baseline(runs: pd.DataFrame, bases: list[str]):
     shared: dict[str, list[str]] = {}
     for b in bases:
         shared.setdefault(str(method[b]), []).append(b)
-
-    def compared_with(label: str) -> set[str]:
-        out = set()
+    out: dict[str, set[str]] = {}
+    for label in labels:
+        out[label] = set()
         for same in shared.values():
             if len(same) == 1 or pd.isna(density.get(label)):
-                out |= set(same)
+                out[label] |= set(same)
                 continue
             gaps = [abs(float(density[b]) - float(density[label])) if pd.notna(density[b]) else math.inf
                     for b in same]
-            out.add(same[int(np.argmin(gaps))])
-        return out
-
-    return compared_with
+            out[label].add(same[int(np.argmin(gaps))])
+    return out
 
 
 def default_baselines(runs: pd.DataFrame) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from .stats import default_baselines, groups, paired_differences, with_labels
+from .stats import beyond_seed_noise, default_baselines, groups, paired_differences, with_labels
 
 METRIC_NAMES = {"top1": "top-1 %", "top5": "top-5 %"}
 
@@ -48,7 +48,7 @@ def diff_markdown(d: pd.DataFrame, digits: int = 2) -> list[str]:
     for _, r in d.iterrows():
         ci = "n = 1: none" if r["n"] < 2 else f"[{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]"
         mean = f"{r['mean_diff']:+.{digits}f}"
-        if r["n"] >= 2 and (r["ci_low"] > 0 or r["ci_high"] < 0):  # bold: beyond the seed noise
+        if beyond_seed_noise(r["ci_low"], r["ci_high"]):  # bold
             mean = f"**{mean}**"
         lines.append(f"| {r['label']} | {r['baseline']} | {r['n']} | {r['seeds']} | {mean} | "
                      f"{ci} | {r['per_seed']} | {r['ahead']} |")
