@@ -49,6 +49,15 @@ METHODS = {
     "svite_d02": dict(SVITE, density=0.2),
     "static_d01": dict(method="static", density=0.1, sparse_init="fixed_ERK"),
     "svite_d01": dict(SVITE, density=0.1),
+    # the sparse end (issue 27): where exploration should pay if it pays anywhere on this data
+    "static_d005": dict(method="static", density=0.05, sparse_init="fixed_ERK"),
+    "svite_d005": dict(SVITE, density=0.05),
+    "static_d002": dict(method="static", density=0.02, sparse_init="fixed_ERK"),
+    "svite_d002": dict(SVITE, density=0.02),
+    # the alternative start as a paired arm at the sparse end: updates from the end of the LR warm-up
+    # instead of the loss plateau's end (the plateau lasts longer the sparser the network)
+    "svite_warmup_d005": dict(SVITE, density=0.05, update_start="warmup"),
+    "svite_warmup_d002": dict(SVITE, density=0.02, update_start="warmup"),
     # ablations (--methods NAME): the moments of grown weights zeroed (our former default); updates from the
     # end of the LR warm-up instead of the loss plateau's end
     "svite_zero": dict(SVITE, grown_moments="zero"),
@@ -67,7 +76,9 @@ ABLATIONS = ["svite_mature", "svite_warmup", "svite_zero", "svite_active"]
 POINTS = {0.5: (["dense", "static", "oneshot", "svite", "svite_mature", "svite_warmup", "svite_zero", "svite_active"],
                 ["dense", "static"]),
           0.2: (["dense", "static_d02", "svite_d02"], ["dense", "static_d02"]),
-          0.1: (["dense", "static_d01", "svite_d01", "svite_mature_d01"], ["dense", "static_d01"])}
+          0.1: (["dense", "static_d01", "svite_d01", "svite_mature_d01"], ["dense", "static_d01"]),
+          0.05: (["dense", "static_d005", "svite_d005", "svite_warmup_d005"], ["dense", "static_d005"]),
+          0.02: (["dense", "static_d002", "svite_d002", "svite_warmup_d002"], ["dense", "static_d002"])}
 
 
 def arm_fields(name: str) -> dict:

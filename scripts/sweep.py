@@ -19,7 +19,14 @@ The phases, in the order they run (each phase's jobs seed-major, so that a parti
    exploration costs (S2ViTE with the former head growth rule);
 4. the mechanism test when SViTE does not beat static masks (``--phases 4``): weights grown at one update
    are pruned at the next only after every older weight (``--death magnitude-mature``), at density 0.5;
-5. the same at density 0.1 (``--phases 5``).
+5. the same at density 0.1 (``--phases 5``);
+6. the sparse end: static and SViTE at density 0.05 (``--phases 6``), and
+7. at 0.02 (``--phases 7``);
+8. the alternative start at the sparse end, paired with 6 and 7: updates from the end of the LR warm-up
+   instead of the loss plateau's end (``--phases 8``).
+
+``--jobs PHASE:SEEDS`` picks seeds per phase (``--jobs 3:3,4 6:0-4``); the issue-27 batch is
+``--jobs 3u:3,4 6:0-4 5:0-4 7:0-4`` (``3u``: phase 3 without the S2ViTE ablation).
 
 A log line per job start and end (with its wall time) goes to stdout and ``runs/sweep.log``.
 """
@@ -47,6 +54,9 @@ PHASES: dict[int, list[tuple[str, str]]] = {
         ("exp_unstructured", "static_d01"), ("exp_unstructured", "svite_d01"), ("exp_structured", "s2vite_gradnorm")],
     4: [("exp_unstructured", "svite_mature")],
     5: [("exp_unstructured", "svite_mature_d01")],
+    6: [("exp_unstructured", "static_d005"), ("exp_unstructured", "svite_d005")],
+    7: [("exp_unstructured", "static_d002"), ("exp_unstructured", "svite_d002")],
+    8: [("exp_unstructured", "svite_warmup_d005"), ("exp_unstructured", "svite_warmup_d002")],
 }
 LOG = ROOT / "runs" / "sweep.log"
 
@@ -74,6 +84,26 @@ def jobs(phases: list[int], seeds: list[int]) -> list[tuple[str, str, int]]:
     return [(exp, name, seed) for phase in phases for seed in seeds for exp, name in PHASES[phase]]
 
 
+def _seeds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def parse_jobs(specs: list[str]) -> list[tuple[str, str, int]]:
+    """``PHASE:SEEDS`` items in order (``3u``: phase 3's unstructured arms only), each phase seed-major."""
+    todo = []
+    for spec in specs:
+        phase, _, seeds = spec.partition(":")
+        arms = PHASES[int(phase.rstrip("u"))]
+        if phase.endswith("u"):
+            arms = [a for a in arms if a[0] == "exp_unstructured"]
+        todo += [(exp, name, seed) for seed in _seeds(seeds or "0-4") for exp, name in arms]
+    return todo
+
+
 def _log(line: str) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     print(f"{stamp} {line}", flush=True)
@@ -99,6 +129,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phases", type=int, nargs="+", default=[1, 2, 3], choices=sorted(PHASES))
     parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
+    parser.add_argument("--jobs", nargs="+", metavar="PHASE:SEEDS",
+                        help="phases with their own seeds, in order (e.g. 3u:3,4 6:0-4); overrides --phases/--seeds")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--one", nargs=3, metavar=("EXPERIMENT", "ARM", "SEED"), help=argparse.SUPPRESS)
@@ -106,7 +138,7 @@ def main() -> int:
     if args.one:
         train_one(args.one[0], args.one[1], int(args.one[2]))
         return 0
-    todo = jobs(args.phases, args.seeds)
+    todo = parse_jobs(args.jobs) if args.jobs else jobs(args.phases, args.seeds)
     if args.list:
         from _experiment import find_run, is_complete
 
