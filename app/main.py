@@ -24,7 +24,7 @@ if _starting is not None:
                    icon=":material/hourglass_top:")
 
 import sparsity_core  # noqa: E402,F401  (before timm: installs the torchvision shim, keeps the hub offline)
-from app import ui  # noqa: E402
+from app.widgets import ui  # noqa: E402
 
 if _starting is not None:
     _starting.empty()

@@ -62,8 +62,8 @@ def make_checkpoint(path: Path, snapshots: int = 20, density: float = 0.5, swap:
 
     import sparsity_core  # noqa: F401
     from sparsity_core.checkpoint import save_checkpoint
-    from sparsity_core.masks import MaskSet, Snapshot, default_sparsifiable
-    from sparsity_core.models import ModelConfig, build_model
+    from sparsity_core.masks.maskset import MaskSet, Snapshot, default_sparsifiable
+    from sparsity_core.models.builder import ModelConfig, build_model
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -108,9 +108,9 @@ def child(page: str, ckpt_dir: Path) -> dict:
     import torch
     from streamlit.testing.v1 import AppTest
 
-    import app.figures  # noqa: F401
-    import app.loaders  # noqa: F401
-    import app.ui  # noqa: F401
+    import app.figures.plots  # noqa: F401
+    import app.loaders.checkpoint_data  # noqa: F401
+    import app.widgets.ui  # noqa: F401
     import sparsity_core.analysis  # noqa: F401
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -179,9 +179,9 @@ def child_interact(tmp: Path) -> dict:
     os.environ["SVITE_UPLOADS_DIR"] = str(tmp / "uploads")
     from streamlit.testing.v1 import AppTest
 
-    import app.ui  # noqa: F401
+    import app.widgets.ui  # noqa: F401
     import sparsity_core.analysis  # noqa: F401
-    from app import patch_data
+    from app.loaders import patch_data
 
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=600)
     at.session_state["ckpt"] = str(DEMOS / "svite-plus.safetensors")
@@ -231,7 +231,7 @@ def child_heads(tmp: Path, probe: Path) -> dict:
     os.environ["SVITE_UPLOADS_DIR"] = str(tmp / "uploads")
     from streamlit.testing.v1 import AppTest
 
-    import app.ui  # noqa: F401
+    import app.widgets.ui  # noqa: F401
     import sparsity_core.analysis  # noqa: F401
 
     rows: list[dict] = []

@@ -146,8 +146,8 @@ def shipped(args: argparse.Namespace) -> dict:
 
     import sparsity_core  # noqa: F401
     from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
-    from sparsity_core.history_io import history_summary
-    from sparsity_core.masks import Snapshot
+    from sparsity_core.history.fileformat import history_summary
+    from sparsity_core.masks.maskset import Snapshot
 
     out = {}
     for path in sorted((ROOT / "checkpoints").glob("*.safetensors")):
@@ -207,11 +207,11 @@ def write_child(out: Path, schedule: list[float], snapshots: int, model_name: st
     import torch
 
     from sparsity_core.checkpoint import save_checkpoint
-    from sparsity_core.masks import MaskSet, Snapshot, default_sparsifiable
-    from sparsity_core.models import ModelConfig, build_model
+    from sparsity_core.masks.maskset import MaskSet, Snapshot, default_sparsifiable
+    from sparsity_core.models.builder import ModelConfig, build_model
 
     try:
-        from sparsity_core.history import MaskHistory
+        from sparsity_core.history.lazy import MaskHistory
         history = MaskHistory()
     except ImportError:  # today's code: a list of fully packed snapshots
         history = []
@@ -289,8 +289,8 @@ def page_child(page: str, ckpt: Path, code: Path, n: int) -> dict:
     import torch
     from streamlit.testing.v1 import AppTest
 
-    import app.loaders  # noqa: F401
-    import app.ui  # noqa: F401
+    import app.loaders.checkpoint_data  # noqa: F401
+    import app.widgets.ui  # noqa: F401
     import sparsity_core.analysis  # noqa: F401
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

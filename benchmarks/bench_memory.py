@@ -143,8 +143,8 @@ def breakdown_child(name: str) -> None:
     import torch
 
     import sparsity_core  # noqa: F401
-    from sparsity_core import train as train_mod
     from sparsity_core.cli import build_parser, train_config
+    from sparsity_core.training import loop as train_mod
 
     torch.set_num_threads(1)
     captured: dict = {}

@@ -1,5 +1,5 @@
-"""The Retrain page's default run, timed: launched exactly as the page launches it (``app.runs.launch``
-with ``app.retrain_form.defaults_for`` of a shipped demo checkpoint), one start after the other. Run by
+"""The Retrain page's default run, timed: launched exactly as the page launches it (``app.retrain.registry.launch``
+with ``app.retrain.run_form.defaults_for`` of a shipped demo checkpoint), one start after the other. Run by
 hand:
 
     python benchmarks/bench_retrain.py                       # from the dense and the SViTE+ demo
@@ -27,18 +27,18 @@ sys.path.insert(0, str(ROOT))
 
 def time_one(start: str) -> dict:
     import sparsity_core  # noqa: F401
-    from app import retrain_form, runs
+    from app.retrain import registry, run_form
+    from sparsity_core.analysis.report import inspect_checkpoint
     from sparsity_core.checkpoint import load_checkpoint
-    from sparsity_core.report import inspect_checkpoint
 
     path = str(ROOT / "checkpoints" / f"{start}.safetensors")
     doc = inspect_checkpoint(load_checkpoint(path))
-    form = retrain_form.defaults_for(doc, path)
+    form = run_form.defaults_for(doc, path)
     loads = [os.getloadavg()[0]]
     t0 = time.time()
-    run_id = runs.launch(form)
+    run_id = registry.launch(form)
     first_start = first_step = None
-    while (s := runs.state(run_id)).status == "running":
+    while (s := registry.state(run_id)).status == "running":
         now = time.time() - t0
         if first_start is None and s.total_steps:
             first_start = now

@@ -46,8 +46,8 @@ def _templates(where: Path) -> dict[str, Path]:
     import torch
 
     import sparsity_core  # noqa: F401
-    from sparsity_core.config import TrainConfig
-    from sparsity_core.train import train
+    from sparsity_core.training.config import TrainConfig
+    from sparsity_core.training.loop import train
 
     torch.set_num_threads(1)
     out = {}

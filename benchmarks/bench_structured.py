@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import sparsity_core  # noqa: E402,F401  (before timm)
-from sparsity_core.compact import compact_model, max_logit_diff  # noqa: E402
 from sparsity_core.dst.budgets import unit_budgets  # noqa: E402
-from sparsity_core.evaluate import count_flops  # noqa: E402
-from sparsity_core.masks import MaskSet, head_unit_name, neuron_unit_name  # noqa: E402
-from sparsity_core.models import ModelConfig, build_model  # noqa: E402
-from sparsity_core.units import unit_weight_masks  # noqa: E402
+from sparsity_core.masks.maskset import MaskSet, head_unit_name, neuron_unit_name  # noqa: E402
+from sparsity_core.models.builder import ModelConfig, build_model  # noqa: E402
+from sparsity_core.models.compact import compact_model, max_logit_diff  # noqa: E402
+from sparsity_core.models.evaluate import count_flops  # noqa: E402
+from sparsity_core.models.units import unit_weight_masks  # noqa: E402
 
 
 def random_units(model: torch.nn.Module, atten: float, other: float, seed: int) -> MaskSet:

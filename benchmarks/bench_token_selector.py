@@ -21,8 +21,8 @@ import time
 import torch
 
 import sparsity_core  # noqa: F401  (before timm)
-from sparsity_core.evaluate import count_flops
-from sparsity_core.models import ModelConfig, SelectorConfig, build_model
+from sparsity_core.models.builder import ModelConfig, SelectorConfig, build_model
+from sparsity_core.models.evaluate import count_flops
 
 
 def main() -> None:

@@ -36,10 +36,10 @@ from reference_port import ReferenceMasking  # noqa: E402
 from torch import nn  # noqa: E402
 
 import sparsity_core  # noqa: E402,F401  (before timm)
-from sparsity_core.config import TrainConfig  # noqa: E402
 from sparsity_core.dst import EngineContext  # noqa: E402
 from sparsity_core.dst.unstructured import SViTEEngine  # noqa: E402
-from sparsity_core.models import ModelConfig, build_model  # noqa: E402
+from sparsity_core.models.builder import ModelConfig, build_model  # noqa: E402
+from sparsity_core.training.config import TrainConfig  # noqa: E402
 
 REFERENCE_UPDATE_FREQUENCY = 15000  # cmd/ scripts, DeiT-Tiny/Small (§6)
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import catalog, loaders, story, ui
+from app.loaders import catalog, checkpoint_data
+from app.text import story
+from app.widgets import ui
 
 path, loaded = ui.require_checkpoint()
 ui.header("Compare", "A = the checkpoint in the sidebar")
@@ -31,7 +33,7 @@ with ui.controls():
         if len(snaps) < 2:
             st.info("This checkpoint has fewer than two snapshots; compare it with another checkpoint instead.")
             st.stop()
-        hist = loaders.history(path)
+        hist = checkpoint_data.history(path)
         fmt = {i: f"#{i} · step {int(hist.loc[i, 'step'])} ({hist.loc[i, 'event']})" for i in snaps}
         ui.keep_valid("compare_snaps", snaps, (snaps[0], snaps[-1]))
         snap_a, snap_b = st.select_slider("Snapshots A and B", snaps, key="compare_snaps",
@@ -39,14 +41,14 @@ with ui.controls():
         label_a, label_b = f"snapshot #{snap_a}", f"snapshot #{snap_b}"
 
 try:
-    loaders.load(path_b)
+    checkpoint_data.load(path_b)
 except Exception as err:  # noqa: BLE001 (an unreadable file is a message, never a traceback)
     st.error(f"Cannot read B: {ui.explain(err, path_b)}")
     st.stop()
 
-doc_a, doc_b = loaders.inspect_doc(path), loaders.inspect_doc(path_b)
+doc_a, doc_b = checkpoint_data.inspect_doc(path), checkpoint_data.inspect_doc(path_b)
 if mode == "Two checkpoints":
-    fa, fb = loaders.flops(path), loaders.flops(path_b)
+    fa, fb = checkpoint_data.flops(path), checkpoint_data.flops(path_b)
     rows = []
     for label, doc, fl in ((label_a, doc_a, fa), (label_b, doc_b, fb)):
         m = doc.get("metrics") or {}
@@ -63,12 +65,12 @@ if mode == "Two checkpoints":
     with ui.details("Side by side"):
         ui.show_table(side, "compare_summary", key="compare_summary")
 else:
-    hist = loaders.history(path)
+    hist = checkpoint_data.history(path)
     side = hist.loc[[snap_a, snap_b]]
     with ui.details("Side by side"):
         ui.show_table(side, "compare_snapshots", key="compare_summary")
 
-diff = loaders.mask_diff(path, snap_a, path_b, snap_b)
+diff = checkpoint_data.mask_diff(path, snap_a, path_b, snap_b)
 if diff.empty:
     st.info("These two have no sparsified layer in common (different architectures): only the summary above "
             "can be compared.")
@@ -91,7 +93,7 @@ with ui.details("Mask diff per layer"):
 with ui.controls("Layer"):
     ui.keep_valid("compare_layer", list(diff["layer"]))
     layer = st.selectbox("Layer for the diff heatmap", list(diff["layer"]), key="compare_layer")
-img = loaders.diff_image(path, snap_a, path_b, snap_b, layer)
+img = checkpoint_data.diff_image(path, snap_a, path_b, snap_b, layer)
 numel = int(diff.set_index("layer").loc[layer, "numel"])
 ui.plot("diff_heatmap", img, f"{layer}: green = grown in B, red = pruned from A", img.size < numel,
         key="compare_heatmap")

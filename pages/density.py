@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import loaders, story, ui
+from app.loaders import checkpoint_data
+from app.text import story
+from app.widgets import ui
 
 path, _ = ui.require_checkpoint()
 ui.header("Layer density", "how much of every sparsified weight is kept")
 sentence = ui.story_slot()
-hist = loaders.history(path)
+hist = checkpoint_data.history(path)
 masked_snaps = ([int(i) for i in hist.loc[hist["overall_density"].notna(), "snapshot"]]
                 if "overall_density" in hist else [])
 
@@ -26,11 +28,11 @@ if not masked_snaps:
     st.info(f"None of this checkpoint's {len(hist)} snapshots holds masks (a dense run records snapshots but has "
             "no masks), so this page shows its final weights: a dense model reads as density 1.0.")
 
-table = loaders.density_table(path, snapshot)
-erk = "ERK" in str((loaders.inspect_doc(path).get("settings") or {}).get("sparse_init", ""))
+table = checkpoint_data.density_table(path, snapshot)
+erk = "ERK" in str((checkpoint_data.inspect_doc(path).get("settings") or {}).get("sparse_init", ""))
 sentence.markdown(story.density(table, erk))
 ui.plot("density_by_stage", table, key="density_stage")
-ui.plot("density_by_type", loaders.density_by_group(table, "block_type"), key="density_type")
+ui.plot("density_by_type", checkpoint_data.density_by_group(table, "block_type"), key="density_type")
 with ui.details("Per layer"):
     ui.show_table(table, "layer_density", key="density_table")
 
@@ -43,7 +45,7 @@ with ui.controls("Layer"):
 
 
 def _heatmap() -> None:
-    img = loaders.mask_image(path, layer, snapshot, max_size)
+    img = checkpoint_data.mask_image(path, layer, snapshot, max_size)
     row = table.set_index("layer").loc[layer]
     downsampled = img.size < int(row["numel"])
     title = f"{layer} ({row['shape']}): density {row['density']:.3f}" + (
@@ -54,7 +56,7 @@ def _heatmap() -> None:
 ui.guard(_heatmap, "Heatmap")
 
 st.subheader("Heads and neurons")
-alive, neurons = loaders.unit_alive(path)
+alive, neurons = checkpoint_data.unit_alive(path)
 if alive is None and neurons is None:
     st.info("This checkpoint has no head/neuron masks (they come from structured S²ViTE runs).")
 else:

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import loaders, story, ui
+from app.loaders import checkpoint_data
+from app.text import story
+from app.widgets import ui
 
 path, loaded = ui.require_checkpoint()
-hist = loaders.history(path)
+hist = checkpoint_data.history(path)
 n_masked = int(hist["overall_density"].notna().sum()) if "overall_density" in hist else 0
 ui.header("Mask evolution", f"{n_masked} of {len(hist)} snapshots hold masks")
 sentence = ui.story_slot()
 
-evo = loaders.evolution(path)
-heads, neurons = loaders.units(path)
+evo = checkpoint_data.evolution(path)
+heads, neurons = checkpoint_data.units(path)
 if evo.empty and heads is None and neurons is None:
     st.info(f"None of this checkpoint's {len(hist)} snapshots holds masks (it was trained densely), so there is "
             "no topology to follow. Pick a SViTE / S²ViTE checkpoint in the sidebar.")
@@ -28,17 +30,17 @@ if not evo.empty:
         group = st.radio("Lines per", ["block_type", "layer"], horizontal=True, key="evo_group",
                          format_func=lambda g: "block type" if g == "block_type" else "layer")
         metric = st.radio("Distance", ["jaccard", "hamming"], horizontal=True, key="evo_metric")
-    dist, idx = loaders.distances(path, metric)
-    churn = loaders.churn(path)
+    dist, idx = checkpoint_data.distances(path, metric)
+    churn = checkpoint_data.churn(path)
     sentence.markdown(story.evolution(churn, dist, idx, metric))
     labels = [f"#{i} s{int(hist.loc[i, 'step'])}" for i in idx]
     ui.plot("distance_heatmap", dist, labels, metric, key="evo_distance")
-    basis = loaders.distance_basis(path)
+    basis = checkpoint_data.distance_basis(path)
     st.caption(f"Distances {basis['text']}.")
 
     st.subheader("Density across snapshots")
     ui.plot("evolution_lines", evo, group, key="evo_lines")
-    ui.plot("fired_lines", loaders.fired(path), key="evo_fired")
+    ui.plot("fired_lines", checkpoint_data.fired(path), key="evo_fired")
 
     st.subheader("Churn per update")
     updates = churn[churn["event"] == "update"] if (churn["event"] == "update").any() else churn
@@ -48,7 +50,7 @@ if not evo.empty:
     if int((churn["event"] == "update").sum()) >= 2 and heads is None and neurons is None:
         if basis["exact"] or st.button("Compare each update with the one before (decodes every update's masks)",
                                        key="evo_young_go"):
-            young = loaders.young_pruning(path)
+            young = checkpoint_data.young_pruning(path)
             ui.plot("young_pruning_lines", young, key="evo_young")
             st.caption("A new connection starts at 0, so a magnitude prune tends to take it first at the next "
                        "update. The dotted line is what pruning blind to age would give.")
@@ -78,7 +80,7 @@ if not evo.empty:
     row = evo[(evo["snapshot"] == snap) & (evo["layer"] == layer)].iloc[0]
     st.caption(f"Snapshot #{snap}: step {int(info['step'])}, epoch {float(info['epoch']):.2f}, event "
                f"**{info['event']}**, layer density {row['density']:.4f}")
-    img = loaders.mask_image(path, layer, int(snap), 256)
+    img = checkpoint_data.mask_image(path, layer, int(snap), 256)
     ui.plot("mask_heatmap", img, f"{layer} at snapshot #{snap}", img.size < int(row["numel"]), key="evo_heatmap")
 
     def _gif() -> None:
@@ -86,7 +88,7 @@ if not evo.empty:
         if st.button("Make a GIF of this layer's evolution", key="evo_make_gif", icon=":material/animated_images:"):
             st.session_state["evo_gif_for"] = (path, layer)
         if st.session_state.get("evo_gif_for") == (path, layer):
-            st.download_button("Download the GIF", loaders.evolution_gif(path, layer),
+            st.download_button("Download the GIF", checkpoint_data.evolution_gif(path, layer),
                                file_name=f"mask_evolution_{layer}.gif", mime="image/gif", key="evo_gif",
                                on_click="ignore", icon=":material/download:")
 

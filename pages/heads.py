@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import figures, heads_data, image_picker, patch_data, story, ui
+from app.figures import plots
+from app.loaders import heads_data, patch_data
+from app.text import story
+from app.widgets import image_picker, ui
 
 KINDS = {"cls": "Class-token attention", "rollout": "Per-head rollout"}
 PRUNED_NOTE = ("A pruned head's q, k and v rows are exactly zero, so with its mask lifted it scores every token "
@@ -52,7 +55,7 @@ sentence.markdown(story.heads(block, alive, summary if "iou" in summary else Non
 
 labels = [f"head {h}{'' if a else ' · pruned'}<br>" + (f"IoU {r:.2f} · " if r == r else "") + f"Taylor {t:.2g}"
           for h, (a, r, t) in enumerate(zip(alive, frame["iou"], frame["taylor"], strict=True))]
-view = figures.overlay_patches(patch_data.model_view(path, image), patch, None, obj)
+view = plots.overlay_patches(patch_data.model_view(path, image), patch, None, obj)
 cols = 6 if ui.talk_mode() else 3  # heads per row beside the model input: wide in talk mode, two rows otherwise
 ui.plot("head_grid", maps, alive, labels, f"{KINDS[kind]} of block {block} on this image, one map per head (each "
         "to its own scale)", outline=obj, image=view, cols=cols, key="heads_grid")
@@ -95,7 +98,7 @@ def _from_probe(snaps: list[int], probe_maps) -> None:
                                     format_func=lambda s: f"#{s} · step {int(hist.loc[s, 'step'])}"))
     images, masks = heads_data.probe_images_of(path, n_img)
     alive_then = heads_data.alive_at(path, block, snap, n_heads)
-    pview = figures.overlay_patches(patch_data.model_view(path, images[which]), patch, None, masks[which])
+    pview = plots.overlay_patches(patch_data.model_view(path, images[which]), patch, None, masks[which])
     ui.plot("head_grid", probe_maps[snaps.index(snap), which], alive_then,
             [f"head {h}{'' if a else ' · pruned'}" for h, a in enumerate(alive_then)],
             f"Class-token attention of block {block} at snapshot #{snap} (step {int(hist.loc[snap, 'step'])}), "

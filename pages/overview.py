@@ -5,10 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import loaders, runs_view, story, tables, ui
+from app.loaders import checkpoint_data
+from app.text import story, tables
+from app.widgets import runs_view, ui
 
 path, loaded = ui.require_checkpoint()
-doc = loaders.inspect_doc(path)
+doc = checkpoint_data.inspect_doc(path)
 arch = doc["architecture"]
 metrics = doc.get("metrics") or {}
 ui.header("Overview", f"{doc['format']} checkpoint")
@@ -26,14 +28,14 @@ c4.metric("Mask snapshots", f"{n_masked} of {n_snaps}" if n_masked != n_snaps el
           help=f"{n_snaps} snapshots recorded (init, topology updates, epoch ends); {n_masked} of them hold masks. "
                "A dense run records snapshots but has no masks, so it has no topology to follow.")
 
-hist = loaders.history(path)
-fired = loaders.fired(path)
-sentence.markdown(story.overview(doc, hist, loaders.flops(path)))
+hist = checkpoint_data.history(path)
+fired = checkpoint_data.fired(path)
+sentence.markdown(story.overview(doc, hist, checkpoint_data.flops(path)))
 runs_view.checkpoint_curve(path)  # the run's learning curve with its topology updates, near the top
 if len(fired):  # how much of the model it held, and how much it tried
     ui.plot("fired_lines", fired, key="overview_fired")
 else:
-    ui.plot("flops_bars", loaders.flops(path), key="flops")
+    ui.plot("flops_bars", checkpoint_data.flops(path), key="flops")
 
 model_rows = [
     ("model", doc["model"]), ("format", doc["format"]), ("method", doc["method"]),
@@ -56,7 +58,7 @@ def _integrity() -> None:
     st.subheader("Integrity check")
     st.caption("Are the stored masks really applied? A known failure of other tools (and of the reference's "
                "own SViTE+ runs): masks saved but never multiplied into the weights.")
-    report = loaders.integrity(path)
+    report = checkpoint_data.integrity(path)
     if report.ok:
         st.success("Integrity check passed: the weights agree with the masks.")
     else:
@@ -76,13 +78,13 @@ ui.guard(_integrity, "Integrity check")
 def _cost() -> None:
     st.subheader("Cost: FLOPs and measured throughput")
     if len(fired):  # else it is the headline chart above
-        ui.plot("flops_bars", loaders.flops(path), key="flops")
+        ui.plot("flops_bars", checkpoint_data.flops(path), key="flops")
     with ui.controls("Throughput"):
         ui.keep_valid("speed_batch", [1, 8, 32, 64], 32)
         batch = st.select_slider("Batch size", [1, 8, 32, 64], key="speed_batch")
         measure = st.button("Measure throughput (dense vs this checkpoint)", key="measure_speed")
     if measure or st.session_state.get("speed_done") == (path, batch):
-        speed = loaders.speed(path, batch)
+        speed = checkpoint_data.speed(path, batch)
         st.session_state["speed_done"] = (path, batch)
         ui.plot("speed_bars", speed, key="speed")
         with ui.details("Throughput, measured"):

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import figures, image_picker, patch_data, story, ui
+from app.figures import plots
+from app.loaders import patch_data
+from app.text import story
+from app.widgets import image_picker, ui
 
 # Rollout first: it needs one forward pass per image, so the page (and its agreement over 32 demo images)
 # opens in about a second; the captum methods take 10-40 s for those 32 images the first time (progress
@@ -60,7 +63,7 @@ if not sel:
     st.info("This checkpoint has no token selector (SViTE+ runs, trained with --keep-ratio or --token-number, "
             "have one), so there is no keep map and no agreement to score. Attributions work on any ViT.")
     with left:
-        ui.plot("image_figure", figures.overlay_patches(view, patch, None, object_mask),
+        ui.plot("image_figure", plots.overlay_patches(view, patch, None, object_mask),
                 "Model input with its patch grid", key="patch_keep")
     with right:
         ui.plot("patch_heatmap", attr, attr_title, key="patch_attr", **attr_args)
@@ -72,7 +75,7 @@ if not sel:
 km = patch_data.keep_map(path, image)
 kept = km.kept
 with left:
-    ui.plot("image_figure", figures.overlay_patches(view, patch, kept, object_mask),
+    ui.plot("image_figure", plots.overlay_patches(view, patch, kept, object_mask),
             f"Kept {km.keep} of {km.of} patches (dropped: hatched)", key="patch_keep")
 with right:
     ui.plot("patch_heatmap", km.scores, "Selector scores (top ones kept)", colorbar="score", key="patch_scores")
@@ -138,10 +141,10 @@ else:
                              format_func=lambda i: f"#{i} · step {steps[i]}")
     col, _ = st.columns(2)
     with col:
-        ui.plot("image_figure", figures.overlay_patches(view, patch, grids[s], object_mask),
+        ui.plot("image_figure", plots.overlay_patches(view, patch, grids[s], object_mask),
                 f"Kept patches at snapshot #{s} (step {steps[s]})", key="patch_history")
     if st.button("Make a GIF of the keep maps", key="patch_make_gif", icon=":material/animated_images:"):
-        frames = [figures.overlay_patches(view, patch, grids[i], object_mask, target=640) for i in sorted(grids)]
+        frames = [plots.overlay_patches(view, patch, grids[i], object_mask, target=640) for i in sorted(grids)]
         key = [("kept", (200, 200, 200)), ("dropped: hatched", (60, 60, 60))]
         if object_mask is not None:
             key.append(("object", (255, 215, 0)))

@@ -2,7 +2,7 @@
 process and run directory; live progress and curves; cancel; the result appears in the picker.
 
 By default the run starts from the checkpoint in the sidebar, with settings that show something in
-about a minute (see ``app/retrain_form.py``)."""
+about a minute (see ``app/retrain/run_form.py``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import catalog, figures, loaders, retrain_form, runs, ui
 from app.errors import SviteError
+from app.figures import plots
+from app.loaders import catalog, checkpoint_data
+from app.retrain import registry, run_form
 from app.settings import runs_dir
+from app.widgets import ui
 
 st.title("Retrain")
 st.caption(f"Runs go to `{runs_dir()}` (set SVITE_RUNS_DIR to change it); each one runs as its own process, so "
@@ -33,7 +36,7 @@ def _doc(start: str) -> dict | None:
     if start == "scratch":
         return None
     try:
-        return loaders.inspect_doc(start)
+        return checkpoint_data.inspect_doc(start)
     except SviteError:
         return None
 
@@ -41,7 +44,7 @@ def _doc(start: str) -> dict | None:
 def _apply_defaults() -> None:
     """Fill the form with the defaults for the chosen start (called when the start changes)."""
     start = st.session_state.get("rt_init", "scratch")
-    form = retrain_form.defaults_for(_doc(start), None if start == "scratch" else start)
+    form = run_form.defaults_for(_doc(start), None if start == "scratch" else start)
     for key, name in FIELDS.items():
         st.session_state[key] = getattr(form, name)
 
@@ -66,14 +69,14 @@ start = st.selectbox("Start from", options, key="rt_init", on_change=_apply_defa
                      else labels.get(p, p), help="The sidebar's checkpoint by default. Changing it resets the form "
                      "to the defaults for that checkpoint.")
 doc = _doc(start)
-defaults = retrain_form.defaults_for(doc, None if start == "scratch" else start)
-st.caption(retrain_form.describe(defaults, doc))
+defaults = run_form.defaults_for(doc, None if start == "scratch" else start)
+st.caption(run_form.describe(defaults, doc))
 
 # outside the form: a widget inside a form does not rerun the page, and the sliders follow the method
-method = st.selectbox("Method", retrain_form.METHODS, key="rt_method",
+method = st.selectbox("Method", run_form.METHODS, key="rt_method",
                       help="svite: unstructured dynamic sparsity · s2vite: heads and neurons · dense · static / "
                            "oneshot baselines")
-shown = retrain_form.SLIDERS[method]
+shown = run_form.SLIDERS[method]
 with st.form("retrain_form"):
     c1, c2 = st.columns(2)
     epochs = c1.number_input("Epochs", 1, 500, key="rt_epochs")
@@ -104,7 +107,7 @@ with st.form("retrain_form"):
     submitted = st.form_submit_button("Launch training", type="primary", icon=":material/play_arrow:")
 
 if submitted:
-    form = retrain_form.defaults_for(doc, None if start == "scratch" else start)  # selector details, model flags
+    form = run_form.defaults_for(doc, None if start == "scratch" else start)  # selector details, model flags
     state = st.session_state
     values = {"method": method, "density": float(state["rt_density"]), "atten_density": float(state["rt_atten"]),
               "other_density": float(state["rt_other"]), "keep_ratio": float(keep), "epochs": int(epochs),
@@ -115,7 +118,7 @@ if submitted:
     if not (doc or {}).get("token_selector"):
         form.selector_scorer = scorer
     try:
-        run_id = runs.launch(form)
+        run_id = registry.launch(form)
     except SviteError as err:
         st.error(f"Cannot launch: {err}")
     else:
@@ -127,7 +130,7 @@ def _open_in_explorer(path: str) -> None:
     st.session_state[ui.CKPT_KEY] = path
 
 
-def _runs_table(all_runs: list[runs.RunState]) -> pd.DataFrame:
+def _runs_table(all_runs: list[registry.RunState]) -> pd.DataFrame:
     return pd.DataFrame([{"run": r.id, "status": r.phase, "method": r.form.get("method"),
                           "start": Path(r.form["init"]).stem if r.form.get("init") else "scratch",
                           "steps": f"{r.step}/{r.total_steps}" if r.total_steps else "–",
@@ -136,12 +139,12 @@ def _runs_table(all_runs: list[runs.RunState]) -> pd.DataFrame:
                          for r in all_runs])
 
 
-def _live(s: runs.RunState, was_running: bool) -> None:
+def _live(s: registry.RunState, was_running: bool) -> None:
     """One run: its progress bar (the same number as its row in the table), curves and result."""
     if s.status == "running":
         st.progress(s.progress, text=s.describe())
         if st.button("Cancel this run", key=f"rt_cancel_{s.id}", icon=":material/stop:"):
-            runs.cancel(s.id)
+            registry.cancel(s.id)
             st.warning("Cancelling…")
     elif s.status == "finished":
         st.success(s.describe())
@@ -150,7 +153,7 @@ def _live(s: runs.RunState, was_running: bool) -> None:
     else:
         st.error(f"Run {s.id} failed. {s.error}")
     if len(s.metrics) and "kind" in s.metrics and s.metrics["kind"].isin(["step", "epoch"]).any():
-        ui.show_figure(figures.training_curves(s.metrics), key=f"rt_curves_{s.id}")  # live: not cached
+        ui.show_figure(plots.training_curves(s.metrics), key=f"rt_curves_{s.id}")  # live: not cached
     if s.status == "finished" and s.checkpoint is not None:
         if st.button("Open this checkpoint in the explorer", key=f"rt_open_{s.id}", icon=":material/open_in_new:",
                      on_click=_open_in_explorer, args=(str(s.checkpoint),)):
@@ -160,13 +163,13 @@ def _live(s: runs.RunState, was_running: bool) -> None:
         st.rerun(scope="app")  # it just ended: refresh the sidebar picker and stop polling
 
 
-any_running = any(r.status == "running" for r in runs.list_runs())
+any_running = any(r.status == "running" for r in registry.list_runs())
 
 
 @st.fragment(run_every=1.0 if any_running else None)
 def runs_view(was_running: bool) -> None:
     """The runs table and the selected run's progress, redrawn together so that they always agree."""
-    all_runs = runs.list_runs()
+    all_runs = registry.list_runs()
     if not all_runs:
         st.info("No runs launched from the app yet.")
         return

@@ -4,9 +4,10 @@ plots and the learning curves with every topology update marked."""
 
 from __future__ import annotations
 
-from app import runs_view, sweep, ui
+from app.loaders import runs_data
+from app.widgets import runs_view, ui
 
-table, notes = sweep.all_runs()
+table, notes = runs_data.all_runs()
 runs_view.header(table, notes)
 sentence = ui.story_slot()
 if table.empty:

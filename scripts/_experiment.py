@@ -1,6 +1,6 @@
 """What the demo-data experiments (scripts/exp_*.py) share: one recipe, and finding, training and reusing runs.
 
-Every experiment trains through ``sparsity_core.train.train`` into ``runs/<experiment>/<name>_s<seed>``.
+Every experiment trains through ``sparsity_core.training.loop.train`` into ``runs/<experiment>/<name>_s<seed>``.
 A finished run is skipped, an interrupted one resumed, and a finished run of *another* experiment whose
 training config is identical in every field that decides the outcome is reused instead of trained again
 (the dense and SViTE baselines are shared that way).
@@ -24,10 +24,10 @@ import torch  # noqa: E402
 
 import sparsity_core  # noqa: E402,F401  (before timm)
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
-from sparsity_core.config import TrainConfig  # noqa: E402
 from sparsity_core.runs import index_runs, results_markdown, with_labels  # noqa: E402
 from sparsity_core.runs.identity import group_key  # noqa: E402
-from sparsity_core.train import CHECKPOINT_NAME, train  # noqa: E402
+from sparsity_core.training.config import TrainConfig  # noqa: E402
+from sparsity_core.training.loop import CHECKPOINT_NAME, train  # noqa: E402
 
 RUNS_ROOT = ROOT / "runs"
 EXPERIMENTS = ("exp_unstructured", "exp_structured", "exp_token_selector")

@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import torch  # noqa: E402
 from _experiment import RECIPE, RUNS_ROOT, experiment_parser, write_results  # noqa: E402
 
-from sparsity_core.config import TrainConfig  # noqa: E402
-from sparsity_core.train import train  # noqa: E402
+from sparsity_core.training.config import TrainConfig  # noqa: E402
+from sparsity_core.training.loop import train  # noqa: E402
 
 EXPERIMENT = "exp_recipe"
 RESULTS = ROOT / "docs" / "recipe_results.md"

@@ -28,9 +28,9 @@ from _experiment import (  # noqa: E402
     write_results,
 )
 
-from sparsity_core.compact import compact, max_logit_diff  # noqa: E402
 from sparsity_core.data import build_data, make_loader  # noqa: E402
-from sparsity_core.evaluate import count_flops, count_parameters, evaluate_accuracy  # noqa: E402
+from sparsity_core.models.compact import compact, max_logit_diff  # noqa: E402
+from sparsity_core.models.evaluate import count_flops, count_parameters, evaluate_accuracy  # noqa: E402
 
 EXPERIMENT = "exp_structured"
 RESULTS = ROOT / "docs" / "structured_results.md"

@@ -37,8 +37,8 @@ from _experiment import (  # noqa: E402
 
 from sparsity_core.analysis.patches import object_patch_recall, positional_prior_recall  # noqa: E402
 from sparsity_core.data import DemoShapes  # noqa: E402
-from sparsity_core.evaluate import count_flops  # noqa: E402
-from sparsity_core.models import build_model  # noqa: E402
+from sparsity_core.models.builder import build_model  # noqa: E402
+from sparsity_core.models.evaluate import count_flops  # noqa: E402
 
 EXPERIMENT = "exp_token_selector"
 RESULTS = ROOT / "docs" / "token_selector_results.md"
@@ -52,7 +52,7 @@ BASES = {"svite": dict(SVITE), "dense": dict(method="dense"),
 SHARED_NAMES: dict[str, str] = {}
 # keep warm-up 0.3: every patch kept at first, down to 50% at 30% of training (without it the selector
 # drops the object at random while the backbone is still at chance, and the run never leaves it:
-# 13.6% top-1, recall 0.578 for seed 0; see sparsity_core/token_selector.py)
+# 13.6% top-1, recall 0.578 for seed 0; see sparsity_core/models/token_selector.py)
 SELECTOR = dict(keep_ratio=0.5, selector_block=0, selector_mode="soft", selector_keep_warmup=0.3)
 # The MLP scorer (LayerNorm + timm Mlp) by default: on raw block-0 tokens the reference's linear score
 # cannot tell a saturated object of any hue from grey clutter. --scorers mlp linear runs both.

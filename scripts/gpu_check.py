@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from sparsity_core.config import TrainConfig  # noqa: E402
 from sparsity_core.dst import EngineContext, build_engine  # noqa: E402
-from sparsity_core.models import ModelConfig, build_model, input_geometry  # noqa: E402
+from sparsity_core.models.builder import ModelConfig, build_model, input_geometry  # noqa: E402
+from sparsity_core.training.config import TrainConfig  # noqa: E402
 
 
 def make_runner(method: str, args: argparse.Namespace, device: torch.device, total_steps: int):

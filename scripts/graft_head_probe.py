@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sparsity_core  # noqa: E402,F401
 from sparsity_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from sparsity_core.convert import _same_sets  # noqa: E402
-from sparsity_core.history import MaskHistory  # noqa: E402
-from sparsity_core.masks import Snapshot  # noqa: E402
+from sparsity_core.checkpoint.convert import _same_sets  # noqa: E402
+from sparsity_core.history.lazy import MaskHistory  # noqa: E402
+from sparsity_core.masks.maskset import Snapshot  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -44,7 +44,7 @@ from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.data import DemoShapes  # noqa: E402
 from sparsity_core.dst.head_shadow import ShadowHeads, alignment  # noqa: E402
 from sparsity_core.dst.structured import StructuredEngine  # noqa: E402
-from sparsity_core.masks import head_unit_name  # noqa: E402
+from sparsity_core.masks.maskset import head_unit_name  # noqa: E402
 
 RULES = ("gradient-norm", "proj gradient", "alignment")
 
@@ -141,8 +141,8 @@ def along_training(seed: int, epochs: int | None, log: Path | None) -> int:
     from _experiment import RECIPE
     from exp_structured import METHODS
 
-    from sparsity_core.config import TrainConfig
-    from sparsity_core.train import train
+    from sparsity_core.training.config import TrainConfig
+    from sparsity_core.training.loop import train
 
     torch.set_num_threads(1)
     fields = {**RECIPE, **METHODS["s2vite_gradnorm"], **({"epochs": epochs} if epochs else {})}

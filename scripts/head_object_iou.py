@@ -20,7 +20,7 @@ import sparsity_core  # noqa: E402,F401
 from sparsity_core import analysis  # noqa: E402
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.data import DEMO_MEAN, DEMO_STD, DemoShapes, image_to_input  # noqa: E402
-from sparsity_core.head_probe import probe_images  # noqa: E402
+from sparsity_core.history.probe import probe_images  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

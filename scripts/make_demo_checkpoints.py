@@ -37,9 +37,9 @@ import torch  # noqa: E402
 from _experiment import EXPERIMENTS, is_complete, same_outcome  # noqa: E402
 
 import sparsity_core  # noqa: E402,F401  (before timm)
+from sparsity_core.analysis.report import inspect_checkpoint  # noqa: E402
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.cli import build_parser, train_config  # noqa: E402
-from sparsity_core.report import inspect_checkpoint  # noqa: E402
 
 MAX_BYTES = 5 * 1024 * 1024
 MIN_SNAPSHOTS = 10

@@ -30,7 +30,7 @@ METHODS = ("attention_rollout", "integrated_gradients", "occlusion", "input_x_gr
 
 
 def attribute(loaded, image: np.ndarray, method: str, mean, std) -> np.ndarray:
-    torch.manual_seed(0)  # as app/patch_data.py: one seed per attribution
+    torch.manual_seed(0)  # as app/loaders/patch_data.py: one seed per attribution
     if method == "attention_rollout":
         return analysis.attention_rollout(loaded, image, mean=mean, std=std)
     return analysis.patch_attributions(loaded, image, method=method, mean=mean, std=std)

@@ -15,8 +15,8 @@ from ._compat import ensure_torchvision_importable  # noqa: E402
 
 ensure_torchvision_importable()
 
-from . import compact, token_selector  # noqa: E402,F401  (they register their build_model steps)
 from .errors import SviteError  # noqa: E402
+from .models import compact, token_selector  # noqa: E402,F401  (they register their build_model steps)
 
 __version__ = "0.1.0"
 __all__ = ["SviteError", "__version__"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .errors import SviteError
 
 if TYPE_CHECKING:  # config imports torch; the CLI imports it lazily, so --help and errors stay fast
-    from .config import TrainConfig
+    from .training.config import TrainConfig
 
 EXIT_BAD_INPUT = 2
 
@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .config import TrainConfig
+    from .training.config import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a dense or sparse ViT", description="Train a ViT/DeiT densely or with "
@@ -134,7 +134,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that parsed ``svite train`` arguments stand for."""
-    from .config import TrainConfig
+    from .training.config import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -150,9 +150,9 @@ def _warn(command: str) -> Callable[[str], None]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import validate_config
-    from .flag_use import check_unused_flags, typed_flags
-    from .train import train
+    from .training.config import validate_config
+    from .training.flags import check_unused_flags, typed_flags
+    from .training.loop import train
 
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (the app's "cancel", a scheduler's preemption) ends the run like Ctrl-C: the lock is
@@ -182,8 +182,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .analysis.report import evaluate_checkpoint
     from .checkpoint import load_checkpoint
-    from .report import evaluate_checkpoint
 
     loaded = load_checkpoint(args.path)
     result = evaluate_checkpoint(loaded, data=args.data, batch_size=args.batch_size, val_size=args.val_size,
@@ -201,8 +201,8 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from .analysis.report import inspect_checkpoint
     from .checkpoint import load_checkpoint
-    from .report import inspect_checkpoint
 
     loaded = load_checkpoint(args.path, num_heads=args.num_heads)
     _num_heads_unused(args, loaded)
@@ -246,7 +246,7 @@ def _add_compact(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from .report import compact_file
+    from .analysis.report import compact_file
 
     _emit(compact_file(args.path, args.out), args.json)
     return 0
@@ -289,7 +289,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         raise SviteError(f"--baseline {unknown[0]}: no such configuration below {root} "
                          f"(there are: {', '.join(sorted(labels)) or 'none'})")
     if args.json:
-        from .report import to_json
+        from .analysis.report import to_json
 
         print(to_json(runs.runs_document(table, notes, str(root), args.metric, args.baseline)))
         return 0
@@ -310,7 +310,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert_file
+    from .checkpoint.convert import convert_file
 
     _emit(convert_file(args.path, args.out), args.json)
     return 0
@@ -318,7 +318,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _emit(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        from .report import to_json
+        from .analysis.report import to_json
 
         print(to_json(result))
         return

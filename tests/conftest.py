@@ -10,8 +10,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import sparsity_core  # noqa: E402,F401  (installs the torchvision shim before timm is imported)
-from sparsity_core.config import TrainConfig  # noqa: E402
-from sparsity_core.models import ModelConfig, build_model  # noqa: E402
+from sparsity_core.models.builder import ModelConfig, build_model  # noqa: E402
+from sparsity_core.training.config import TrainConfig  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -20,8 +20,14 @@ from PIL import Image
 from safetensors import safe_open
 
 from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
-from sparsity_core.masks import MaskSet, Snapshot, default_sparsifiable, head_unit_name, neuron_unit_name
-from sparsity_core.models import build_model
+from sparsity_core.masks.maskset import (
+    MaskSet,
+    Snapshot,
+    default_sparsifiable,
+    head_unit_name,
+    neuron_unit_name,
+)
+from sparsity_core.models.builder import build_model
 
 QKV = "blocks.0.attn.qkv.weight"  # [144, 48] in the tiny model (embed 48, 4 heads)
 HEADS = head_unit_name(0)

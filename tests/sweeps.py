@@ -17,7 +17,7 @@ from pathlib import Path
 from conftest import tiny_train_config
 
 from sparsity_core.cli import main as svite
-from sparsity_core.train import train
+from sparsity_core.training.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_FLAGS = ["--model", "vit_tiny_demo", "--embed-dim", "48", "--depth", "2", "--num-heads", "4", "--train-size",

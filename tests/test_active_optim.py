@@ -15,11 +15,11 @@ from conftest import tiny_train_config
 from torch import nn
 
 from sparsity_core.checkpoint import load_checkpoint
-from sparsity_core.config import TrainConfig, check_method_flags
 from sparsity_core.dst import EngineContext, build_engine
 from sparsity_core.dst.active_optim import ActiveAdamW
 from sparsity_core.errors import FlagError, SviteError
-from sparsity_core.train import train
+from sparsity_core.training.config import TrainConfig, check_method_flags
+from sparsity_core.training.loop import train
 
 LR = 1e-3
 

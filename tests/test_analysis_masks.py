@@ -41,8 +41,14 @@ from sparsity_core.analysis import (
 )
 from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
 from sparsity_core.errors import SviteError
-from sparsity_core.masks import MaskSet, Snapshot, default_sparsifiable, head_unit_name, neuron_unit_name
-from sparsity_core.models import SelectorConfig, build_model
+from sparsity_core.masks.maskset import (
+    MaskSet,
+    Snapshot,
+    default_sparsifiable,
+    head_unit_name,
+    neuron_unit_name,
+)
+from sparsity_core.models.builder import SelectorConfig, build_model
 
 
 # ----------------------------------------------------------------------------------------------

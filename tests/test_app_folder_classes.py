@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from sparsity_core.analysis.report import evaluation_data
 from sparsity_core.checkpoint import load_checkpoint
 from sparsity_core.cli import main
 from sparsity_core.data import DemoShapes, MatchedDataset
-from sparsity_core.report import evaluation_data
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 

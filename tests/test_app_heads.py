@@ -16,7 +16,7 @@ from test_app_pages import APP, arr, chart, charts, ckpt, isolated, ok, open_pag
 from test_browser import _official_checkpoint  # noqa: E402
 
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
-from sparsity_core.train import train  # noqa: E402
+from sparsity_core.training.loop import train  # noqa: E402
 
 GRID = "Class-token attention of block"
 
@@ -74,7 +74,7 @@ def test_s2vite_demo_six_maps_per_block_with_the_pruned_ones_marked():
 def _without_probe(name: str, runs: Path) -> str:
     """A copy of a shipped demo with no head probe (as checkpoints made before it are), in the runs folder."""
     from sparsity_core.checkpoint import save_checkpoint
-    from sparsity_core.convert import reencoded_history
+    from sparsity_core.checkpoint.convert import reencoded_history
 
     loaded = load_checkpoint(ckpt(name))
     history = reencoded_history(loaded)
@@ -169,8 +169,8 @@ def test_a_probe_that_does_not_fit_the_model_is_one_sentence_and_the_page_stays_
     import torch
 
     from sparsity_core.checkpoint import save_checkpoint
-    from sparsity_core.history import MaskHistory
-    from sparsity_core.masks import Snapshot
+    from sparsity_core.history.lazy import MaskHistory
+    from sparsity_core.masks.maskset import Snapshot
 
     run = tmp_path / "runs" / "good"
     train(tiny_train_config(run, epochs=1), show_progress=False, echo_metrics=False)

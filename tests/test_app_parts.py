@@ -15,12 +15,14 @@ import torch
 from PIL import Image
 from test_analysis_masks import build_checkpoint
 
-from app import catalog, gif, images, retrain_form, runs
+from app.figures import gif
+from app.loaders import catalog, images
+from app.retrain import registry, run_form
+from sparsity_core.analysis.report import inspect_checkpoint
 from sparsity_core.checkpoint import load_checkpoint
 from sparsity_core.cli import build_parser, train_config
 from sparsity_core.errors import CheckpointError, SviteError
-from sparsity_core.report import inspect_checkpoint
-from sparsity_core.train import train
+from sparsity_core.training.loop import train
 
 
 @pytest.fixture(autouse=True)
@@ -85,18 +87,18 @@ def test_gif_has_one_frame_per_snapshot_with_the_mask_drawn():
     np.testing.assert_array_equal(gif.colorize(np.array([[0.0, 1.0]]))[0], [[68, 1, 84], [253, 231, 37]])
 
 
-def _wait(run_id: str, until, timeout: float = 90.0) -> runs.RunState:
+def _wait(run_id: str, until, timeout: float = 90.0) -> registry.RunState:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        s = runs.state(run_id)
+        s = registry.state(run_id)
         if until(s):
             return s
         time.sleep(0.3)
-    raise AssertionError(f"run {run_id} stuck at {runs.state(run_id).status}")
+    raise AssertionError(f"run {run_id} stuck at {registry.state(run_id).status}")
 
 
 def test_run_form_builds_the_train_command():
-    form = runs.RunForm(method="s2vite", keep_ratio=0.5, epochs=2, init="/x/ck.safetensors",
+    form = registry.RunForm(method="s2vite", keep_ratio=0.5, epochs=2, init="/x/ck.safetensors",
                         model_flags={"model": "vit_tiny_demo", "embed_dim": 48})
     cmd = form.command(Path("/tmp/out"))
     joined = " ".join(cmd[1:])
@@ -107,9 +109,9 @@ def test_run_form_builds_the_train_command():
         assert part in joined
     assert "--density" not in cmd  # S2ViTE ignores the weight density
     with pytest.raises(SviteError, match="no such folder"):
-        runs.RunForm(data="/definitely/not/here").validate()
+        registry.RunForm(data="/definitely/not/here").validate()
     with pytest.raises(SviteError, match="choose one of"):
-        runs.RunForm(method="magic").validate()
+        registry.RunForm(method="magic").validate()
 
 
 TINY = {"model": "vit_tiny_demo", "embed_dim": 48, "depth": 2, "num_heads": 4}
@@ -117,23 +119,23 @@ TINY = {"model": "vit_tiny_demo", "embed_dim": 48, "depth": 2, "num_heads": 4}
 
 def test_runs_fail_with_one_line_survive_a_reload_and_cancel(dirs):
     # both start at once (the Python start-up dominates their cost)
-    bad = runs.launch(runs.RunForm(method="dense", epochs=1, batch_size=4096, train_size=64, val_size=16))
-    long = runs.launch(runs.RunForm(method="dense", epochs=50, train_size=256, val_size=32, batch_size=32,
+    bad = registry.launch(registry.RunForm(method="dense", epochs=1, batch_size=4096, train_size=64, val_size=16))
+    long = registry.launch(registry.RunForm(method="dense", epochs=50, train_size=256, val_size=32, batch_size=32,
                                     model_flags=TINY))
     s = _wait(bad, lambda s: s.status != "running")
     assert s.status == "failed"
     assert "--batch-size 4096 is larger than the training set" in s.error and "\n" not in s.error
-    rec = json.loads((dirs["runs"] / bad / runs.RECORD).read_text())
+    rec = json.loads((dirs["runs"] / bad / registry.RECORD).read_text())
     assert rec["exit_code"] == 2 and rec["status"] == "failed"
 
     s = _wait(long, lambda s: s.total_steps is not None)  # the loop has started (metrics.jsonl 'start')
     assert s.status == "running" and s.total_steps == 400 and s.progress < 1
-    runs._PROCS.pop(long)  # a page reload / a restarted server: only the on-disk registry is left
-    assert [r.id for r in runs.list_runs()] == [long, bad]  # newest first
-    assert runs.state(long).status == "running"
-    runs.cancel(long)
+    registry._PROCS.pop(long)  # a page reload / a restarted server: only the on-disk registry is left
+    assert [r.id for r in registry.list_runs()] == [long, bad]  # newest first
+    assert registry.state(long).status == "running"
+    registry.cancel(long)
     s = _wait(long, lambda s: s.status != "running", timeout=30)
-    assert s.status == "cancelled" and runs.state(long).status == "cancelled"
+    assert s.status == "cancelled" and registry.state(long).status == "cancelled"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,9 +159,9 @@ def test_default_retrain_from_every_shipped_checkpoint_trains(name, tmp_path):
     path = str(SHIPPED / f"{name}.safetensors")
     init = load_checkpoint(path)
     doc = inspect_checkpoint(init)
-    form = retrain_form.defaults_for(doc, path)
+    form = run_form.defaults_for(doc, path)
     assert form.init == path
-    assert form.lr == (retrain_form.SPARSIFY_LR if name == "dense" else retrain_form.FINE_TUNE_LR)
+    assert form.lr == (run_form.SPARSIFY_LR if name == "dense" else run_form.FINE_TUNE_LR)
     assert "--log-every" in form.command(tmp_path) and "--init" in form.command(tmp_path)
     out = _train_like_the_form(form, tmp_path / "run")
     run = load_checkpoint(out)
@@ -183,7 +185,7 @@ def test_default_retrain_from_every_shipped_checkpoint_trains(name, tmp_path):
 
 def test_retrain_from_svite_plus_without_a_selector_and_a_clear_misfit(tmp_path):
     path = str(SHIPPED / "svite-plus.safetensors")
-    form = retrain_form.defaults_for(inspect_checkpoint(load_checkpoint(path)), path)
+    form = run_form.defaults_for(inspect_checkpoint(load_checkpoint(path)), path)
     form.keep_ratio = 0.0  # fine-tune the backbone alone
     run = load_checkpoint(_train_like_the_form(form, tmp_path / "no-selector"))
     assert not run.has_selector
@@ -252,12 +254,12 @@ def test_fit_description_states_input_size_crop_and_resize():
 
 @pytest.mark.parametrize("level", [0, 128, 255])
 def test_kept_and_dropped_patches_differ_on_black_grey_and_white_images(level):
-    from app import figures
+    from app.figures import plots
 
     rgb = np.full((32, 32, 3), level, np.uint8)
     kept = np.zeros((8, 8), bool)
     kept[:, :4] = True  # left half kept
-    out = figures.overlay_patches(rgb, 4, kept).astype(float)
+    out = plots.overlay_patches(rgb, 4, kept).astype(float)
     f = out.shape[0] // 32
     inner = lambda r, c: out[r * 4 * f + 3:(r + 1) * 4 * f - 2, c * 4 * f + 3:(c + 1) * 4 * f - 2]  # noqa: E731
     k, d = inner(2, 1), inner(2, 6)
@@ -278,7 +280,7 @@ def test_gif_is_large_enough_to_project_and_carries_its_colour_key():
 
 
 def test_loader_errors_are_shown_as_sentences_without_library_text(tmp_path):
-    from app.ui import explain
+    from app.widgets.ui import explain
 
     cases = {"list.pth": pickle.dumps([1, 2, 3]),  # torch: "Unsupported operand 149"
              "torn.safetensors": (SHIPPED / "dense.safetensors").read_bytes()[:5000],
@@ -302,7 +304,7 @@ def test_run_metrics_can_be_hashed_for_the_cache(tmp_path):
     pandas could not hash it (and fall back to pickling) on every Overview of a run."""
     import pandas as pd
 
-    from app.loaders import read_metrics
+    from app.loaders.checkpoint_data import read_metrics
 
     lines = [{"kind": "start", "step": 0, "total_steps": 4}, {"kind": "epoch", "step": 4, "val_top1": 50.0},
              {"kind": "end", "step": 4, "metrics": {"val_top1": 50.0}}]

@@ -12,10 +12,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from test_app_pages import ckpt, isolated, ok, open_page  # noqa: E402,F401
 
-from app import story, tables  # noqa: E402
+from app.text import story, tables  # noqa: E402
 from sparsity_core import analysis  # noqa: E402
+from sparsity_core.analysis.report import inspect_checkpoint  # noqa: E402
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
-from sparsity_core.report import inspect_checkpoint  # noqa: E402
 
 
 def test_numbers_read_as_integers_or_four_significant_digits():

@@ -26,7 +26,7 @@ from PIL import Image
 
 from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
 from sparsity_core.cli import main
-from sparsity_core.models import build_model
+from sparsity_core.models.builder import build_model
 
 TINY = ["--model", "vit_tiny_demo", "--embed-dim", "48", "--depth", "2", "--num-heads", "4", "--train-size", "64",
         "--val-size", "32", "--batch-size", "32", "--epochs", "1", "--quiet"]

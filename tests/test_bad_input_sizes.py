@@ -30,7 +30,7 @@ from conftest import tiny_model_config
 from hostile import hostile_folders, official_variants, ours_variants, plain_variants, tiny_sparse_checkpoint
 
 from sparsity_core.checkpoint import save_checkpoint
-from sparsity_core.models import build_model
+from sparsity_core.models.builder import build_model
 
 PEAK_RSS_LIMIT_MB = 1024
 GUARD_ADDRESS_SPACE_MB = 6144

@@ -12,14 +12,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsity_core.bitmasks import APPLY_CHUNK, BitMaskSet, _pack_torch, _popcount_torch, _unpack_torch
-from sparsity_core.config import TrainConfig
 from sparsity_core.dst import EngineContext, build_engine
 from sparsity_core.dst.scorers import WEIGHT_GROWTH
 from sparsity_core.dst.select import choose, choose_keys
 from sparsity_core.dst.weights import Scratch, _exchange_keys, _exchange_topk, masks_from_state, masks_state
 from sparsity_core.errors import SviteError
-from sparsity_core.masks import MaskSet
+from sparsity_core.masks.bits import APPLY_CHUNK, BitMaskSet, _pack_torch, _popcount_torch, _unpack_torch
+from sparsity_core.masks.maskset import MaskSet
+from sparsity_core.training.config import TrainConfig
 
 SHAPES = [(3, 5), (17,), (64, 33), (1,), (8, 3, 2, 2)]
 

@@ -355,8 +355,8 @@ def _official_checkpoint(path: Path) -> Path:
     import torch
 
     import sparsity_core  # noqa: F401
-    from sparsity_core.masks import MaskSet, default_sparsifiable
-    from sparsity_core.models import ModelConfig, build_model
+    from sparsity_core.masks.maskset import MaskSet, default_sparsifiable
+    from sparsity_core.models.builder import ModelConfig, build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="deit_tiny_patch16_224", embed_dim=64, depth=2, num_heads=2,

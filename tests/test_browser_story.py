@@ -22,7 +22,7 @@ from test_browser import (  # noqa: E402,F401  (pw and server are fixtures)
     server,
 )
 
-from app.ui import PAGES, TALK_PATH  # noqa: E402
+from app.widgets.ui import PAGES, TALK_PATH  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,6 @@ from conftest import tiny_model_config
 from safetensors.torch import save as safetensors_save
 from safetensors.torch import save_file
 
-from sparsity_core.atomic import atomic_write_bytes
 from sparsity_core.checkpoint import (
     checkpoint_parts,
     load_checkpoint,
@@ -21,10 +20,17 @@ from sparsity_core.checkpoint import (
     save_checkpoint,
     save_resume_state,
 )
+from sparsity_core.checkpoint.atomic import atomic_write_bytes
+from sparsity_core.checkpoint.streaming import Segments, write_safetensors
 from sparsity_core.errors import CheckpointError, SviteError
-from sparsity_core.masks import MaskSet, Snapshot, default_sparsifiable, head_unit_name, neuron_unit_name
-from sparsity_core.models import build_model
-from sparsity_core.safetensors_stream import Segments, write_safetensors
+from sparsity_core.masks.maskset import (
+    MaskSet,
+    Snapshot,
+    default_sparsifiable,
+    head_unit_name,
+    neuron_unit_name,
+)
+from sparsity_core.models.builder import build_model
 
 
 def _random_masks(model, density, seed):

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sparsity_core.analysis.report import evaluation_data
 from sparsity_core.checkpoint import load_checkpoint
 from sparsity_core.cli import main
 from sparsity_core.data import (
@@ -26,10 +27,9 @@ from sparsity_core.data import (
     match_classes,
 )
 from sparsity_core.errors import SviteError
-from sparsity_core.evaluate import evaluate_accuracy
-from sparsity_core.models import ModelConfig, build_model
-from sparsity_core.report import evaluation_data
-from sparsity_core.resume import init_from
+from sparsity_core.models.builder import ModelConfig, build_model
+from sparsity_core.models.evaluate import evaluate_accuracy
+from sparsity_core.training.resume import init_from
 
 SVITE = Path(__file__).resolve().parents[1] / "checkpoints" / "svite.safetensors"
 DEMO_IMAGES = 300  # the first 300 demo validation images (seed 0): 30 of each class

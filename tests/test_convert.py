@@ -16,7 +16,7 @@ from test_demo_checkpoints import content_digest  # noqa: E402
 
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.cli import main  # noqa: E402
-from sparsity_core.models import build_model  # noqa: E402
+from sparsity_core.models.builder import build_model  # noqa: E402
 
 
 def _version(path: Path) -> int:

@@ -1,5 +1,5 @@
 """Tests for sparsity_core.data: the demo set, ImageFolder loading, resumable sampling, photo inputs; and
-app.photos."""
+app.loaders.photos."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import sparsity_core  # noqa: F401  (must come before anything that imports timm)
-from app import photos
+from app.loaders import photos
 from sparsity_core import data as D
 from sparsity_core.data import demo
 from sparsity_core.errors import SviteError

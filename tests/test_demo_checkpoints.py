@@ -14,9 +14,9 @@ from hostile import format_1
 from safetensors import safe_open
 
 from sparsity_core.analysis import integrity_check, neuron_survival
+from sparsity_core.analysis.report import inspect_checkpoint
 from sparsity_core.checkpoint import load_checkpoint
 from sparsity_core.cli import main
-from sparsity_core.report import inspect_checkpoint
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 EXPECTED = {  # file -> (method, has a token selector, has head/neuron masks)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sparsity_core.cli import build_parser, main, train_config
-from sparsity_core.config import TrainConfig
-from sparsity_core.flag_use import FLAG_USE, NOT_A_FLAG, typed_flags, unused_flags
+from sparsity_core.training.config import TrainConfig
+from sparsity_core.training.flags import FLAG_USE, NOT_A_FLAG, typed_flags, unused_flags
 
 TINY = ["--model", "vit_tiny_demo", "--embed-dim", "48", "--depth", "2", "--num-heads", "4", "--train-size", "64",
         "--val-size", "32", "--batch-size", "32", "--epochs", "1", "--max-steps", "1", "--quiet"]
@@ -27,7 +27,7 @@ def test_every_field_and_every_flag_says_when_it_is_used():
     """A new TrainConfig field or train flag must be entered in flag_use.FLAG_USE (this fails until it is)."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     dests = _train_dests()
-    assert (fields | dests) - set(FLAG_USE) == set(), "add these to sparsity_core/flag_use.py FLAG_USE"
+    assert (fields | dests) - set(FLAG_USE) == set(), "add these to sparsity_core/training/flags.py FLAG_USE"
     assert set(FLAG_USE) - (fields | dests) == set(), "FLAG_USE names flags that no longer exist"
     not_flags = {name for name, needs in FLAG_USE.items() if needs is NOT_A_FLAG}
     assert not_flags & dests == set(), "a field marked NOT_A_FLAG has a command-line flag"
@@ -144,11 +144,11 @@ def test_inspect_num_heads_on_our_own_file_says_it_does_nothing(tmp_path, capsys
 
 
 def test_the_retrain_page_passes_no_flag_its_run_does_not_use():
-    from app import runs
+    from app.retrain import registry
 
     for method in ("dense", "static", "oneshot", "svite", "s2vite"):
         for keep in (0.0, 0.5):
-            cmd = runs.RunForm(method=method, keep_ratio=keep, init="/x/c.safetensors").command(Path("/tmp/o"))
+            cmd = registry.RunForm(method=method, keep_ratio=keep, init="/x/c.safetensors").command(Path("/tmp/o"))
             argv = cmd[cmd.index("train"):]
             args = build_parser().parse_args(argv)
             assert unused_flags(train_config(args), _typed(argv)) == [], (method, keep)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_train_config  # noqa: E402
 
 from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
-from sparsity_core.train import train  # noqa: E402
+from sparsity_core.training.loop import train  # noqa: E402
 
 SCHEDULE = dict(update_frequency=3, warmup_epochs=0.5)  # warm-up ends at step 4: updates after steps 6, 9, 12
 RUNS = {

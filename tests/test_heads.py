@@ -22,11 +22,11 @@ from sparsity_core.checkpoint import load_checkpoint  # noqa: E402
 from sparsity_core.data import DEMO_MEAN, DEMO_STD, DemoShapes, image_to_input  # noqa: E402
 from sparsity_core.dst import capture, scorers  # noqa: E402
 from sparsity_core.errors import SviteError  # noqa: E402
-from sparsity_core.head_probe import HeadProbe, probe_count, probe_layer  # noqa: E402
-from sparsity_core.masks import MaskSet, head_unit_name  # noqa: E402
-from sparsity_core.models import ModelConfig, SelectorConfig, build_model  # noqa: E402
-from sparsity_core.train import train  # noqa: E402
-from sparsity_core.units import unit_weight_masks  # noqa: E402
+from sparsity_core.history.probe import HeadProbe, probe_count, probe_layer  # noqa: E402
+from sparsity_core.masks.maskset import MaskSet, head_unit_name  # noqa: E402
+from sparsity_core.models.builder import ModelConfig, SelectorConfig, build_model  # noqa: E402
+from sparsity_core.models.units import unit_weight_masks  # noqa: E402
+from sparsity_core.training.loop import train  # noqa: E402
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 

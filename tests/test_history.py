@@ -16,17 +16,17 @@ from conftest import tiny_model_config, tiny_train_config
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
-import sparsity_core.history as history_mod
-import sparsity_core.train as train_mod
-from sparsity_core import history_codec as codec
+import sparsity_core.history.lazy as history_mod
+import sparsity_core.training.loop as train_mod
 from sparsity_core.analysis import distance_basis, fired_rate, mask_churn, snapshot_distances
 from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
 from sparsity_core.errors import CheckpointError
-from sparsity_core.history import MaskHistory
-from sparsity_core.history_io import history_from_file, history_summary, history_to_file
-from sparsity_core.masks import MaskSet, Snapshot, default_sparsifiable
-from sparsity_core.models import build_model
-from sparsity_core.train import train
+from sparsity_core.history import codec as codec
+from sparsity_core.history.fileformat import history_from_file, history_summary, history_to_file
+from sparsity_core.history.lazy import MaskHistory
+from sparsity_core.masks.maskset import MaskSet, Snapshot, default_sparsifiable
+from sparsity_core.models.builder import build_model
+from sparsity_core.training.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

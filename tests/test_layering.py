@@ -2,10 +2,16 @@
 function-level ones included.
 
 * the core (``sparsity_core``) never imports ``app``, ``pages`` or ``streamlit``;
-* no import circles inside the core;
-* ``models.py`` imports nothing else of ours;
+* no import circles inside the core, between modules or between its floors (packages);
+* each floor of the core imports only the floors below it (``FLOORS``), and its own modules;
+* ``models/builder.py`` imports nothing else of ours but the errors;
+* only a handful of modules live at the core's root (``ROOT_MODULES``);
 * pages import only ``app`` (never ``sparsity_core`` past it), and ``app`` never imports ``pages``;
-* no module of ``sparsity_core``, ``app`` or ``pages`` is over 400 lines, no function over 80.
+* the app's rooms: ``figures`` and ``text`` are pure (no Streamlit), and the app's rooms import only the
+  rooms below them (``APP_ROOMS``); nothing in the core names a file of the app;
+* no module of ``sparsity_core``, ``app`` or ``pages`` is over 600 lines (about 400 is the hint: a module's
+  size follows its concept, so the test only stops a concept that has grown into several), no function
+  over 80.
 """
 
 from __future__ import annotations
@@ -84,13 +90,75 @@ def test_the_core_never_imports_the_app_or_streamlit():
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
-def test_models_imports_nothing_else_of_ours():
+def test_models_builder_imports_nothing_else_of_ours():
     graph = _core_graph()
-    assert graph["sparsity_core.models"] <= {"sparsity_core.errors"}
+    assert graph["sparsity_core.models.builder"] <= {"sparsity_core.errors"}
+
+
+#: The core's floors, bottom up: a floor imports only the floors below it (and its own modules).
+FLOORS = {
+    "errors": 0, "_compat": 0,
+    "masks": 1,
+    "models": 2, "data": 2,
+    "dst": 3, "history": 3,
+    "checkpoint": 4,
+    "training": 5, "analysis": 5,
+    "runs": 6,
+    "cli": 7, "__main__": 8, "": 8,  # "" is the package's face (sparsity_core/__init__.py)
+}
+ROOT_MODULES = {"__init__", "__main__", "_compat", "errors", "cli"}
+
+
+def _floor_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_floor_imports_only_the_floors_below_it():
+    graph = _core_graph()
+    assert set(map(_floor_of, graph)) <= set(FLOORS), f"floors not in FLOORS: {set(map(_floor_of, graph)) - set(FLOORS)}"
+    upward = sorted((a, b) for a, targets in graph.items() for b in targets
+                    if _floor_of(a) != _floor_of(b) and FLOORS[_floor_of(b)] >= FLOORS[_floor_of(a)]
+                    and _floor_of(b) != "")  # a module may read the package's __version__
+    assert upward == [], f"imports that do not go down a floor: {upward}"
+
+
+def test_only_a_handful_of_modules_live_at_the_cores_root():
+    root = {p.stem for p in (ROOT / "sparsity_core").glob("*.py")}
+    assert root <= ROOT_MODULES, f"modules at the core's root: {sorted(root - ROOT_MODULES)}"
+
+
+#: The app's rooms, bottom up: pure figures and text, cached data access, the Retrain machinery,
+#: widgets (Streamlit page furniture); the root modules (settings, errors) are below every room.
+APP_ROOMS = {"settings": 0, "errors": 0, "figures": 1, "text": 1, "loaders": 2, "retrain": 3, "widgets": 4,
+             "main": 5, "": 5}
+PURE_ROOMS = ("figures", "text")
+
+
+def test_the_apps_rooms_import_downward_and_figures_are_pure():
+    mods = _modules("app")
+    for name, path in mods.items():
+        room = name.split(".")[1] if "." in name else ""
+        assert room in APP_ROOMS, f"{path.relative_to(ROOT)}: not in a room of APP_ROOMS"
+        imported = _imports(name, path)
+        if room in PURE_ROOMS:
+            assert not {t for t in imported if t.split(".")[0] == "streamlit"}, f"{path.relative_to(ROOT)} imports streamlit"
+        for target in {t for t in imported if t in mods and t != name}:
+            other = target.split(".")[1] if "." in target else ""
+            if other in ("", room):
+                continue
+            assert APP_ROOMS[other] < APP_ROOMS[room], f"{path.relative_to(ROOT)} imports {target} (a room above)"
+
+
+def test_the_core_names_nothing_of_the_app():
+    for path in (ROOT / "sparsity_core").rglob("*.py"):
+        text = path.read_text()
+        for name in ("app/", "pages/"):
+            assert name not in text, f"{path.relative_to(ROOT)} names {name!r}, a file of the app"
 
 
 FIRST_PARTY = ("sparsity_core", "app", "pages", "scripts", "benchmarks", "tests")
-MAX_MODULE_LINES = 400
+MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
 
@@ -113,7 +181,7 @@ def _sources() -> dict[str, Path]:
     return {**_modules("sparsity_core"), **_modules("app"), **_modules("pages")}
 
 
-def test_no_module_is_over_400_lines():
+def test_no_module_is_over_600_lines():
     long = {str(p.relative_to(ROOT)): n for p in _sources().values()
             if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
     assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsity_core.masks import MaskSet, Snapshot, default_sparsifiable, pack_bool, unpack_bool
+from sparsity_core.masks.maskset import MaskSet, Snapshot, default_sparsifiable, pack_bool, unpack_bool
 
 
 @settings(max_examples=60, deadline=None)

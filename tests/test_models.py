@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 from sparsity_core.checkpoint import load_checkpoint
 from sparsity_core.errors import SviteError
-from sparsity_core.models import (
+from sparsity_core.models.builder import (
     ModelConfig,
     available_models,
     build_model,

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 import sparsity_core  # noqa: F401  (before timm)
-from sparsity_core.config import TrainConfig
 from sparsity_core.dst import EngineContext, build_engine
 from sparsity_core.dst.optim_state import GROWN_MOMENTS, reset_grown_state
+from sparsity_core.training.config import TrainConfig
 
 LR = 1e-3
 WARM_STEPS = 400  # AdamW's per-tensor bias correction of the second moment is ~0.33 by then

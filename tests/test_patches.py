@@ -11,7 +11,7 @@ from conftest import tiny_model_config
 from sparsity_core.analysis import attribution, patches
 from sparsity_core.data import DemoShapes
 from sparsity_core.errors import SviteError
-from sparsity_core.models import SelectorConfig, build_model
+from sparsity_core.models.builder import SelectorConfig, build_model
 
 GRID = (8, 8)  # 32 px images, patch 4
 
@@ -270,7 +270,7 @@ def test_keep_map_history_equals_a_forward_pass_at_every_snapshot(demo):
     keep map that running the whole model with that snapshot's selector gives."""
     from types import SimpleNamespace
 
-    from sparsity_core.masks import Snapshot
+    from sparsity_core.masks.maskset import Snapshot
 
     torch.manual_seed(0)
     model = build_model(tiny_model_config(selector=SelectorConfig(keep_ratio=0.5, block_index=1, scorer="mlp")))
@@ -294,7 +294,7 @@ def test_keep_map_history_equals_a_forward_pass_at_every_snapshot(demo):
 
 
 def test_fitting_a_photo_first_gives_the_same_input_and_maps():
-    from app.photos import sample_images
+    from app.loaders.photos import sample_images
     from sparsity_core.data import fit_image
 
     model = _model()

@@ -15,11 +15,11 @@ import pytest
 import torch
 from conftest import tiny_train_config
 
-import sparsity_core.train as train_module
+import sparsity_core.training.loop as train_module
 from sparsity_core.checkpoint import load_checkpoint
 from sparsity_core.cli import main
 from sparsity_core.errors import SviteError
-from sparsity_core.train import train
+from sparsity_core.training.loop import train
 
 KILL_ARGS = ["--model", "vit_tiny_demo", "--embed-dim", "48", "--depth", "2", "--num-heads", "4",
              "--train-size", "512", "--val-size", "64", "--batch-size", "32", "--epochs", "4", "--lr", "2e-3",

@@ -22,11 +22,11 @@ from sweeps import finished
 
 from sparsity_core import analysis, runs
 from sparsity_core.checkpoint import load_checkpoint
+from sparsity_core.checkpoint.header import read_header
 from sparsity_core.cli import main as svite
 from sparsity_core.errors import CheckpointError
-from sparsity_core.header import read_header
 from sparsity_core.runs import index as index_module
-from sparsity_core.train import train
+from sparsity_core.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -333,8 +333,8 @@ def test_a_configuration_is_what_the_run_computes():
     """Runs are grouped by the fields that take effect (the CLI's unused-flag table): a flag the method does
     not use, a resume, or a field added after the run was made does not split a sweep; a field that does
     change the run does."""
-    from sparsity_core.config import TrainConfig
     from sparsity_core.runs.identity import group_key
+    from sparsity_core.training.config import TrainConfig
 
     dense = TrainConfig(method="dense", seed=0).to_dict()
     assert group_key(dense) == group_key({**dense, "density": 0.3, "head_growth": "gradient-norm", "seed": 4})

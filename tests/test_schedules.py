@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from sparsity_core.config import TrainConfig
 from sparsity_core.dst.schedule import PruneSchedule, UpdateClock
 from sparsity_core.errors import SviteError
+from sparsity_core.training.config import TrainConfig
 
 
 def test_cosine_rate_follows_its_formula():

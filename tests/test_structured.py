@@ -15,17 +15,17 @@ from timm.models.vision_transformer import Attention
 
 from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
 from sparsity_core.cli import main
-from sparsity_core.compact import compact_model, max_logit_diff, reshape_blocks
-from sparsity_core.config import TrainConfig, check_method_flags
 from sparsity_core.dst import EngineContext, build_engine
 from sparsity_core.dst.select import select_units as select_top
 from sparsity_core.dst.structured import prune_and_grow
 from sparsity_core.errors import SviteError
-from sparsity_core.flag_use import unused_flags
-from sparsity_core.masks import MaskSet, head_unit_name, neuron_unit_name
-from sparsity_core.models import ModelConfig, build_model
-from sparsity_core.train import train
-from sparsity_core.units import head_rows, unit_weight_masks
+from sparsity_core.masks.maskset import MaskSet, head_unit_name, neuron_unit_name
+from sparsity_core.models.builder import ModelConfig, build_model
+from sparsity_core.models.compact import compact_model, max_logit_diff, reshape_blocks
+from sparsity_core.models.units import head_rows, unit_weight_masks
+from sparsity_core.training.config import TrainConfig, check_method_flags
+from sparsity_core.training.flags import unused_flags
+from sparsity_core.training.loop import train
 
 
 def _engine(model, total_steps=12, optimizer=None, **overrides):

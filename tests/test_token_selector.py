@@ -11,13 +11,13 @@ from conftest import tiny_model_config, tiny_train_config
 
 from sparsity_core.checkpoint import load_checkpoint, save_checkpoint
 from sparsity_core.cli import main
-from sparsity_core.config import TrainConfig
 from sparsity_core.errors import SviteError
-from sparsity_core.evaluate import count_flops
-from sparsity_core.masks import default_sparsifiable
-from sparsity_core.models import ModelConfig, SelectorConfig, build_model
-from sparsity_core.token_selector import TAU_END, TAU_START, TokenSelector, keep_at, temperature_at
-from sparsity_core.train import train
+from sparsity_core.masks.maskset import default_sparsifiable
+from sparsity_core.models.builder import ModelConfig, SelectorConfig, build_model
+from sparsity_core.models.evaluate import count_flops
+from sparsity_core.models.token_selector import TAU_END, TAU_START, TokenSelector, keep_at, temperature_at
+from sparsity_core.training.config import TrainConfig
+from sparsity_core.training.loop import train
 
 
 def _pair(**selector):

@@ -8,8 +8,8 @@ from conftest import tiny_train_config
 
 from sparsity_core.checkpoint import load_checkpoint
 from sparsity_core.errors import SviteError
-from sparsity_core.runtime import RunLock, run_is_active
-from sparsity_core.train import train
+from sparsity_core.training.loop import train
+from sparsity_core.training.runtime import RunLock, run_is_active
 
 
 def _weights(path):

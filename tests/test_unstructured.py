@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sparsity_core.checkpoint import load_checkpoint
-from sparsity_core.config import TrainConfig, check_method_flags
 from sparsity_core.dst import EngineContext, build_engine
 from sparsity_core.dst.budgets import layer_budgets, layer_densities
 from sparsity_core.dst.schedule import PruneSchedule
@@ -22,10 +21,11 @@ from sparsity_core.dst.scorers import WEIGHT_GROWTH
 from sparsity_core.dst.unstructured import OneShotEngine, SViTEEngine
 from sparsity_core.dst.weights import exchange
 from sparsity_core.errors import FlagError, SviteError
-from sparsity_core.masks import MaskSet
-from sparsity_core.models import ModelConfig, build_model
-from sparsity_core.train import train
-from sparsity_core.units import sparsifiable_names
+from sparsity_core.masks.maskset import MaskSet
+from sparsity_core.models.builder import ModelConfig, build_model
+from sparsity_core.models.units import sparsifiable_names
+from sparsity_core.training.config import TrainConfig, check_method_flags
+from sparsity_core.training.loop import train
 
 
 class Layers(nn.Module):

@@ -19,9 +19,9 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from sparsity_core.checkpoint import load_checkpoint
+from sparsity_core.data.imagefiles import read_image_bytes
 from sparsity_core.errors import SviteError
-from sparsity_core.imagefiles import read_image_bytes
-from sparsity_core.masks import check_packed, pack_bool, unpack_bool
+from sparsity_core.masks.maskset import check_packed, pack_bool, unpack_bool
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app" / "main.py")
@@ -101,7 +101,7 @@ def test_hostile_uploads_get_a_sentence_each_and_never_reach_the_picker(app_dirs
 def test_a_killed_check_leaves_nothing_behind(app_dirs, tmp_path, monkeypatch):
     """An upload whose check process is killed (as the kernel's OOM killer would) is refused with a
     sentence and deleted from the quarantine; nothing reaches the uploads folder or the picker."""
-    from app import catalog
+    from app.loaders import catalog
 
     killer = tmp_path / "killed-python"
     killer.write_text("#!/bin/sh\nkill -9 $$\n")

@@ -27,9 +27,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..attention import attention_maps
 from ..errors import SviteError
-from ..models import grid_size
+from ..models.attention import attention_maps
+from ..models.builder import grid_size
 from .patches import _eval_mode, _model_of, _patch_size, all_patches, to_model_input
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Mask evolution across a run: densities, churn, fired rate, topology distances, unit survival.
 
-Everything here reads a :class:`~sparsity_core.history.MaskHistory` lazily. Densities, churn and
+Everything here reads a :class:`~sparsity_core.history.lazy.MaskHistory` lazily. Densities, churn and
 the fired rate come from the counts every history entry records (no mask is decoded); one layer at
 one snapshot decodes only that layer; distances between many snapshots use the history's stored
 systematic sample when it has one (large models) and every weight otherwise, and
@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 
 from ..errors import SviteError
-from ..history import MaskHistory, as_history
-from ..history_entry import GroupStats
-from ..masks import MaskSet, Snapshot, head_unit_name, neuron_unit_name
+from ..history.entry import GroupStats
+from ..history.lazy import MaskHistory, as_history
+from ..masks.maskset import MaskSet, Snapshot, head_unit_name, neuron_unit_name
 from .masks import (
     _BLOCK_RE,
     _is_weight,

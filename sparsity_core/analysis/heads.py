@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import attention_maps, eval_mode
 from ..dst.scorers import head_taylor
 from ..errors import SviteError
-from ..head_probe import probe_layer
-from ..masks import head_unit_name
-from ..models import grid_size
-from ..token_selector import every_patch
+from ..history.probe import probe_layer
+from ..masks.maskset import head_unit_name
+from ..models.attention import attention_maps, eval_mode
+from ..models.builder import grid_size
+from ..models.token_selector import every_patch
 from .attribution import chance_iou, top_k_mask
 from .evolution import head_survival
 from .patches import _model_of, to_model_input

@@ -19,11 +19,18 @@ import torch
 from torch import nn
 
 from ..checkpoint import LoadedCheckpoint
-from ..compact import compact
 from ..errors import SviteError
-from ..evaluate import count_flops, measure_throughput
-from ..masks import MaskSet, PackedMasks, count_true, default_sparsifiable, head_unit_name, neuron_unit_name
-from ..models import build_model
+from ..masks.maskset import (
+    MaskSet,
+    PackedMasks,
+    count_true,
+    default_sparsifiable,
+    head_unit_name,
+    neuron_unit_name,
+)
+from ..models.builder import build_model
+from ..models.compact import compact
+from ..models.evaluate import count_flops, measure_throughput
 
 __all__ = [
     "BLOCK_TYPES",

@@ -24,11 +24,11 @@ import torch
 import torch.utils.data
 from torch import nn
 
-from ..attention import eval_mode as _eval_mode
 from ..data import DEMO_MEAN, DEMO_STD, image_to_input
 from ..errors import SviteError
-from ..models import grid_size, model_input_size
-from ..token_selector import every_patch
+from ..models.attention import eval_mode as _eval_mode
+from ..models.builder import grid_size, model_input_size
+from ..models.token_selector import every_patch
 
 __all__ = [
     "PatchKeepMap",

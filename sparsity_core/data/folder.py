@@ -13,8 +13,8 @@ import torch
 import torch.utils.data
 
 from ..errors import SviteError
-from ..imagefiles import ImageFiles, class_folders, scan_images
 from .bundle import DataBundle, split_key
+from .imagefiles import ImageFiles, class_folders, scan_images
 from .matching import Preprocess
 
 _VAL_FRACTION = 0.1  # share of each class held out when a folder has no train/ and val/ split

@@ -3,7 +3,7 @@
 Where prune and grow happen: an engine's ``after_optimizer_step`` (``engine.py``), on the schedule of
 ``schedule.py``. A method is
 
-* a **unit** (single weights for SViTE, heads and MLP neurons for S2ViTE: ``sparsity_core/units.py``),
+* a **unit** (single weights for SViTE, heads and MLP neurons for S2ViTE: ``sparsity_core/models/units.py``),
 * a **distribution** of the budget over layers or blocks (``budgets.py``),
 * a **schedule**: when to update and how much to change (``schedule.py``),
 * **scorers**: which units go and which come (``scorers.py``; S2ViTE's need captured activations,

@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import SviteError
-from ..units import attention_of, mlp_of
+from ..models.units import attention_of, mlp_of
 
 SPARSE_INITS = ("fixed_ERK", "ER", "uniform", "custom")
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import SviteError
-from ..masks import MaskSet
+from ..masks.maskset import MaskSet
 from .active_optim import ActiveAdamW, move_moments
 
 

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import Attention
 
-from ..bitmasks import BitMaskSet
 from ..errors import SviteError
-from ..masks import MaskSet, head_unit_name, neuron_unit_name
-from ..units import attention_of, head_rows, mlp_of, unit_weight_masks, units_from_masks
+from ..masks.bits import BitMaskSet
+from ..masks.maskset import MaskSet, head_unit_name, neuron_unit_name
+from ..models.units import attention_of, head_rows, mlp_of, unit_weight_masks, units_from_masks
 from .budgets import unit_budgets
 from .capture import UnitCapture
 from .engine import EngineContext, SparsityEngine, register

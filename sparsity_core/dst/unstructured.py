@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from ..bitmasks import BitMaskSet, flat_positions
 from ..errors import SviteError
-from ..masks import MaskSet
-from ..units import sparsifiable_names
+from ..masks.bits import BitMaskSet, flat_positions
+from ..masks.maskset import MaskSet
+from ..models.units import sparsifiable_names
 from .active_optim import follows, move_moments
 from .budgets import layer_budgets, layer_densities, load_custom_densities
 from .engine import EngineContext, SparsityEngine, register

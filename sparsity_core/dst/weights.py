@@ -16,9 +16,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..bitmasks import BitMaskSet
 from ..errors import SviteError
-from ..masks import MaskSet, check_packed
+from ..masks.bits import BitMaskSet
+from ..masks.maskset import MaskSet, check_packed
 from .scorers import WeightScorer, magnitude_into
 from .select import choose, choose_keys
 

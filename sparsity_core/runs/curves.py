@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..checkpoint.header import Header, read_header
+from ..checkpoint.validate import one_line
 from ..errors import SviteError
-from ..header import Header, read_header
-from ..rundir import CHECKPOINT_NAME, METRICS_NAME
-from ..validate import one_line
+from ..training.rundir import CHECKPOINT_NAME, METRICS_NAME
 from . import facts
 from .facts import EVENT_COLUMNS
 from .files import read_metrics

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..checkpoint.header import read_header
 from ..errors import SviteError
-from ..header import read_header
-from ..rundir import CHECKPOINT_NAME, CONFIG_NAME
+from ..training.rundir import CHECKPOINT_NAME, CONFIG_NAME
 from .curves import run_curves
 from .files import read_small_json
 from .index import index_runs

@@ -18,10 +18,10 @@ from typing import Any
 import pandas as pd
 
 from .. import analysis
-from ..evaluate import module_flops, scale_flops
-from ..header import Header, curve_records
-from ..limits import skeleton
-from ..models import ModelConfig
+from ..checkpoint.header import Header, curve_records
+from ..checkpoint.limits import skeleton
+from ..models.builder import ModelConfig
+from ..models.evaluate import module_flops, scale_flops
 
 METHOD_NAMES = {"svite": "SViTE", "s2vite": "S²ViTE", "static": "static", "dense": "dense", "oneshot": "one-shot"}
 EVENT_COLUMNS = ["step", "epoch", "rate", "moved", "moved_share", "heads_moved", "neurons_moved"]

@@ -18,8 +18,8 @@ import re
 from types import SimpleNamespace
 from typing import Any
 
-from ..config import with_legacy_defaults
-from ..flag_use import takes_effect
+from ..training.config import with_legacy_defaults
+from ..training.flags import takes_effect
 from .facts import method_label
 
 NOT_OUTCOME = frozenset({"out", "resume", "device", "log_every", "checkpoint_every", "num_workers", "seed"})

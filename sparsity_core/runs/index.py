@@ -21,12 +21,12 @@ from typing import Any
 
 import pandas as pd
 
-from .. import validate
+from ..checkpoint import validate
+from ..checkpoint.header import Header, curve_records, read_header
+from ..checkpoint.validate import one_line
 from ..errors import SviteError
-from ..header import Header, curve_records, read_header
-from ..rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME
-from ..runtime import run_is_active
-from ..validate import one_line
+from ..training.rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME
+from ..training.runtime import run_is_active
 from . import facts
 from .files import SUMMARY_TAIL_BYTES, last_error_line, read_metrics, read_number, read_small_json, stamp
 from .identity import config_columns

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_bytes
+from ..checkpoint.atomic import atomic_write_bytes
 from ..errors import SviteError
 
 FORMAT = "svite-run-record"

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME
+from ..training.rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME
 
 RECORD_NAME = "svite-run.json"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
