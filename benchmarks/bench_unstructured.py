@@ -73,7 +73,7 @@ def load() -> str:
 def svite_engine(model: nn.Module, optimizer: torch.optim.Optimizer, density: float, total_steps: int,
                  update_frequency: int) -> SViTEEngine:
     cfg = TrainConfig(method="svite", density=density, update_frequency=update_frequency, seed=0,
-                      update_start="0")  # fed no loss: updates on schedule
+                      update_start="0")  # fed no loss (plateau would refuse): updates on schedule
     ctx = EngineContext(model=model, optimizer=optimizer, total_steps=total_steps, steps_per_epoch=total_steps,
                         config=cfg)
     return SViTEEngine(ctx)

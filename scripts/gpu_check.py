@@ -32,7 +32,7 @@ def make_runner(method: str, args: argparse.Namespace, device: torch.device, tot
     from timm.optim import create_optimizer_v2
 
     cfg = TrainConfig(method=method, density=args.density, update_frequency=args.update_frequency, seed=0,
-                      update_start="0")  # the check feeds no loss: updates on schedule from the start
+                      update_start="0")  # fed no loss (plateau would refuse): on schedule from the start
     mcfg = ModelConfig(name=args.model, num_classes=1000 if args.model != "vit_tiny_demo" else 10)
     torch.manual_seed(0)
     model = build_model(mcfg).to(device)

@@ -68,6 +68,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="steps between periodic checkpoints (0: epoch ends only)")
+    g.add_argument("--log-to", default=None, metavar="TRACKERS",
+                   help="also write the run's scalars into tensorboard, wandb (offline), or both comma-separated "
+                        "(optional extras; tags in docs/api.md)")
     g.add_argument("--out", required=True, help="run directory")
     g.add_argument("--resume", default=None, help="run directory or checkpoint to continue")
     g.add_argument("--init", default=None, help="checkpoint to start from (weights, and masks if it has any; its "

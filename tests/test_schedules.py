@@ -189,3 +189,21 @@ def test_plateau_start_does_not_wait_when_the_model_starts_trained():
         chance_due.append(at_chance.due(step))
     assert [s for s, d in enumerate(trained_due, start=1) if d][0] == 20 == trained.started_at
     assert not any(chance_due) and at_chance.started_at is None
+
+
+def test_an_engine_waiting_for_the_plateau_refuses_a_step_without_a_loss():
+    """Driven from a caller's loop as ``after_optimizer_step(step)`` (no ``loss=``), the default
+    ``--update-start plateau`` used to wait for losses it was never given and never update; now its
+    first step says so, naming both ways out. Given the loss, the same engine steps on."""
+    from sparsity_core.dst import EngineContext, build_engine
+    from sparsity_core.models.builder import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="vit_tiny_demo", embed_dim=24, depth=1, num_heads=2, num_classes=4))
+    for method in ("svite", "s2vite"):
+        ctx = EngineContext(model=model, optimizer=torch.optim.AdamW(model.parameters()), total_steps=50,
+                            steps_per_epoch=10, config=TrainConfig(method=method, update_frequency=5))
+        engine = build_engine(ctx)
+        with pytest.raises(SviteError, match=r"plateau watches the training loss.*loss=loss.item\(\).*'warmup'"):
+            engine.after_optimizer_step(0)
+        assert engine.after_optimizer_step(1, loss=2.3) is False  # given a loss: waits for the plateau, no error

@@ -29,7 +29,7 @@ from sparsity_core.training.loop import train
 
 
 def _engine(model, total_steps=12, optimizer=None, **overrides):
-    cfg = TrainConfig(method="s2vite", **{"update_start": "warmup", **overrides})  # no loss is fed here
+    cfg = TrainConfig(method="s2vite", **{"update_start": "warmup", **overrides})  # fed no loss: plateau would refuse
     optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
     ctx = EngineContext(model=model, optimizer=optimizer, total_steps=total_steps, steps_per_epoch=total_steps,
                         config=cfg)

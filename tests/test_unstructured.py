@@ -37,7 +37,7 @@ class Layers(nn.Module):
 
 
 def make_engine(model, method="svite", total_steps=100, lr=1e-2, init_masks=None, **cfg):
-    config = TrainConfig(method=method, **{"update_start": "warmup", **cfg})  # no loss is fed here
+    config = TrainConfig(method=method, **{"update_start": "warmup", **cfg})  # fed no loss: plateau would refuse
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     ctx = EngineContext(model=model, optimizer=opt, total_steps=total_steps, steps_per_epoch=10, config=config,
                         init_masks=init_masks)

@@ -151,8 +151,18 @@ class UpdateClock:
         return cls(schedule, str(cfg.update_start).strip().lower() == "plateau", num_classes)
 
     def observe(self, loss: float | None) -> None:
-        """Feed the training loss of the step just taken (the loop does; None or non-finite: ignored)."""
-        if not self.wait_for_plateau or self.started_at is not None or loss is None or not math.isfinite(loss):
+        """Feed the training loss of the step just taken (the loop does; non-finite: ignored).
+
+        While waiting for the plateau, a step without a loss is an error: an engine driven from a caller's
+        own loop as ``after_optimizer_step(step)`` would otherwise wait for losses it is never given and
+        silently never update. Said on the first such step, naming both ways out."""
+        if not self.wait_for_plateau or self.started_at is not None:
+            return
+        if loss is None:
+            raise FlagError("--update-start", "--update-start plateau watches the training loss, but this step was "
+                            "given none: call after_optimizer_step(step, loss=loss.item()), or choose a start that "
+                            "needs no loss (update_start='warmup', a number of steps such as '0', or '2ep')")
+        if not math.isfinite(loss):
             return
         if len(self._first) < self.PLATEAU_WINDOW:
             self._first.append(float(loss))

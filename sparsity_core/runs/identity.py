@@ -22,7 +22,7 @@ from ..training.config import with_legacy_defaults
 from ..training.flags import takes_effect
 from .facts import method_label
 
-NOT_OUTCOME = frozenset({"out", "resume", "device", "log_every", "checkpoint_every", "num_workers", "seed"})
+NOT_OUTCOME = frozenset({"out", "resume", "device", "log_every", "checkpoint_every", "num_workers", "seed", "log_to"})
 _SEED_SUFFIX = re.compile(r"[_-]s(?:eed)?\d+$")
 
 

@@ -23,6 +23,7 @@ from ..dst.scorers import WEIGHT_GROWTH
 from ..dst.weights import DEATHS
 from ..errors import FlagError
 from ..models.builder import ModelConfig, SelectorConfig, is_vit_name
+from ..trackers import parse_log_to
 from .rundir import check_out_path
 
 UNSTRUCTURED = ("static", "oneshot", "svite")  # weight-level methods (dst/unstructured.py)
@@ -68,6 +69,7 @@ class TrainConfig:
     max_steps: int | None = None
     log_every: int = 50
     checkpoint_every: int = 0  # steps between periodic checkpoints (0: at epoch ends only)
+    log_to: str | None = None  # trackers to write into as well: "tensorboard", "wandb" or both, comma-separated
     resume: str | None = None
     init: str | None = None
     # sparsity
@@ -145,6 +147,7 @@ def validate_config(cfg: TrainConfig) -> None:
         raise FlagError("--model", f"--model: unknown model '{cfg.model}' (a timm ViT/DeiT name, or vit_tiny_demo)")
     check_train_flags(cfg)  # size caps, the model checked on the meta device, a memory estimate
     check_method_flags(cfg)
+    parse_log_to(cfg.log_to)  # a tracker we do not know, or whose package is missing: said before the run
 
 
 def _range_checks(cfg: TrainConfig) -> list[tuple[str, bool, str]]:

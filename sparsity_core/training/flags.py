@@ -65,6 +65,7 @@ _ALWAYS_FIELDS = (
     "out", "model", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "data", "train_size", "val_size",
     "epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup", "cutmix",
     "clip_grad", "seed", "device", "amp", "compile", "num_workers", "max_steps", "log_every", "checkpoint_every",
+    "log_to",
     "resume", "method", "token_number", "keep_ratio", "quiet",
 )
 

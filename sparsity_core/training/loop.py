@@ -46,9 +46,11 @@ from ..dst.active_optim import ActiveAdamW
 from ..errors import SviteError
 from ..history.lazy import MaskHistory
 from ..history.probe import HeadProbe
+from ..history.scalars import latest_scalars
 from ..masks.maskset import Snapshot
 from ..models.builder import ModelConfig, build_model, input_geometry
 from ..models.evaluate import evaluate_accuracy
+from ..trackers import Trackers, open_trackers, parse_log_to
 from .config import TrainConfig, validate_config
 from .resume import init_from, resume
 from .rundir import (
@@ -109,6 +111,9 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
     run.log = MetricsLog(out / METRICS_NAME if ddp.is_main else None, echo=echo_metrics and ddp.is_main)
     if ddp.is_main:
         _open_run_dir(run)
+        # --log-to: TensorBoard / W&B get every metrics record and each snapshot's sparsity scalars
+        run.trackers = open_trackers(parse_log_to(cfg.log_to), out, out.name, cfg.to_dict())
+        run.log.sink = run.trackers.write_record
     if run.step == 0 and not run.history:
         run.snapshot("init", 0.0)
     stop_at = min(run.total_steps, cfg.max_steps) if cfg.max_steps else run.total_steps
@@ -123,6 +128,7 @@ def _train(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, resume_
         _end_epoch(run, running / max(seen, 1), t0)
     if ddp.is_main:
         run.log.write({"kind": "end", "step": run.step, "checkpoint": str(run.checkpoint), "metrics": run.last_metrics})
+        run.trackers.close()
     if ddp.world_size > 1:
         dist.barrier()
     return run.checkpoint
@@ -156,6 +162,7 @@ class Run:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     probe: HeadProbe | None = None  # each head's attention on fixed images, with every snapshot
     curve: list[dict[str, Any]] = field(default_factory=list)  # per-epoch metrics, carried in the checkpoint
+    trackers: Trackers = field(default_factory=Trackers)  # --log-to writers (none: every call does nothing)
 
     @property
     def total_steps(self) -> int:
@@ -187,6 +194,7 @@ class Run:
             info["rank_mask_hashes"] = check_ranks_agree(self.engine, self.step)
         self.history.append(Snapshot.take(self.step, epoch_value, masks=self.engine.masks, units=self.engine.units,
                                           state=state, probe=self.head_probe(), event=event, **info))
+        self.trackers.log(self.step, latest_scalars(self.history))
 
     def save(self, epoch_done: float, complete: bool) -> Path:
         """Write the resume sidecar, then the checkpoint naming it, then drop older sidecars."""

@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
 
 from ..checkpoint.atomic import atomic_write_bytes
+from ..checkpoint.runfolder import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MetricsLog  # noqa: F401  (shared)
 from ..errors import FlagError, SviteError
 
-CHECKPOINT_NAME = "checkpoint.safetensors"  # the one-file checkpoint
-METRICS_NAME = "metrics.jsonl"  # one JSON line per log interval and per epoch
-CONFIG_NAME = "config.json"  # the run's TrainConfig
 #: Files a run writes into its directory before (or beside) its first checkpoint.
 _RUN_FILES = (CONFIG_NAME, METRICS_NAME, ".lock")
 
@@ -88,21 +82,6 @@ def remove_unstarted(created: Path, out: Path) -> None:
         if folder == created or folder.parent == folder:
             return
         folder = folder.parent
-
-
-class MetricsLog:
-    """Appends one JSON object per line; the app tails this file for live progress."""
-
-    def __init__(self, path: Path | None, echo: bool) -> None:
-        self.path, self.echo = path, echo
-
-    def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=float)
-        if self.path is not None:
-            with open(self.path, "a") as fh:
-                fh.write(line + "\n")
-        if self.echo:
-            tqdm.write(line, file=sys.stdout)
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -8,18 +8,17 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..checkpoint.runfolder import RunLock, run_is_active  # noqa: F401  (the run folder's lock, shared)
 from ..dst import SparsityEngine
 from ..errors import SviteError
 
@@ -130,57 +129,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # the run lock
-class RunLock:
-    """An exclusive lock on a run directory, so two runs never write into the same one.
-
-    An ``flock`` on ``DIR/.lock`` (which holds the owner's pid, for messages): the kernel drops it
-    when the owner dies, so a SIGKILLed run never leaves a lock that blocks its own resume.
-    """
-
-    def __init__(self, out: Path) -> None:
-        self.path = out / ".lock"
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise SviteError(f"{self.path.parent}: another run (pid {pid}) is using this run directory") from None
-            try:  # the file we locked may have been unlinked by its previous owner meanwhile: retry
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
-
-
-def run_is_active(out: str | Path) -> bool:
-    """True while a training process holds ``out``'s run lock (used by the app's run registry)."""
-    path = Path(out) / ".lock"
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
