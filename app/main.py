@@ -14,6 +14,12 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:  # `streamlit run app/main.py` puts app/ on the path, not the repository root
     sys.path.insert(0, _ROOT)
 
+import os  # noqa: E402
+
+# Nothing the app loads comes from a hub: keep Hugging Face offline for this process and the runs it starts
+# (the library leaves a caller's environment alone; its CLI and this app decide for themselves).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import streamlit as st  # noqa: E402
 
 # The first page of a fresh server imports torch, torchvision and timm (5-15 s on a busy 2-core machine):

@@ -7,6 +7,9 @@ import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Running from a checkout of the repository (``bash scripts/app.sh``), not from an installed package
+#: (``pip install`` + ``svite app``): only a checkout has the shipped demo checkpoints beside the code.
+IS_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "pages").is_dir()
 
 #: File types the checkpoint loader accepts (safetensors, and torch pickles loaded with weights_only).
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
@@ -17,14 +20,21 @@ DEFAULT_UPLOAD_MB = 400
 IMAGE_UPLOAD_MB = 20
 
 
+def pages_dir() -> Path:
+    """The page scripts: ``pages/`` of a checkout, ``app/pages`` of an installed package (setup.py puts them there)."""
+    return REPO_ROOT / "pages" if IS_CHECKOUT else Path(__file__).resolve().parent / "pages"
+
+
 def checkpoints_dir() -> Path:
     """The shipped demo checkpoints (``SVITE_CHECKPOINTS_DIR`` overrides, e.g. in tests)."""
     return Path(os.environ.get("SVITE_CHECKPOINTS_DIR", REPO_ROOT / "checkpoints")).expanduser()
 
 
 def runs_dir() -> Path:
-    """Training runs, including the ones the Retrain page launches (``SVITE_RUNS_DIR`` overrides)."""
-    return Path(os.environ.get("SVITE_RUNS_DIR", REPO_ROOT / "runs")).expanduser()
+    """Training runs, including the ones the Retrain page launches (``SVITE_RUNS_DIR`` overrides; ``svite
+    app --runs DIR`` sets it). Default: the checkout's ``runs/``, or the current folder's for an installed app."""
+    default = REPO_ROOT / "runs" if IS_CHECKOUT else Path.cwd() / "runs"
+    return Path(os.environ.get("SVITE_RUNS_DIR", default)).expanduser()
 
 
 def shipped_runs_dir() -> Path:

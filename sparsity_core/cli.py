@@ -15,9 +15,10 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import SviteError
+from .errors import FlagError, SviteError
 
 if TYPE_CHECKING:  # config imports torch; the CLI imports it lazily, so --help and errors stay fast
     from .training.config import TrainConfig
@@ -319,6 +320,57 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The explorer's package, started by ``svite app`` as a Streamlit script (the core never imports it).
+EXPLORER_PACKAGE = "app"
+#: The app's Streamlit settings: ``.streamlit/config.toml`` of a checkout says the same, but is not installed.
+STREAMLIT_FLAGS = ("--server.headless", "true", "--server.maxUploadSize", "400", "--server.runOnSave", "false",
+                   "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--theme.base", "light")
+
+
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("app", help="start the explorer on a folder of runs (like tensorboard --logdir)",
+                       description="Start SViTE Explorer (a Streamlit server on localhost) from wherever the "
+                       "package is installed, showing every run below --runs DIR at any depth (ours, Recorder "
+                       "runs, DeiT/SViTE, timm and TensorBoard folders) and any checkpoint you upload.")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="folder of runs (default: ./runs)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="localhost", help="address to listen on (default localhost; 0.0.0.0 shares it)")
+    p.set_defaults(func=cmd_app)
+
+
+def explorer_script() -> Path:
+    """The explorer's entry script, from the installed (or checked-out) ``app`` package, found without
+    importing it; a missing or foreign ``app`` package is one line."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(EXPLORER_PACKAGE)
+    folder = Path(spec.origin).parent if spec is not None and spec.origin else None
+    if folder is None or not (folder / "main.py").is_file() or not (folder / "settings.py").is_file():
+        raise SviteError("the explorer is not installed beside this package (no 'app' package with main.py); "
+                         "reinstall svite-explorer")
+    return folder / "main.py"
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    import subprocess
+
+    runs = Path(args.runs).expanduser()
+    if runs.exists() and not runs.is_dir():
+        raise SviteError(f"--runs {args.runs}: not a folder")
+    if not 1 <= args.port <= 65535:
+        raise FlagError("--port", f"--port {args.port}: not a port number (1-65535)")
+    script = explorer_script()
+    env = {**os.environ, "SVITE_RUNS_DIR": str(runs.resolve())}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port),
+           "--server.address", args.host, "--browser.serverAddress", args.host, *STREAMLIT_FLAGS]
+    print(f"svite app: runs below {runs.resolve()}{'' if runs.is_dir() else ' (none yet)'}; "
+          f"open http://{args.host}:{args.port}", file=sys.stderr)
+    try:
+        return subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode
+    except KeyboardInterrupt:
+        return 130
+
+
 def _emit(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         from .analysis.report import to_json
@@ -354,10 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compact(sub)
     _add_runs(sub)
     _add_convert(sub)
+    _add_app(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Nothing we load comes from a hub: the command keeps Hugging Face offline for itself and the runs it
+    # starts (set before timm is first imported; an explicit HF_HUB_OFFLINE=0 wins). The library does not.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -104,6 +104,7 @@ FLOORS = {
     "checkpoint": 4,
     "training": 5, "analysis": 5,
     "runs": 6,
+    "trackers": 1, "record": 5,
     "cli": 7, "__main__": 8, "": 8,  # "" is the package's face (sparsity_core/__init__.py)
 }
 ROOT_MODULES = {"__init__", "__main__", "_compat", "errors", "cli"}

@@ -24,7 +24,7 @@ import pandas as pd
 from sparsity_core.checkpoint.atomic import atomic_write_bytes
 from sparsity_core.errors import SviteError
 
-from ..settings import REPO_ROOT, runs_dir
+from ..settings import IS_CHECKOUT, REPO_ROOT, runs_dir
 from .run_form import METHODS, RunForm
 
 __all__ = ["FINAL", "METHODS", "RECORD", "RunForm", "RunState", "cancel", "launch", "list_runs", "state"]
@@ -139,7 +139,7 @@ def launch(form: RunForm) -> str:
            "pid": None}
     _write_record(run_dir, rec)
     with open(run_dir / "stdout.log", "wb") as out, open(run_dir / "stderr.log", "wb") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT if IS_CHECKOUT else run_dir.parent, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)  # own process group: cancel signals all of it
     rec["pid"] = proc.pid
     _write_record(run_dir, rec)

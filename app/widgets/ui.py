@@ -22,8 +22,9 @@ from ..figures.plots import PLOTLY_CONFIG
 from ..loaders import catalog, checkpoint_data, runs_data
 from ..settings import (
     CHECKPOINT_SUFFIXES,
-    REPO_ROOT,
+    IS_CHECKOUT,
     checkpoints_dir,
+    pages_dir,
     runs_dir,
     torch_threads,
     upload_limit_mb,
@@ -108,7 +109,7 @@ def navigation_pages() -> list[Any]:
     natural bookmark) would say "Page not found": a hidden page runs the same script at its own address."""
     pages = []
     for i, (key, title, icon) in enumerate(_page_order()):
-        script = str(REPO_ROOT / "pages" / f"{key}.py")
+        script = str(pages_dir() / f"{key}.py")
         page = st.Page(script, title=title, icon=icon, url_path=f"{key}-home" if i == 0 else key, default=i == 0)
         _PAGE_OBJECTS[key] = page
         pages.append(page)
@@ -172,8 +173,9 @@ def sidebar() -> None:
     labels = {e.path: e.label for e in entries}
     with picker:
         if not entries:
-            st.warning(f"No checkpoints found in {checkpoints_dir()} or {runs_dir()}: run "
-                       "`python scripts/make_demo_checkpoints.py`, train one, or upload one below.")
+            make = ("run `python scripts/make_demo_checkpoints.py`, train one" if IS_CHECKOUT else
+                    "train one (`svite train --out runs/demo`), record one from your own loop (`Recorder`)")
+            st.warning(f"No checkpoints found in {checkpoints_dir()} or {runs_dir()}: {make}, or upload one below.")
             st.session_state.pop(CKPT_KEY, None)
             return
         if st.session_state.get(CKPT_KEY) not in paths:

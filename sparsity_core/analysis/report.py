@@ -82,6 +82,13 @@ def selector_summary(loaded: LoadedCheckpoint) -> dict[str, int] | None:
     return {"keep": sel.resolve_keep(n), "of": n, "block_index": sel.block_index, "mode": sel.mode}
 
 
+def require_vit(loaded: LoadedCheckpoint, what: str) -> None:
+    """Refuse, in one line, to run a model only its own code can build (a Recorder run of another module)."""
+    if not loaded.is_vit:
+        raise SviteError(f"{loaded.path}: {what} needs a timm ViT/DeiT; this run recorded a {loaded.model_config.name}, "
+                         "whose masks and history svite inspect and the app's mask pages show")
+
+
 def inspect_checkpoint(loaded: LoadedCheckpoint) -> dict[str, Any]:
     """The ``svite inspect --json`` document (fields of docs/cli.md, plus settings and metrics)."""
     rows = layer_rows(loaded)
@@ -92,7 +99,9 @@ def inspect_checkpoint(loaded: LoadedCheckpoint) -> dict[str, Any]:
         "format": loaded.format,
         "model": loaded.model_config.name,
         "model_config": loaded.model_config.to_dict(),
-        "architecture": describe_model(loaded.model),
+        "model_kind": loaded.meta.get("model_kind", "vit"),
+        # a Recorder run of a module we cannot build (models.stand_in) has weights and masks, no ViT shape
+        "architecture": describe_model(loaded.model) if loaded.is_vit else None,
         "method": loaded.method,
         "settings": meta.get("settings", {}),
         "epoch": meta.get("epoch"),
@@ -147,6 +156,7 @@ def evaluate_checkpoint(loaded: LoadedCheckpoint, data: str | None = None, batch
                         val_size: int | None = None, throughput_batch: int = 32) -> dict[str, Any]:
     """The ``svite eval --json`` document: accuracy on the validation split (classes matched by name,
     top-1 and top-5 over all of the model's outputs), size, FLOPs, speed."""
+    require_vit(loaded, "svite eval")
     model = loaded.model
     source = data or (loaded.meta.get("data") or {}).get("source") or "demo"
     val_size = val_size or (loaded.meta.get("train_config") or {}).get("val_size")

@@ -26,6 +26,7 @@ import torch
 from ..errors import CheckpointError, SviteError
 from ..history.fileformat import history_from_file
 from ..history.lazy import MaskHistory
+from ..models.stand_in import VIT
 from . import validate
 from .limits import check_model_config
 
@@ -127,7 +128,9 @@ def read_header(path: str | Path) -> Header:
         return Header(path, None, tensors)
     meta = validate.parse_header(path, extra[META_KEY])
     try:  # the caps a load applies before building anything (depth 10000 is refused here too)
-        check_model_config(validate.model_config(path, meta["model_config"]), lambda f: f"model_config.{f}")
+        config = validate.model_config(path, meta["model_config"])
+        if meta.get("model_kind", VIT) == VIT:  # a Recorder run of another module: nothing is built from it
+            check_model_config(config, lambda f: f"model_config.{f}")
     except SviteError as err:
         raise CheckpointError(f"{path}: {err}") from None
     history = meta.pop("history", None)

@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import CheckpointError, SviteError
 from ..history.fileformat import history_from_file, history_from_legacy
 from ..history.lazy import MaskHistory
+from ..models.stand_in import MODULE, TensorTree
 from . import validate
 from .foreign import load_official, load_plain
 from .loaded import FORMAT, FORMAT_VERSION, LoadedCheckpoint
@@ -69,8 +70,11 @@ def _load_ours(path: Path, tensors: dict[str, torch.Tensor], header_json: str) -
     if header.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer SViTE Explorer (format {header['format_version']})")
     config = validate.model_config(path, header["model_config"])
-    model = validate.build_checked(path, config, {k[len("model/"):]: v for k, v in tensors.items()
-                                                  if k.startswith("model/")})
+    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    if header.get("model_kind") == MODULE:  # a Recorder run of a model only its own code can build
+        model: nn.Module = TensorTree(state, config.name)
+    else:
+        model = validate.build_checked(path, config, state)
     params, units = validate.parameter_shapes(model), validate.unit_shapes(model)
     expected = {"mask": params, "unit": units, "fired": {**params, **units}}  # S2ViTE's fired holds units too
     groups = {group: validate.packed_group(path, tensors, group, header.get(f"{group}_shapes"), want)

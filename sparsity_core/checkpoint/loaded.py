@@ -20,6 +20,7 @@ from torch import nn
 from ..history.lazy import MaskHistory
 from ..masks.maskset import MaskSet
 from ..models.builder import ModelConfig
+from ..models.stand_in import VIT
 
 FORMAT = "svite-explorer"
 FORMAT_VERSION = 2  # 2: keyframe + delta mask history (1: every snapshot packed in full)
@@ -42,6 +43,11 @@ class LoadedCheckpoint:
     @property
     def method(self) -> str:
         return str(self.meta.get("method", "dense"))
+
+    @property
+    def is_vit(self) -> bool:
+        """A timm ViT/DeiT (every page applies), not a Recorder run of another module (``models.stand_in``)."""
+        return self.meta.get("model_kind", VIT) == VIT
 
     @property
     def has_selector(self) -> bool:

@@ -43,15 +43,17 @@ def _put_packed(tensors: dict[str, torch.Tensor], prefix: str, packed: PackedMas
     return {n: list(s) for n, s in packed.shapes.items()}
 
 
-def checkpoint_parts(model: nn.Module, model_config: ModelConfig, *, masks: MaskSet | None = None,
+def checkpoint_parts(model: nn.Module | Mapping[str, torch.Tensor], model_config: ModelConfig, *,
+                     masks: MaskSet | PackedMasks | None = None,
                      units: MaskSet | None = None, fired: MaskSet | None = None,
                      history: MaskHistory | list[Snapshot] | None = None,
                      meta: Mapping[str, Any] | None = None) -> tuple[dict[str, torch.Tensor | Segments], dict[str, str]]:
     """The tensors and metadata of a checkpoint (see module docstring for the layout). The weights are
     the model's own tensors and the history's segments its own arrays, not copies: the file is streamed
-    (:func:`.streaming.write_safetensors`), so saving holds nothing the size of the model."""
-    tensors: dict[str, torch.Tensor | Segments] = {f"model/{name}": value.detach()
-                                                   for name, value in model.state_dict().items()}
+    (:func:`.streaming.write_safetensors`), so saving holds nothing the size of the model. ``model`` may
+    also be its state dict (the Recorder's, with torch's pruning reparametrizations folded back)."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    tensors: dict[str, torch.Tensor | Segments] = {f"model/{name}": value.detach() for name, value in state.items()}
     header: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -60,7 +62,9 @@ def checkpoint_parts(model: nn.Module, model_config: ModelConfig, *, masks: Mask
         **dict(meta or {}),
     }
     header["format_version"] = FORMAT_VERSION  # meta re-saved from an older file must not carry its version
-    header["mask_shapes"] = _put_packed(tensors, "mask", masks.pack()) if masks is not None else None
+    if isinstance(masks, MaskSet):
+        masks = masks.pack()  # the Recorder hands its last snapshot's packed masks (no second copy)
+    header["mask_shapes"] = _put_packed(tensors, "mask", masks) if masks is not None else None
     header["unit_shapes"] = _put_packed(tensors, "unit", units.pack()) if units is not None else None
     header["fired_shapes"] = _put_packed(tensors, "fired", fired.pack()) if fired is not None else None
     history_tensors, header["history"] = history_to_file(as_history(history), segments=True)
@@ -80,7 +84,8 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, model_config: ModelConfig, **kwargs: Any) -> Path:
+def save_checkpoint(path: str | Path, model: nn.Module | Mapping[str, torch.Tensor], model_config: ModelConfig,
+                    **kwargs: Any) -> Path:
     """Atomically write a one-file checkpoint, streamed. kwargs: masks, units, fired, history, meta."""
     tensors, metadata = checkpoint_parts(model, model_config, **kwargs)
     return atomic_write_bytes(path, lambda fh: write_safetensors(fh, tensors, metadata))

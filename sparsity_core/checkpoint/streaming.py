@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,7 +38,23 @@ _NAME = {dtype: name for dtype, name in _DTYPES}
 _RANK = {dtype: i for i, (dtype, _) in enumerate(_DTYPES)}
 
 
-def _spec(value: torch.Tensor | Segments) -> tuple[torch.dtype, list[int], int]:
+@dataclass(frozen=True)
+class Computed:
+    """A tensor made only when it is written (``make()``, of the declared dtype and shape): a weight under
+    torch's pruning reparametrization is ``original * mask``, computed one layer at a time this way instead
+    of holding a masked copy of the whole model while saving."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    make: Callable[[], torch.Tensor]
+
+    def detach(self) -> Computed:  # a state dict's values are detached before saving
+        return self
+
+
+def _spec(value: torch.Tensor | Segments | Computed) -> tuple[torch.dtype, list[int], int]:
+    if isinstance(value, Computed):
+        return value.dtype, list(value.shape), math.prod(value.shape) * torch.empty((), dtype=value.dtype).element_size()
     if isinstance(value, Segments):
         return torch.uint8, [value.nbytes], value.nbytes
     if value.dtype not in _NAME:
@@ -44,7 +62,14 @@ def _spec(value: torch.Tensor | Segments) -> tuple[torch.dtype, list[int], int]:
     return value.dtype, list(value.shape), value.numel() * value.element_size()
 
 
-def _write_tensor(fh: io.BufferedIOBase, value: torch.Tensor | Segments) -> None:
+def _write_tensor(fh: io.BufferedIOBase, value: torch.Tensor | Segments | Computed) -> None:
+    if isinstance(value, Computed):
+        with torch.no_grad():
+            made = value.make()
+        if made.dtype != value.dtype or tuple(made.shape) != tuple(value.shape):  # the header is already written
+            raise ValueError(f"a computed tensor came out {made.dtype} {list(made.shape)}, declared {value.dtype} "
+                             f"{list(value.shape)}")
+        value = made
     if isinstance(value, Segments):
         for part in value.parts:
             fh.write(memoryview(np.ascontiguousarray(part)).cast("B"))
@@ -57,7 +82,7 @@ def _write_tensor(fh: io.BufferedIOBase, value: torch.Tensor | Segments) -> None
     fh.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
 
 
-def write_safetensors(fh: io.BufferedIOBase, tensors: Mapping[str, torch.Tensor | Segments],
+def write_safetensors(fh: io.BufferedIOBase, tensors: Mapping[str, torch.Tensor | Segments | Computed],
                       metadata: Mapping[str, str] | None = None) -> None:
     """Write ``tensors`` (and string ``metadata``) to ``fh`` in the safetensors format."""
     specs = {name: _spec(value) for name, value in tensors.items()}

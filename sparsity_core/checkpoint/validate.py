@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import CheckpointError, SviteError
 from ..masks.maskset import PackedMasks, Snapshot, check_packed, head_unit_name, neuron_unit_name
 from ..models.builder import ModelConfig, build_model
+from ..models.stand_in import TensorTree
 from .limits import human_bytes, skeleton, without_init
 
 MAX_CHECKPOINT_BYTES = 4 * 1024**3
@@ -240,6 +241,8 @@ def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def unit_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Shapes of the head / neuron masks a structured run may store for ``model``."""
     out: dict[str, tuple[int, ...]] = {}
+    if isinstance(model, TensorTree):  # a model we cannot build has no heads or neurons we know of
+        return out
     for i, block in enumerate(getattr(model, "blocks", [])):
         out[head_unit_name(i)] = (int(block.attn.num_heads),)
         out[neuron_unit_name(i)] = (int(block.mlp.fc1.out_features),)

@@ -88,7 +88,7 @@ def cost(header: Header) -> dict[str, Any]:
         out["kept_params"] = header.params - int((stats.numel - stats.ones[-1]).sum())
     elif meta.get("method") == "dense":
         out["kept_params"] = header.params
-    if fractions is None:
+    if fractions is None or meta.get("model_kind", "vit") != "vit":  # FLOPs: of a model we can build only
         return out
     config = ModelConfig.from_dict(dict(meta["model_config"]))
     dense_twin = dataclasses.replace(config, selector=None, block_heads=None, block_hidden=None)
