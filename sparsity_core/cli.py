@@ -268,6 +268,8 @@ def _add_runs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--export", default=None, metavar="OUT",
                    help="write a run record (svite-run.json: config, curves, summary; no weights) per run into OUT")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--curves", action="store_true", help="with --json: each run's curves too (per epoch, per "
+                   "logged step, per snapshot, per topology update)")
     p.set_defaults(func=cmd_runs)
 
 
@@ -292,10 +294,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if unknown:
         raise SviteError(f"--baseline {unknown[0]}: no such configuration below {root} "
                          f"(there are: {', '.join(sorted(labels)) or 'none'})")
+    if args.curves and not args.json:
+        raise FlagError("--curves", "--curves adds each run's curves to the JSON document: pass --json too")
     if args.json:
         from .analysis.report import to_json
 
-        print(to_json(runs.runs_document(table, notes, str(root), args.metric, args.baseline)))
+        doc = runs.runs_document(table, notes, str(root), args.metric, args.baseline)
+        for row in doc["runs"] if args.curves else []:
+            curves = runs.run_curves(row["path"], row["source"])
+            row["curves"] = {**curves.as_record(), "source": curves.source, "note": curves.note}
+        print(to_json(doc))
         return 0
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -33,12 +33,16 @@ def load_resume_state(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def torch_load_safe(path: Path) -> Any:
-    """``torch.load`` that only accepts tensors and plain containers (plus argparse.Namespace)."""
+def torch_load_safe(path: Path, mmap: bool = False) -> Any:
+    """``torch.load`` that only accepts tensors and plain containers (plus argparse.Namespace). ``mmap``:
+    tensors stay in the file until read (the runs index reads a DeiT checkpoint's args and masks, not its
+    optimizer state); only for torch's zip format, a legacy file is read whole."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": we report our own line
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as fh:
+                zipped = fh.read(2) == b"PK"
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except pickle.UnpicklingError as err:
         msg = str(err)
         with open(path, "rb") as fh:

@@ -6,11 +6,12 @@ prints them, the experiment scripts write their results tables with them.
 
 from __future__ import annotations
 
-from .curves import Curves, checkpoint_curves, run_curves
+from .curves import Curves, checkpoint_curves
 from .export import export_records
 from .facts import method_label
 from .identity import group_key, outcome_fields
 from .index import COLUMNS, RunIndex, index_runs, read_run
+from .readers.foreign import run_curves  # every run's curves, ours and those made elsewhere
 from .records import read_record
 from .stats import (
            beyond_seed_noise,

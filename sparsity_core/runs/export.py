@@ -14,9 +14,9 @@ from pathlib import Path
 from ..checkpoint.header import read_header
 from ..errors import SviteError
 from ..training.rundir import CHECKPOINT_NAME, CONFIG_NAME
-from .curves import run_curves
 from .files import read_small_json
 from .index import index_runs
+from .readers.foreign import run_curves  # every run's curves, ours and those made elsewhere
 from .records import thin, write_record
 from .walk import RECORD_NAME
 

@@ -117,3 +117,23 @@ def stamp(paths: list[Path]) -> tuple:
         except OSError:
             out.append(None)
     return tuple(out)
+
+
+def read_text(path: Path, limit: int = MAX_SMALL_BYTES) -> str | None:
+    """A small text file (``args.yaml``, ``summary.csv`` of runs made elsewhere) as text, or None when it is
+    missing, unreadable, or over ``limit`` bytes (undecodable bytes replaced)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+    except OSError:
+        return None
+    return None if len(raw) > limit else raw.decode("utf-8", errors="replace")
+
+
+def first_line(path: Path, limit: int = 64 << 10) -> bytes:
+    """The first line of a file (at most ``limit`` bytes; b"" when unreadable): enough to tell a log's kind."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.readline(limit)
+    except OSError:
+        return b""

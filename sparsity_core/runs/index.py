@@ -30,6 +30,7 @@ from ..training.runtime import run_is_active
 from . import facts
 from .files import SUMMARY_TAIL_BYTES, last_error_line, read_metrics, read_number, read_small_json, stamp
 from .identity import config_columns
+from .readers import foreign
 from .records import read_record
 from .walk import RECORD_NAME, Found, find_runs
 
@@ -43,6 +44,8 @@ COLUMNS = ["name", "method_label", "method", "target_density", "density", "heads
 
 
 def _stamp(found: Found) -> tuple:
+    if found.kind in foreign.KINDS:  # a run made elsewhere watches its own files (readers/)
+        return stamp(foreign.watched(found))
     return stamp([found.path] if found.kind == "file" else [found.path / name for name in _WATCHED])
 
 
@@ -102,6 +105,8 @@ def _wall(folder: Path | None, meta: dict[str, Any], metrics: list[dict[str, Any
 def read_run(found: Found) -> tuple[dict[str, Any] | None, str | None]:
     """(row, note): the run's table row (None when there is nothing to list) and a one-line note
     about anything that was skipped."""
+    if found.kind in foreign.KINDS:  # a DeiT/SViTE, timm or TensorBoard folder (readers/)
+        return foreign.read(found)
     if found.kind == "record":
         try:
             record = read_record(found.path / RECORD_NAME)

@@ -7,7 +7,8 @@ A run is one of:
 * a folder with ``config.json`` and ``metrics.jsonl`` but no checkpoint yet (a run in its first epoch,
   or one that failed before its first checkpoint);
 * a folder with ``svite-run.json`` (a run record without weights, written by :func:`records.export`);
-* a bare checkpoint file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) outside a run folder.
+* a bare checkpoint file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) outside a run folder;
+* a run made elsewhere: a DeiT/SViTE, timm ``train.py`` or TensorBoard folder (``readers.detect``).
 
 The walk never descends into a run folder (its resume sidecars and logs are not runs), skips hidden
 folders, follows symbolic links to folders only once each (a link back up the tree is a loop, noted
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..training.rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME
+from .readers.detect import foreign_kind
 
 RECORD_NAME = "svite-run.json"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -87,6 +89,8 @@ def _walk(folder: Path, root: Path, depth: int, found: list[Found], notes: list[
         return
     names = {e.name for e in entries}
     kind = _run_kind(names)
+    if kind is None:  # a run made elsewhere (readers/): a DeiT/SViTE, timm or TensorBoard folder
+        kind = foreign_kind(folder, names)
     if kind is not None:  # the root itself may be one run folder (``svite runs runs/svite``)
         found.append(Found(folder, kind, rel if folder != root else folder.name))
         return
