@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 
-import sparsity_core  # noqa: F401  (before timm)
+# isort: off
+import sparsity_core  # noqa: F401  (before timm: makes timm importable next to a CPU-only torch)
 import timm
 import torch
 from torch.ao.pruning import CubicSL, WeightNormSparsifier
+# isort: on
 
 from sparsity_core import Recorder
 

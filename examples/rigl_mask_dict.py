@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import math
 
-import sparsity_core  # noqa: F401  (before timm)
+# isort: off
+import sparsity_core  # noqa: F401  (before timm: makes timm importable next to a CPU-only torch)
 import timm
 import torch
+# isort: on
 
 from sparsity_core import Recorder
 

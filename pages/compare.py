@@ -55,12 +55,14 @@ if mode == "Two checkpoints":
         rows.append({"checkpoint": label, "method": doc["method"], "model": doc["model"],
                      "val_top1": m.get("val_top1"), "val_top5": m.get("val_top5"),
                      "density": doc["overall_density"], "params": doc["params"], "nonzeros": doc["nonzeros"],
-                     "MFLOPs": fl["sparse"] / 1e6, "FLOPs vs dense": fl["ratio"]})
+                     "MFLOPs": fl["sparse"] / 1e6 if fl else None, "FLOPs vs dense": fl["ratio"] if fl else None})
     side = pd.DataFrame(rows)
     sentence.markdown(story.compare(rows))
-    ui.plot("side_by_side", {"val top-1 (%)": [r["val_top1"] or 0 for r in rows],
-                             "FLOPs vs dense (%)": [100 * r["FLOPs vs dense"] for r in rows],
-                             "density (%)": [100 * r["density"] for r in rows]},
+    bars = {"val top-1 (%)": [r["val_top1"] or 0 for r in rows],
+            "FLOPs vs dense (%)": [100 * r["FLOPs vs dense"] for r in rows],
+            "density (%)": [100 * r["density"] for r in rows]} if fa and fb else {
+        "val top-1 (%)": [r["val_top1"] or 0 for r in rows], "density (%)": [100 * r["density"] for r in rows]}
+    ui.plot("side_by_side", bars,
                                         [label_a, label_b], "Accuracy, FLOPs and density", "%", key="compare_bars")
     with ui.details("Side by side"):
         ui.show_table(side, "compare_summary", key="compare_summary")

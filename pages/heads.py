@@ -16,6 +16,7 @@ PRUNED_NOTE = ("A pruned head's q, k and v rows are exactly zero, so with its ma
                "where training recorded the head probe (below).")
 
 path, loaded = ui.require_checkpoint(ui.page_checkpoint("heads_ckpt"))
+ui.require_vit(loaded, "Heads")
 doc = patch_data.inspect_doc(path)
 arch = doc["architecture"]
 patch, img_size, depth = int(arch["patch_size"]), int(arch["img_size"]), int(arch["depth"])

@@ -34,8 +34,9 @@ sentence.markdown(story.overview(doc, hist, checkpoint_data.flops(path)))
 runs_view.checkpoint_curve(path)  # the run's learning curve with its topology updates, near the top
 if len(fired):  # how much of the model it held, and how much it tried
     ui.plot("fired_lines", fired, key="overview_fired")
-else:
+elif loaded.is_vit:
     ui.plot("flops_bars", checkpoint_data.flops(path), key="flops")
+ui.require_vit(loaded, "The rest of this page (architecture, integrity check, FLOPs, throughput)")
 
 model_rows = [
     ("model", doc["model"]), ("format", doc["format"]), ("method", doc["method"]),

@@ -22,6 +22,7 @@ DEFINITION = ("Attributions and rollout are computed **with every patch present*
               "IoU 1.000 that way). The class explained is the prediction above (selector on).")
 
 path, loaded = ui.require_checkpoint()
+ui.require_vit(loaded, "Patch maps")
 doc = patch_data.inspect_doc(path)
 arch = doc["architecture"]
 sel = doc.get("token_selector")

@@ -95,12 +95,16 @@ def integrity(path: str) -> analysis.IntegrityReport:
 
 
 @st.cache_data(max_entries=32, show_spinner="Counting FLOPs…")
-def _flops(path: str, stamp_: Stamp) -> dict[str, float]:
+def _flops(path: str, stamp_: Stamp) -> dict[str, float] | None:
+    loaded = load(path)
+    if not loaded.is_vit:  # a Recorder run of a model only its own code can build: nothing to run here
+        return None
     with MODEL_LOCK:
-        return analysis.flops_summary(load(path))
+        return analysis.flops_summary(loaded)
 
 
-def flops(path: str) -> dict[str, float]:
+def flops(path: str) -> dict[str, float] | None:
+    """FLOPs per image of this checkpoint and its dense twin (None for a model that is not a ViT we can build)."""
     return _flops(path, stamp(path))
 
 

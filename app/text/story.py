@@ -36,12 +36,14 @@ def _top1(doc: Mapping[str, Any]) -> str:
     return f"; validation top-1 {top1:.1f}%" if isinstance(top1, (int, float)) else ""
 
 
-def overview(doc: Mapping[str, Any], hist: pd.DataFrame, flops: Mapping[str, float]) -> str:
-    """Density held, share explored and updates for sparse runs; heads and neurons for S²ViTE; cost."""
+def overview(doc: Mapping[str, Any], hist: pd.DataFrame, flops: Mapping[str, float] | None) -> str:
+    """Density held, share explored and updates for sparse runs; heads and neurons for S²ViTE; cost (None:
+    a model this app cannot run, whose FLOPs it does not count)."""
     name, density = method_name(doc), float(doc["overall_density"])
     updates = int((hist["event"] == "update").sum()) if "event" in hist else 0
     last = hist.iloc[-1] if len(hist) else pd.Series(dtype=object)
-    cost = f"{flops['sparse'] / 1e6:,.1f} MFLOPs per image ({_pct(flops['ratio'])} of dense)"
+    cost = (f"{flops['sparse'] / 1e6:,.1f} MFLOPs per image ({_pct(flops['ratio'])} of dense)" if flops else
+            f"a {doc['model']}, whose FLOPs only its own code can count")
     sel = doc.get("token_selector")
     keeps = f"; its token selector keeps {sel['keep']} of {sel['of']} patches" if sel else ""
     if doc.get("heads"):
@@ -131,8 +133,9 @@ def compare(rows: Sequence[Mapping[str, Any]]) -> str:
     parts = []
     for r in rows:
         top1 = f"{r['val_top1']:.1f}% top-1" if isinstance(r.get("val_top1"), (int, float)) else "no recorded accuracy"
-        parts.append(f"{r['checkpoint']} reaches {top1} at {_pct(float(r['density']))} density and "
-                     f"{_pct(float(r['FLOPs vs dense']))} of the dense FLOPs")
+        cost = (f"{_pct(float(r['FLOPs vs dense']))} of the dense FLOPs" if r.get("FLOPs vs dense") is not None
+                else "FLOPs not counted (not a ViT)")
+        parts.append(f"{r['checkpoint']} reaches {top1} at {_pct(float(r['density']))} density and {cost}")
     return "; ".join(parts) + "."
 
 

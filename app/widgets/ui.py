@@ -260,6 +260,17 @@ def require_checkpoint(path: str | None = None) -> tuple[str, LoadedCheckpoint]:
     raise AssertionError("unreachable")
 
 
+def require_vit(loaded: LoadedCheckpoint, page: str) -> None:
+    """Stop a page that runs the model, saying why, for a run whose model only its own code can build (a
+    ``Recorder`` run of a CNN, an MLP, ...): its masks and curves are shown elsewhere."""
+    if loaded.is_vit:
+        return
+    st.info(f"{page} runs the model, and this run recorded a {loaded.model_config.name}: not a timm ViT/DeiT, so "
+            "only its own code can build it. Its masks are on the Layer density, Mask evolution and Compare pages, "
+            "its curves on the Runs page.", icon=":material/info:")
+    st.stop()
+
+
 def header(title: str, what: str = "", path: str | None = None) -> None:
     st.title(title)
     label = current_label() if path is None else {e.path: e.label for e in catalog.find_checkpoints()}.get(
