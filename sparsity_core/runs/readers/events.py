@@ -41,7 +41,7 @@ def watched(folder: Path) -> list[Path]:
         return []
 
 
-def _scalars(folder: Path) -> tuple[dict[str, pd.DataFrame], str | None]:
+def read_scalars(folder: Path) -> tuple[dict[str, pd.DataFrame], str | None]:
     """tag -> (step, value) frame, and a note when the events could not be read."""
     if importlib.util.find_spec("tensorboard") is None:
         return {}, "TensorBoard events not read: the tensorboard package is not installed (pip install " \
@@ -96,7 +96,7 @@ def _config(folder: Path) -> dict[str, Any]:
 
 def read(found: Any) -> tuple[dict[str, Any] | None, str | None]:
     folder = found.path
-    scalars, note = _scalars(folder)
+    scalars, note = read_scalars(folder)
     config = _config(folder)
     top1, top5 = _find(scalars, TOP1, _ACCURACY), _find(scalars, TOP5)
     density = scalars.get(tags.DENSITY)
@@ -117,7 +117,7 @@ def read(found: Any) -> tuple[dict[str, Any] | None, str | None]:
 
 def curves(folder: Path) -> Curves:
     """Every scalar tag against step; accuracy as the per-evaluation curve; our sparsity tags as snapshots."""
-    scalars, note = _scalars(folder)
+    scalars, note = read_scalars(folder)
     if not scalars:
         return Curves(note=f"no curve: {note}", source="tensorboard")
     steps = None
