@@ -120,3 +120,14 @@ def test_the_installed_package_imports_trains_and_serves_the_app(wheel, tmp_path
     shown = subprocess.run([str(python), "-c", page], cwd=work, capture_output=True, text=True, timeout=600,
                            env={**os.environ, "SVITE_RUNS_DIR": str(work / "runs"), "PYTHONPATH": ""})
     assert shown.returncode == 0 and "tiny_s0" in shown.stdout, shown.stderr[-2000:]
+
+
+def test_svite_app_refuses_bad_flags_in_one_line(tmp_path, capsys):
+    from sparsity_core.cli import explorer_script, main
+
+    (tmp_path / "file").write_text("x")
+    assert main(["app", "--runs", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err.strip() == f"svite app: error: --runs {tmp_path / 'file'}: not a folder"
+    assert main(["app", "--port", "0"]) == 2
+    assert "--port 0: not a port number" in capsys.readouterr().err
+    assert explorer_script() == ROOT / "app" / "main.py"  # the checkout's app, found without importing it
