@@ -196,9 +196,9 @@ def compact_file(path: str | Path, out: str | Path) -> dict[str, Any]:
     """
     path, out = Path(path), Path(out)
     if out.exists() and (out.is_dir() or out.resolve() == path.resolve()):
-        raise SviteError(f"{out}: output is the input or a directory; choose another OUT")
+        raise SviteError("output is the input or a directory; choose another OUT", path=out)
     if out.exists():
-        raise SviteError(f"{out}: already exists; choose another OUT (compact never overwrites a file)")
+        raise SviteError("already exists; choose another OUT (compact never overwrites a file)", path=out)
     loaded = load_checkpoint(path)
     small, config = compact(loaded)
     masked = copy.deepcopy(loaded.model).float().cpu().eval()

@@ -86,7 +86,7 @@ class SViTEEngine(WeightEngine):
         super().__init__(ctx)
         cfg = ctx.config
         self._grow = WEIGHT_GROWTH[str(cfg.growth)]
-        self.grown_moments = str(cfg.grown_moments)  # checked with the flags (config.py)
+        self.grown_moments = str(cfg.grown_moments)  # checked with the flags (training/config.py)
         # --death magnitude-mature: per layer, the new connections of the last update (flat, as bits)
         self._young: BitMaskSet | None = BitMaskSet() if str(cfg.death) == "magnitude-mature" else None
         self.clock = self._clock(ctx)
@@ -106,7 +106,7 @@ class SViTEEngine(WeightEngine):
                                        getattr(ctx.model, "num_classes", None))
 
     def _initial_masks(self, init_masks: MaskSet | None) -> tuple[BitMaskSet, dict[str, Any]]:
-        """Masks as bits (one layer unpacked at a time, here and in every update: see bitmasks.py)."""
+        """Masks as bits (one layer unpacked at a time, here and in every update: see masks/bits.py)."""
         masks = BitMaskSet()
         if init_masks is None or not len(init_masks):
             for name, p in zip(self.names, self._params, strict=True):

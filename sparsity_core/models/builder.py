@@ -128,7 +128,7 @@ def available_models() -> list[str]:
     return [n for n in timm.list_models() if _is_vision_transformer_name(n)]
 
 
-# build steps of the modules that extend a timm model (token_selector.py, compact.py), in import order
+# build steps of the modules that extend a timm model (models/token_selector.py, models/compact.py), in import order
 _EXTENSIONS: list[Callable[[nn.Module, ModelConfig], None]] = []
 
 

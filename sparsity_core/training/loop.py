@@ -87,8 +87,8 @@ def train(cfg: TrainConfig, *, show_progress: bool = True, echo_metrics: bool = 
     if resume_path is not None and resume_path.is_dir():
         resume_path = resume_path / CHECKPOINT_NAME
     if resume_path is None and ddp.is_main and (out / CHECKPOINT_NAME).exists():
-        raise SviteError(f"{out}: already holds a run (checkpoint.safetensors); pass --resume {out} to continue it "
-                         "or choose another --out")
+        raise SviteError(f"already holds a run (checkpoint.safetensors); pass --resume {out} to continue it "
+                         "or choose another --out", path=out)
     created = check_out_dir(out) if ddp.is_main else None
     try:
         with RunLock(out) if ddp.is_main else nullcontext():
