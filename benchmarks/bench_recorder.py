@@ -29,11 +29,11 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import sparsity_core  # noqa: F401  (before timm)
 import timm  # noqa: E402
 import torch  # noqa: E402
 from torch.ao.pruning import WeightNormSparsifier  # noqa: E402
 
+import sparsity_core  # noqa: F401  (before timm)
 from sparsity_core import Recorder  # noqa: E402
 from sparsity_core.masks import default_sparsifiable  # noqa: E402
 

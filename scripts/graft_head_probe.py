@@ -5,7 +5,7 @@
 The rerun must be the same training run (same command and seed, same torch build, one thread): the script
 checks that its final weights and masks and every snapshot's masks, head/neuron masks and selector weights
 equal the checkpoint's, bit for bit, and refuses otherwise. OUT is then the checkpoint as it was (weights,
-masks, metadata, history) plus the rerun's head probe at every snapshot and its ``head_probe`` metadata.
+masks, metadata, history) plus the rerun's head probe at every snapshot and its ``history.probe`` metadata.
 Used once, for the shipped S²ViTE and SViTE+ demos (their reruns gave the same bits, which also shows that
 recording the probe changes nothing that training computes); a demo remade by
 ``scripts/make_demo_checkpoints.py`` records its probe itself.

@@ -2,7 +2,7 @@
 
 Error convention: bad input -> one line on stderr naming the file or flag and the problem, exit
 code 2, no traceback (set ``SVITE_DEBUG=1`` to see one), no file changed. A typed flag that has no
-effect is named on stderr too, one line each (``flag_use.py`` says when that warns and when it refuses).
+effect is named on stderr too, one line each (``training/flags.py`` says when that warns and when it refuses).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import FlagError, SviteError
+from .errors import FlagError, SviteError, one_line
 
 if TYPE_CHECKING:  # config imports torch; the CLI imports it lazily, so --help and errors stay fast
     from .training.config import TrainConfig
@@ -145,7 +145,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _warn(command: str) -> Callable[[str], None]:
-    """A printer of one warning line for ``svite COMMAND`` (flag_use.py decides what deserves one)."""
+    """A printer of one warning line for ``svite COMMAND`` (training/flags.py decides what deserves one)."""
 
     def warn(line: str) -> None:
         if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per rank
@@ -280,8 +280,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     root = Path(args.dir)
     if not root.is_dir():
-        raise SviteError(f"{root}: {'not a folder' if root.exists() else 'no such folder'} (svite runs takes a folder "
-                         "of runs)")
+        raise SviteError(f"{'not a folder' if root.exists() else 'no such folder'} (svite runs takes a folder "
+                         "of runs)", path=root)
     if args.export:
         written, notes = runs.export_records(root, args.export)
         for note in notes:
@@ -432,10 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SviteError as err:
-        return _bad_input(args.command, _one_line(err))
+        return _bad_input(args.command, err.sentence())
     except OSError as err:  # the filesystem said no (missing, read-only, full, not a directory): not a bug
         where = f"{err.filename}: " if err.filename else ""
-        return _bad_input(args.command, f"{where}{err.strerror or _one_line(err)}")
+        return _bad_input(args.command, f"{where}{err.strerror or one_line(err)}")
     except MemoryError:
         return _bad_input(args.command, "out of memory; use smaller sizes (--batch-size, --train-size, --img-size)")
     except KeyboardInterrupt:
@@ -456,12 +456,3 @@ def _bad_input(command: str, message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def _one_line(err: BaseException) -> str:
-    """The error's message on one line. A DataLoader worker re-raises a SviteError with the worker's
-    traceback in its message; the original message is its last line."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    if len(lines) > 1 and lines[0].startswith("Caught ") and any("Traceback" in ln for ln in lines):
-        last = lines[-1]
-        prefix, _, rest = last.partition(": ")
-        return rest if prefix.endswith("Error") and rest else last
-    return " ".join(lines) or type(err).__name__

@@ -1,4 +1,4 @@
-"""Masks as bits while training (bitmasks.py) and the linear-time weight update (select.choose_keys,
+"""Masks as bits while training (masks/bits.py) and the linear-time weight update (select.choose_keys,
 weights.exchange): the same masks, the same applied weights and the same decisions as the bool/float
 forms they replace, at one bit per weight."""
 

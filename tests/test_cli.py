@@ -82,3 +82,27 @@ def test_module_entry_point_has_no_traceback(tmp_path):
     assert "garbage.pth" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stdout == ""
     assert garbage.read_bytes() == before
+
+
+def test_an_error_in_a_data_loader_worker_arrives_as_the_users_sentence(tmp_path, capsys):
+    """A SviteError raised in a DataLoader worker process (an unreadable image) reaches the CLI with its
+    values (file, message, detail), not as a worker traceback to be parsed: one line, exit 2."""
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray((np.random.default_rng(i).random((32, 32, 3)) * 255).astype("uint8")).save(
+                    tmp_path / "data" / split / cls / f"{i}.png")
+    bad = tmp_path / "data" / "train" / "a" / "9.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"torn" * 8)
+    argv = ["train", "--data", str(tmp_path / "data"), "--img-size", "32", "--patch-size", "4", "--depth", "1",
+            "--embed-dim", "16", "--num-heads", "2", "--batch-size", "7", "--epochs", "1", "--num-workers", "1",
+            "--quiet", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"svite train: error: {bad}: "), err
+    assert "Traceback" not in err[0] and "worker" not in err[0]
+    assert not (tmp_path / "run").exists()

@@ -52,7 +52,8 @@ def _kill_and_resume(tmp_path: Path, method_args: list[str], kills: int, seed: i
     run = tmp_path / "killed"
     metrics = run / "metrics.jsonl"
     rng = random.Random(seed)
-    moments = []
+    moments: list[int] = []
+    updates_at_kill: list[int] = []  # topology updates the run had made when it was killed
     while len(moments) < kills:
         resume = ["--resume", str(run)] if (run / "checkpoint.safetensors").exists() else []
         # a random moment inside training: after a random number of further steps, plus a random
@@ -73,6 +74,7 @@ def _kill_and_resume(tmp_path: Path, method_args: list[str], kills: int, seed: i
         if (run / "checkpoint.safetensors").exists():
             loaded = load_checkpoint(run / "checkpoint.safetensors")  # the last checkpoint always loads
             assert (run / loaded.meta["resume_file"]).is_file()
+            updates_at_kill.append(sum(s.info.get("event") == "update" for s in loaded.history))
     resume = ["--resume", str(run)] if (run / "checkpoint.safetensors").exists() else []
     done = subprocess.run(_svite("--out", str(run), *method_args, *resume), env=_env(), timeout=600,
                           capture_output=True, text=True)
@@ -83,6 +85,12 @@ def _kill_and_resume(tmp_path: Path, method_args: list[str], kills: int, seed: i
         assert torch.equal(value, b.model.state_dict()[key]), f"{key} differs after kills at {moments}"
     if a.masks is not None:
         assert a.masks.equal(b.masks)
+    if method_args[method_args.index("--method") + 1] == "svite":
+        # resume restores masks that moved: the run had updated its topology before some kill, and the
+        # final masks are not the initial ones
+        assert max(updates_at_kill, default=0) >= 1, f"no topology update before any kill ({updates_at_kill})"
+        assert sum(s.info.get("event") == "update" for s in a.history) >= 3
+        assert not a.history[0].masks.unpack().equal(a.masks)
     assert b.meta["complete"] is True and b.meta["step"] == a.meta["step"]
     steps = [json.loads(line).get("step") for line in (run / "metrics.jsonl").read_text().splitlines()
              if '"kind": "step"' in line]
@@ -91,14 +99,17 @@ def _kill_and_resume(tmp_path: Path, method_args: list[str], kills: int, seed: i
 
 
 def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path):
-    # SViTE rather than dense: its resume must also restore masks, fired masks and the schedule
-    _kill_and_resume(tmp_path, ["--method", "svite", "--density", "0.5", "--update-frequency", "4"], kills=5, seed=7)
+    # SViTE rather than dense: its resume must also restore masks, fired masks and the schedule; updates
+    # from step 0 (at this size the default plateau start would never update, and "resume restores the
+    # masks" would be checked on masks that never changed)
+    _kill_and_resume(tmp_path, ["--method", "svite", "--density", "0.5", "--update-frequency", "4",
+                                "--update-start", "0"], kills=5, seed=7)
 
 
 @pytest.mark.slow
 def test_sigkill_twenty_times_then_resume_is_bit_exact(tmp_path):
-    _kill_and_resume(tmp_path, ["--method", "svite", "--density", "0.5", "--update-frequency", "4"], kills=20,
-                     seed=11)
+    _kill_and_resume(tmp_path, ["--method", "svite", "--density", "0.5", "--update-frequency", "4",
+                                "--update-start", "0"], kills=20, seed=11)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):

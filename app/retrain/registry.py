@@ -120,7 +120,7 @@ def _new_run_dir(method: str) -> Path:
             return d
         except FileExistsError:
             continue
-    raise SviteError(f"{root}: cannot create a new run directory")
+    raise SviteError("cannot create a new run directory", path=root)
 
 
 def launch(form: RunForm) -> str:
@@ -237,7 +237,7 @@ def state(run_id: str) -> RunState:
     run_dir = runs_dir() / run_id
     rec = _read_record(run_dir)
     if rec is None:
-        raise SviteError(f"{run_dir}: not a run launched from the app (no {RECORD})")
+        raise SviteError(f"not a run launched from the app (no {RECORD})", path=run_dir)
     if rec.get("status") not in FINAL:
         proc = _PROCS.get(run_id)
         if proc is not None:

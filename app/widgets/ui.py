@@ -3,7 +3,6 @@ helpers every page uses to show figures (PNG from plotly's toolbar) and tables (
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -217,31 +216,16 @@ def current_label() -> str:
     return labels.get(path, Path(path).name) if path else "no checkpoint"
 
 
-#: Markers of library text that the loader quotes in parentheses (torch, safetensors, pickle): the app
-#: leaves such detail out of what it shows; ``svite inspect`` on the command line still prints it.
-_LIBRARY_TEXT = ("rror", "Weights only", "PytorchStreamReader", "Unsupported", "deserializ", "magic number",
-                 "opcode", "miniz", "GLOBAL", "Traceback", "index out of range")
-
-
 def explain(err: BaseException, path: str | None = None) -> str:
-    """A loader error as whole sentences for the page: the file's name instead of its full path, the
-    quoted library text (e.g. "Unsupported operand 149") left out, a full stop at the end. Anything
-    that is not one of our SviteErrors becomes a plain "could not be read" sentence."""
+    """An error as a whole sentence for the page, from the error's values (``SviteError``: message, path,
+    detail): the file's base name instead of its full path, the library's own words (the detail) left out,
+    a full stop at the end. Anything that is not a ``SviteError`` is a bug of ours and is said to be one."""
     name = Path(path).name if path else "this file"
     if not isinstance(err, SviteError):
-        return (f"{name} could not be read as a checkpoint ({type(err).__name__}); it may be truncated, or in a "
-                "format this app does not know.")
-    text = str(err)
-    if path:
-        text = text.replace(str(path), name)
-
-    def drop(m: re.Match) -> str:
-        return "" if any(marker in m.group(0) for marker in _LIBRARY_TEXT) else m.group(0)
-
-    text = re.sub(r"\s*\((?:[^()]|\([^()]*\))*\)", drop, text).strip()
-    text = re.sub(r"\s+;", ";", text)
-    if path and not text.startswith(name):
-        text = f"{name}: {text}"
+        return (f"The explorer failed while reading {name}: an internal error ({type(err).__name__}), not a problem "
+                "with your file; please report it (run `svite inspect` on the file with SVITE_DEBUG=1 for details).")
+    where = Path(err.path).name if err.path else (name if path else None)
+    text = err.sentence(with_detail=False, path_as=where)
     return text if text.endswith((".", "!", "?")) else text + "."
 
 

@@ -213,7 +213,7 @@ def snapshot_distances(history: HistoryLike, metric: str = "jaccard",
     else:
         got, packed, total = _rows_decoded(h, names, h.stride_for())
     if got != idx:
-        raise SviteError(f"{h.source}: the history's masks and their distance rows disagree")
+        raise SviteError("the history's masks and their distance rows disagree", path=h.source)
     return _pairwise(packed, metric, total), idx
 
 

@@ -9,7 +9,7 @@ importance, its overlap with the object, and the same head across training.
 * **Pruned heads.** A head pruned by S²ViTE has its q, k and v rows (and biases) exactly zero, so with
   its mask lifted its scores are all 0 and its attention is uniform: it no longer looks at anything.
   Its map is computed like every other one and reported as uniform, never given an IoU; what it looked
-  at while it was alive can only come from the head probe recorded during training (``head_probe``).
+  at while it was alive can only come from the head probe recorded during training (``history.probe``).
 * **Importance** is the Taylor score the S²ViTE engine prunes heads by, computed by the engine's own
   scorer (:func:`~sparsity_core.dst.scorers.head_taylor`) from each head's attention output and its
   gradient under plain cross-entropy, over the images given. A pruned head outputs 0 and scores exactly 0.

@@ -85,8 +85,8 @@ def selector_summary(loaded: LoadedCheckpoint) -> dict[str, int] | None:
 def require_vit(loaded: LoadedCheckpoint, what: str) -> None:
     """Refuse, in one line, to run a model only its own code can build (a Recorder run of another module)."""
     if not loaded.is_vit:
-        raise SviteError(f"{loaded.path}: {what} needs a timm ViT/DeiT; this run recorded a {loaded.model_config.name}, "
-                         "whose masks and history svite inspect and the app's mask pages show")
+        raise SviteError(f"{what} needs a timm ViT/DeiT; this run recorded a {loaded.model_config.name}, "
+                         "whose masks and history svite inspect and the app's mask pages show", path=loaded.path)
 
 
 def inspect_checkpoint(loaded: LoadedCheckpoint) -> dict[str, Any]:
@@ -206,9 +206,9 @@ def compact_file(path: str | Path, out: str | Path) -> dict[str, Any]:
     """
     path, out = Path(path), Path(out)
     if out.exists() and (out.is_dir() or out.resolve() == path.resolve()):
-        raise SviteError(f"{out}: output is the input or a directory; choose another OUT")
+        raise SviteError("output is the input or a directory; choose another OUT", path=out)
     if out.exists():
-        raise SviteError(f"{out}: already exists; choose another OUT (compact never overwrites a file)")
+        raise SviteError("already exists; choose another OUT (compact never overwrites a file)", path=out)
     loaded = load_checkpoint(path)
     small, config = compact(loaded)
     masked = copy.deepcopy(loaded.model).float().cpu().eval()

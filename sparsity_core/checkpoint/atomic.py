@@ -21,9 +21,9 @@ def atomic_write_bytes(path: str | Path, payload: bytes | Callable[[io.BufferedW
     try:
         return _atomic_write(path, payload)
     except OSError as err:
-        raise SviteError(f"{path}: cannot write ({err.strerror or err}); "
+        raise SviteError(f"cannot write ({err.strerror or err}); "
                          f"{'the previous version was left as it was' if path.exists() else 'nothing was written'}"
-                         ) from None
+                         , path=path) from None
 
 
 def _atomic_write(path: Path, payload: bytes | Callable[[io.BufferedWriter], None]) -> Path:

@@ -1,7 +1,7 @@
 """``svite convert OLD NEW``: rewrite one of our checkpoints in the current format, losing nothing.
 
 Format 1 stored every history snapshot bit-packed in full (3.5 MB for the SViTE demo); format 2
-stores keyframes and deltas (``history_io``). Loading a format-1 file already reads its history as
+stores keyframes and deltas (``history.fileformat``). Loading a format-1 file already reads its history as
 keyframes, but saving that view as it is would keep every snapshot whole, so the snapshots are
 re-encoded one by one through the same :class:`MaskHistory` the trainer appends to. Weights, final,
 unit and fired masks and the metadata (training config, metrics, the versions that trained it) are
@@ -39,10 +39,10 @@ def reencoded_history(loaded: LoadedCheckpoint) -> MaskHistory:
 def _check_out(path: Path, out: Path) -> None:
     if out.exists() or out.is_symlink():
         same = out.exists() and path.exists() and os.path.samefile(path, out)
-        raise SviteError(f"{out}: {'is the input' if same else 'already exists'}; choose another NEW "
-                         "(convert never overwrites a file)")
+        raise SviteError(f"{'is the input' if same else 'already exists'}; choose another NEW "
+                         "(convert never overwrites a file)", path=out)
     if not out.parent.is_dir():
-        raise SviteError(f"{out}: its folder {out.parent} does not exist")
+        raise SviteError(f"its folder {out.parent} does not exist", path=out)
 
 
 def _same_history(a: MaskHistory, b: MaskHistory) -> bool:
@@ -68,8 +68,8 @@ def convert_file(path: str | Path, out: str | Path) -> dict[str, Any]:
     _check_out(path, out)
     loaded = load_checkpoint(path)
     if loaded.format != FORMAT:
-        raise SviteError(f"{path}: a {loaded.format} file, not an SViTE Explorer checkpoint; convert rewrites our "
-                         "own older files (every command reads this one as it is)")
+        raise SviteError(f"a {loaded.format} file, not an SViTE Explorer checkpoint; convert rewrites our "
+                         "own older files (every command reads this one as it is)", path=path)
     before = int(loaded.meta.get("format_version", 0))
     history = reencoded_history(loaded)
     meta = {k: v for k, v in loaded.meta.items() if k not in ("format", "format_version")}
@@ -83,6 +83,6 @@ def convert_file(path: str | Path, out: str | Path) -> dict[str, Any]:
             and _same_history(loaded.history, again.history))
     if not same:
         out.unlink(missing_ok=True)
-        raise SviteError(f"{path}: the rewritten file did not read back identically; nothing was written")
+        raise SviteError("the rewritten file did not read back identically; nothing was written", path=path)
     return {"path": str(path), "out": str(out), "format_before": before, "format_after": FORMAT_VERSION,
             "snapshots": len(history), "bytes_before": path.stat().st_size, "bytes_after": out.stat().st_size}

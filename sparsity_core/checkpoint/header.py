@@ -6,7 +6,7 @@ the weights weigh, and it tells a run's method, settings, metrics, per-epoch cur
 update (the history's index holds each snapshot's counts). So the index never reads a weight.
 
 What is read passes the checks a full load makes (:func:`validate.parse_header` on the metadata,
-:mod:`history_io` on the history's index, with stand-in tensors on the ``meta`` device that have the
+:mod:`history.fileformat` on the history's index, with stand-in tensors on the ``meta`` device that have the
 declared sizes). On top of that the declared byte ranges must tile the rest of the file exactly:
 a truncated copy is caught without reading its data.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, SviteError
+from ..errors import CheckpointError, SviteError, one_line
 from ..history.fileformat import history_from_file
 from ..history.lazy import MaskHistory
 from ..models.stand_in import VIT
@@ -57,7 +57,8 @@ class Header:
 
 
 def _bad(path: Path, what: str) -> CheckpointError:
-    return CheckpointError(f"{path}: not a readable safetensors file ({what}); the file may be truncated or corrupt")
+    return CheckpointError("not a readable safetensors file; the file may be truncated or corrupt", path=path,
+                           detail=what)
 
 
 def _raw_header(path: Path) -> tuple[dict[str, Any], int]:
@@ -72,12 +73,12 @@ def _raw_header(path: Path) -> tuple[dict[str, Any], int]:
         if n == 0 or n > size - 8:
             raise _bad(path, f"a header of {n} bytes in a file of {size}")
         if n > MAX_HEADER_BYTES:
-            raise CheckpointError(f"{path}: header of {n} bytes, over the {MAX_HEADER_BYTES} limit")
+            raise CheckpointError(f"header of {n} bytes, over the {MAX_HEADER_BYTES} limit", path=path)
         raw = fh.read(n)
     try:
         header = json.loads(raw)
     except (ValueError, RecursionError) as err:
-        raise _bad(path, f"header is not JSON: {validate.one_line(err)[:60]}") from None
+        raise _bad(path, f"header is not JSON: {one_line(err, 60)}") from None
     if not isinstance(header, dict):
         raise _bad(path, "header is not an object")
     return header, size - 8 - n
@@ -118,7 +119,7 @@ def read_header(path: str | Path) -> Header:
     path = Path(path)
     if not validate.looks_like_safetensors(path):
         validate.sniff(path)  # a torch archive or pickle: its own one-line refusal, or None below
-        raise CheckpointError(f"{path}: not a safetensors file; only its name can be listed without loading it")
+        raise CheckpointError("not a safetensors file; only its name can be listed without loading it", path=path)
     header, data_bytes = _raw_header(path)
     tensors = _tensor_specs(path, header, data_bytes)
     extra = header.get("__metadata__") or {}
@@ -132,7 +133,7 @@ def read_header(path: str | Path) -> Header:
         if meta.get("model_kind", VIT) == VIT:  # a Recorder run of another module: nothing is built from it
             check_model_config(config, lambda f: f"model_config.{f}")
     except SviteError as err:
-        raise CheckpointError(f"{path}: {err}") from None
+        raise CheckpointError(f"{err}", path=path) from None
     history = meta.pop("history", None)
     for key in ("mask_shapes", "unit_shapes", "fired_shapes"):
         meta.pop(key, None)

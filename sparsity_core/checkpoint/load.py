@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, SviteError
+from ..errors import CheckpointError, SviteError, one_line
 from ..history.fileformat import history_from_file, history_from_legacy
 from ..history.lazy import MaskHistory
 from ..models.stand_in import MODULE, TensorTree
@@ -22,10 +22,6 @@ from .loaded import FORMAT, FORMAT_VERSION, LoadedCheckpoint
 from .pickled import torch_load_safe, unwrap_state_dict
 
 MAX_CHECKPOINT_BYTES = validate.MAX_CHECKPOINT_BYTES
-
-
-def _one_line(err: BaseException) -> str:
-    return validate.one_line(err)
 
 
 def load_checkpoint(path: str | Path, *, num_heads: int | None = None) -> LoadedCheckpoint:
@@ -42,11 +38,12 @@ def load_checkpoint(path: str | Path, *, num_heads: int | None = None) -> Loaded
     except CheckpointError:
         raise
     except SviteError as err:  # e.g. from inferring a plain state dict's architecture
-        raise CheckpointError(f"{path}: {err}") from None
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError, OverflowError) as err:
-        # A safety net under the checks in validate.py: data from an untrusted file that still trips
-        # the code building from it is the file's problem, reported as such (the type aids a bug report).
-        raise CheckpointError(f"{path}: the checkpoint is damaged ({type(err).__name__}: {_one_line(err)})") from None
+        raise CheckpointError(err.message, path=path, detail=err.detail) from None
+    except (KeyError, ValueError, IndexError, RecursionError, OverflowError) as err:
+        # A safety net under the checks in checkpoint/validate.py for what an untrusted file's *values* can still
+        # trip (a missing key, a number out of range, nesting thousands deep): the file's problem. A
+        # TypeError or AttributeError is a bug of ours and goes up as one (the CLI's "internal error").
+        raise CheckpointError("the checkpoint is damaged", path=path, detail=f"{type(err).__name__}: {one_line(err)}") from None
     loaded.model.eval()
     return loaded
 
@@ -68,7 +65,7 @@ def _load_any(path: Path, num_heads: int | None) -> LoadedCheckpoint:
 def _load_ours(path: Path, tensors: dict[str, torch.Tensor], header_json: str) -> LoadedCheckpoint:
     header = validate.parse_header(path, header_json)
     if header.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer SViTE Explorer (format {header['format_version']})")
+        raise CheckpointError(f"written by a newer SViTE Explorer (format {header['format_version']})", path=path)
     config = validate.model_config(path, header["model_config"])
     state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     if header.get("model_kind") == MODULE:  # a Recorder run of a model only its own code can build
@@ -98,6 +95,6 @@ def _load_history(path: Path, header: Mapping[str, Any], tensors: Mapping[str, t
     for group, shapes in (("masks", validate.parameter_shapes(model)), ("units", validate.unit_shapes(model))):
         for layer in history.layers.get(group, []):
             if tuple(shapes.get(layer.name, ())) != layer.shape:
-                raise CheckpointError(f"{path}: mask history has {group} '{layer.name}' {list(layer.shape)}, "
-                                      "which the model does not have")
+                raise CheckpointError(f"mask history has {group} '{layer.name}' {list(layer.shape)}, "
+                                      "which the model does not have", path=path)
     return history

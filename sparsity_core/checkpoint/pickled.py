@@ -15,12 +15,8 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, one_line
 from . import validate
-
-
-def _one_line(err: BaseException) -> str:
-    return validate.one_line(err)
 
 
 def load_resume_state(path: str | Path) -> dict[str, Any]:
@@ -29,7 +25,7 @@ def load_resume_state(path: str | Path) -> dict[str, Any]:
     obj = torch_load_safe(path)
     validate.check_tensor_budget(path, obj, path.stat().st_size)
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: not a resume state (expected a dict, found {type(obj).__name__})")
+        raise CheckpointError(f"not a resume state (expected a dict, found {type(obj).__name__})", path=path)
     return obj
 
 
@@ -44,22 +40,32 @@ def torch_load_safe(path: Path, mmap: bool = False) -> Any:
                 zipped = fh.read(2) == b"PK"
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except pickle.UnpicklingError as err:
-        msg = str(err)
-        with open(path, "rb") as fh:
-            head = fh.read(2)
-        # a torch zip archive, or a raw pickle (starts with the PROTO opcode); random bytes are neither
-        is_pickle = head == b"PK" or head[:1] == b"\x80"
-        if "GLOBAL" in msg or (is_pickle and "Weights only load failed" in msg):
-            # The safe unpickler met something other than tensors and containers: a Python object
-            # (possibly one that runs code when unpickled), or pickle opcodes it does not accept.
-            lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
-            reason = next((ln for ln in lines if "GLOBAL" in ln or ln.startswith("Unsupported")), "a Python object")
-            raise CheckpointError(f"{path}: refused: the file holds Python objects or pickle code, not just tensors "
-                                  f"({reason[:120]}); only weights are loaded from untrusted files") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(err)})") from None
+        # The safe unpickler refused what it met. In a torch archive or a pickle (the PROTO opcode first),
+        # that is something other than tensors and containers: a Python object (possibly one that runs
+        # code when unpickled) or opcodes it does not accept. Random bytes are neither kind of file.
+        if _is_pickle(path):
+            raise CheckpointError("refused: the file holds Python objects or pickle code, not just tensors; only "
+                                  "weights are loaded from untrusted files", path=path, detail=_reason(err)) from None
+        raise CheckpointError("not a readable PyTorch checkpoint", path=path, detail=err) from None
     except Exception as err:  # torn zip, garbage bytes, foreign formats: all "cannot read this file"
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint; the file may be truncated or corrupt "
-                              f"({_one_line(err)})") from None
+        raise CheckpointError("not a readable PyTorch checkpoint; the file may be truncated or corrupt", path=path,
+                              detail=err) from None
+
+
+def _is_pickle(path: Path) -> bool:
+    """A torch zip archive (``PK``) or a raw pickle (starting with the PROTO opcode)."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
+
+
+def _reason(err: pickle.UnpicklingError) -> str:
+    """The unpickler's own words on what it refused, for the CLI's parentheses: the line naming the global
+    or opcode (the rest of torch's message is advice on ``weights_only``). Formatting only: the decision
+    to refuse was taken on the error's type and the file's first bytes."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or ["a Python object"]
+    named = [ln.partition(":")[2].strip() for ln in lines if ln.startswith("WeightsUnpickler error:")]
+    return one_line(named[0] if named else lines[0], 120)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -83,6 +89,6 @@ def unwrap_state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: no state dict found (expected a dict of tensors, bare or under "
-                              "'model'/'state_dict')")
+        raise CheckpointError("no state dict found (expected a dict of tensors, bare or under "
+                              "'model'/'state_dict')", path=path)
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}

@@ -66,7 +66,7 @@ class RunLock:
             except BlockingIOError:
                 pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
                 os.close(fd)
-                raise SviteError(f"{self.path.parent}: another run (pid {pid}) is using this run directory") from None
+                raise SviteError(f"another run (pid {pid}) is using this run directory", path=self.path.parent) from None
             try:  # the file we locked may have been unlinked by its previous owner meanwhile: retry
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:

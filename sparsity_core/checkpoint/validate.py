@@ -32,7 +32,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, SviteError
+from ..errors import CheckpointError, SviteError, one_line
 from ..masks.maskset import PackedMasks, Snapshot, check_packed, head_unit_name, neuron_unit_name
 from ..models.builder import ModelConfig, build_model
 from ..models.stand_in import TensorTree
@@ -48,8 +48,8 @@ _HEADER_TYPES: dict[str, tuple[type, ...]] = {
     "metrics": (dict,), "settings": (dict,), "data": (dict,), "train_config": (dict,), "versions": (dict,),
     "epoch": _NUMBER, "step": (int,), "complete": (bool,), "resume_file": (str,), "steps_per_epoch": (int,),
     "total_steps": (int,), "mask_shapes": (dict,), "unit_shapes": (dict,), "fired_shapes": (dict,),
-    "history": (list, dict),  # format 1: a list of snapshots; format 2: the index history_io checks
-    "curve": (list,),  # one record of metrics per epoch (train.py); older files have none
+    "history": (list, dict),  # format 1: a list of snapshots; format 2: the index history/fileformat.py checks
+    "curve": (list,),  # one record of metrics per epoch (training/loop.py); older files have none
 }
 _ENTRY_TYPES: dict[str, tuple[type, ...]] = {
     "step": (int,), "epoch": _NUMBER, "info": (dict,), "mask_shapes": (dict,), "unit_shapes": (dict,),
@@ -57,26 +57,21 @@ _ENTRY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
-
-
 # ----------------------------------------------------------------------------------------------
 # 1. bytes
 def check_file(path: Path) -> None:
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError("no such file", path=path)
     if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+        raise CheckpointError("is a directory, expected a checkpoint file", path=path)
     if not path.is_file():  # a FIFO would block the first read forever
-        raise CheckpointError(f"{path}: not a regular file")
+        raise CheckpointError("not a regular file", path=path)
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(f"{path}: file is empty")
+        raise CheckpointError("file is empty", path=path)
     if size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path}: file is {size / 1e9:.1f} GB, larger than the {MAX_CHECKPOINT_BYTES / 1e9:.0f} GB "
-                              "limit")
+        raise CheckpointError(f"file is {size / 1e9:.1f} GB, larger than the {MAX_CHECKPOINT_BYTES / 1e9:.0f} GB "
+                              "limit", path=path)
 
 
 def looks_like_safetensors(path: Path) -> bool:
@@ -97,14 +92,14 @@ def sniff(path: Path) -> None:
             with safetensors.safe_open(str(path), framework="pt") as fh:  # parses and checks the header only
                 fh.metadata()
         except Exception as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(err)}); "
-                                  "the file may be truncated or corrupt") from None
+            raise CheckpointError("not a readable safetensors file; the file may be truncated or corrupt",
+                                  path=path, detail=err) from None
         return
     with open(path, "rb") as fh:
         head = fh.read(2)
     if head != b"PK" and head[:1] != b"\x80":  # a torch zip archive, or a raw pickle
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (neither safetensors, nor a torch "
-                              "archive, nor a pickle)")
+        raise CheckpointError("not a readable PyTorch checkpoint (neither safetensors, nor a torch "
+                              "archive, nor a pickle)", path=path)
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -112,7 +107,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     try:
         raw = path.read_bytes()
     except OSError as err:
-        raise CheckpointError(f"{path}: cannot read the file ({err.strerror or err})") from None
+        raise CheckpointError(f"cannot read the file ({err.strerror or err})", path=path) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns that bytes are not writable; nothing writes to them
@@ -120,8 +115,8 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         (n,) = struct.unpack("<Q", raw[:8])
         meta = json.loads(raw[8:8 + n]).get("__metadata__") or {}
     except Exception as err:  # safetensors raises its own error types for torn or garbage files
-        raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(err)}); "
-                              "the file may be truncated or corrupt") from None
+        raise CheckpointError("not a readable safetensors file; the file may be truncated or corrupt",
+                              path=path, detail=err) from None
     return tensors, meta
 
 
@@ -138,8 +133,8 @@ def check_tensor_budget(path: Path, obj: Any, file_size: int) -> None:
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
     if total > 2 * file_size + 2**20:
-        raise CheckpointError(f"{path}: its tensors declare {human_bytes(total)} of data but the file holds "
-                              f"{human_bytes(file_size)}; refused (broadcast or shared storage)")
+        raise CheckpointError(f"its tensors declare {human_bytes(total)} of data but the file holds "
+                              f"{human_bytes(file_size)}; refused (broadcast or shared storage)", path=path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,7 +149,7 @@ def _check_fields(path: Path, obj: Mapping[str, Any], types: Mapping[str, tuple[
             continue
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             expected = "number" if allowed == _NUMBER else " or ".join(_JSON_NAMES[t] for t in allowed)
-            raise CheckpointError(f"{path}: metadata field {where}{key} is {_short(value)}, expected {expected}")
+            raise CheckpointError(f"metadata field {where}{key} is {_short(value)}, expected {expected}", path=path)
 
 
 def _short(value: Any) -> str:
@@ -166,30 +161,30 @@ def _short(value: Any) -> str:
 def parse_header(path: Path, text: str) -> dict[str, Any]:
     """Our JSON metadata, with every field the loader uses of the type the format defines."""
     if len(text) > MAX_METADATA_CHARS:
-        raise CheckpointError(f"{path}: metadata of {len(text)} characters, over the {MAX_METADATA_CHARS} limit")
+        raise CheckpointError(f"metadata of {len(text)} characters, over the {MAX_METADATA_CHARS} limit", path=path)
     try:
         header = json.loads(text)
     except (ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
-        raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON ({one_line(err)[:80]})") from None
+        raise CheckpointError("checkpoint metadata is not valid JSON", path=path, detail=one_line(err, 80)) from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: checkpoint metadata is a JSON {type(header).__name__}, expected an object")
+        raise CheckpointError(f"checkpoint metadata is a JSON {type(header).__name__}, expected an object", path=path)
     _check_fields(path, header, _HEADER_TYPES, "")
     if "model_config" not in header:
-        raise CheckpointError(f"{path}: checkpoint metadata has no model_config")
+        raise CheckpointError("checkpoint metadata has no model_config", path=path)
     history = header.get("history") or []
-    if isinstance(history, dict):  # format 2: sizes here, the rest in history_io (before any allocation)
+    if isinstance(history, dict):  # format 2: sizes here, the rest in history/fileformat.py (before any allocation)
         snapshots = history.get("snapshots")
         if isinstance(snapshots, list) and len(snapshots) > MAX_HISTORY:
-            raise CheckpointError(f"{path}: mask history of {len(snapshots)} snapshots, over the {MAX_HISTORY} limit")
+            raise CheckpointError(f"mask history of {len(snapshots)} snapshots, over the {MAX_HISTORY} limit", path=path)
         return header
     if len(history) > MAX_HISTORY:
-        raise CheckpointError(f"{path}: mask history of {len(history)} snapshots, over the {MAX_HISTORY} limit")
+        raise CheckpointError(f"mask history of {len(history)} snapshots, over the {MAX_HISTORY} limit", path=path)
     for i, entry in enumerate(history):
         if not isinstance(entry, dict):
-            raise CheckpointError(f"{path}: mask history entry {i} is {type(entry).__name__}, expected an object")
+            raise CheckpointError(f"mask history entry {i} is {type(entry).__name__}, expected an object", path=path)
         _check_fields(path, entry, _ENTRY_TYPES, f"history[{i}].")
         if not all(isinstance(n, str) for n in entry.get("state") or []):
-            raise CheckpointError(f"{path}: mask history entry {i}: state names must be strings")
+            raise CheckpointError(f"mask history entry {i}: state names must be strings", path=path)
     return header
 
 
@@ -197,7 +192,8 @@ def model_config(path: Path, data: Mapping[str, Any]) -> ModelConfig:
     try:
         return ModelConfig.from_dict(dict(data))
     except (TypeError, SviteError) as err:
-        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({one_line(err)})") from None
+        detail = err.message if isinstance(err, SviteError) else err
+        raise CheckpointError("checkpoint metadata is damaged", path=path, detail=detail) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,27 +205,27 @@ def build_checked(path: Path, config: ModelConfig, state: Mapping[str, torch.Ten
     try:
         skel = skeleton(config, name)
     except SviteError as err:
-        raise CheckpointError(f"{path}: {err}") from None
+        raise CheckpointError(f"{err}", path=path) from None
     own = skel.state_dict()
     unknown = sorted(set(state) - set(own))
     missing = sorted(set(own) - set(state))
     if unknown or missing:
-        raise CheckpointError(f"{path}: weights do not match the architecture "
-                              f"(unknown keys {unknown[:3]}, missing keys {missing[:3]})")
+        raise CheckpointError(f"weights do not match the architecture "
+                              f"(unknown keys {unknown[:3]}, missing keys {missing[:3]})", path=path)
     for key, want in own.items():
         got = state[key]
         if got.shape != want.shape:
-            raise CheckpointError(f"{path}: shape mismatch for {key}: file has {list(got.shape)}, "
-                                  f"model needs {list(want.shape)}")
+            raise CheckpointError(f"shape mismatch for {key}: file has {list(got.shape)}, "
+                                  f"model needs {list(want.shape)}", path=path)
         if got.dtype.is_floating_point != want.dtype.is_floating_point or got.is_complex():
-            raise CheckpointError(f"{path}: {key} is stored as {got.dtype}, the model needs {want.dtype}")
+            raise CheckpointError(f"{key} is stored as {got.dtype}, the model needs {want.dtype}", path=path)
     try:
         # Every weight is overwritten just below, so timm's init pass is skipped, and the default
         # init that remains draws from a forked RNG: loading never moves the caller's random stream.
         with torch.random.fork_rng(devices=[]):
             model = build_model(without_init(config))
     except SviteError as err:
-        raise CheckpointError(f"{path}: {err}") from None
+        raise CheckpointError(f"{err}", path=path) from None
     model.load_state_dict(dict(state), strict=True)
     return model
 
@@ -256,16 +252,16 @@ def check_block_keys(path: Path, state: Mapping[str, torch.Tensor]) -> None:
         if key.startswith("blocks."):
             part = key.split(".")[1]
             if not part.isdigit() or len(part) > 9:
-                raise CheckpointError(f"{path}: key '{key[:80]}' has block index '{part[:20]}', not a small integer")
+                raise CheckpointError(f"key '{key[:80]}' has block index '{part[:20]}', not a small integer", path=path)
             indices.add(int(part))
     if indices and indices != set(range(len(indices))):
         stray = max(indices)
-        raise CheckpointError(f"{path}: key blocks.{stray}.… implies {stray + 1} blocks, but the file has weights "
-                              f"for {len(indices)}; block indices must run 0..n-1")
+        raise CheckpointError(f"key blocks.{stray}.… implies {stray + 1} blocks, but the file has weights "
+                              f"for {len(indices)}; block indices must run 0..n-1", path=path)
     for key, ndim in (("patch_embed.proj.weight", 4), ("cls_token", 3), ("pos_embed", 3)):
         value = state.get(key)
         if value is not None and value.ndim != ndim:
-            raise CheckpointError(f"{path}: {key} has shape {list(value.shape)}, expected {ndim} dimensions")
+            raise CheckpointError(f"{key} has shape {list(value.shape)}, expected {ndim} dimensions", path=path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,17 +277,17 @@ def packed_group(path: Path, tensors: Mapping[str, torch.Tensor], prefix: str, s
         label = f"{prefix} '{name}'"
         if name not in expected:
             kind = "unit" if prefix.endswith("unit") else "parameter"
-            raise CheckpointError(f"{path}: {label} names no {kind} of the model")
+            raise CheckpointError(f"{label} names no {kind} of the model", path=path)
         key = f"{prefix}/{name}"
         if key not in tensors:
-            raise CheckpointError(f"{path}: {label} is declared but its bits are not in the file")
+            raise CheckpointError(f"{label} is declared but its bits are not in the file", path=path)
         try:
             check_packed(tensors[key], shape)
         except ValueError as err:
-            raise CheckpointError(f"{path}: {label}: {err}") from None
+            raise CheckpointError(f"{label}: {err}", path=path) from None
         if tuple(shape) != tuple(expected[name]):
-            raise CheckpointError(f"{path}: {label} has shape {list(shape)}, but what it masks has shape "
-                                  f"{list(expected[name])}")
+            raise CheckpointError(f"{label} has shape {list(shape)}, but what it masks has shape "
+                                  f"{list(expected[name])}", path=path)
         data[name], out[name] = tensors[key], tuple(shape)
     return PackedMasks(data, out)
 
@@ -308,7 +304,7 @@ def history_entries(path: Path, tensors: Mapping[str, torch.Tensor], entries: li
         for name in entry.get("state") or []:
             value = tensors.get(f"history/{i}/state/{name}")
             if value is None:
-                raise CheckpointError(f"{path}: mask history entry {i} is damaged (missing state {name!r})")
+                raise CheckpointError(f"mask history entry {i} is damaged (missing state {name!r})", path=path)
             state[name] = value
         history.append(Snapshot(step=int(entry.get("step", 0)), epoch=float(entry.get("epoch", 0.0)),
                                 masks=masks or PackedMasks(), units=unit or PackedMasks(), state=state,
@@ -324,11 +320,11 @@ def official_masks(path: Path, raw: Mapping[str, Any], params: Mapping[str, torc
     for key, value in raw.items():
         name = name_of(str(key))
         if name not in params:
-            raise CheckpointError(f"{path}: {what} '{key}' names no parameter of the model")
+            raise CheckpointError(f"{what} '{key}' names no parameter of the model", path=path)
         if not isinstance(value, torch.Tensor) or value.shape != params[name].shape:
             shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise CheckpointError(f"{path}: {what} '{key}' has shape {shape}, but {name} has shape "
-                                  f"{list(params[name].shape)}")
+            raise CheckpointError(f"{what} '{key}' has shape {shape}, but {name} has shape "
+                                  f"{list(params[name].shape)}", path=path)
         out[name] = value.to("cpu") != 0
     return out
 
@@ -339,7 +335,7 @@ def official_group(path: Path, ckpt: Mapping[str, Any], key: str) -> Mapping[str
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise CheckpointError(f"{path}: '{key}' is a {type(value).__name__}, expected a dict of tensors")
+        raise CheckpointError(f"'{key}' is a {type(value).__name__}, expected a dict of tensors", path=path)
     return value
 
 
@@ -351,4 +347,4 @@ def official_int(path: Path, args: Mapping[str, Any], key: str) -> int | None:
     try:
         return int(value)
     except (TypeError, ValueError, OverflowError):
-        raise CheckpointError(f"{path}: args.{key} is {value!r}, not an integer") from None
+        raise CheckpointError(f"args.{key} is {value!r}, not an integer", path=path) from None

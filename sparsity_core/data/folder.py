@@ -1,6 +1,6 @@
 """Image folders through ``timm.data``: ImageNet-style (DIR/train/<class>/*, DIR/val/<class>/*) or
 plain class folders (DIR/<class>/*) split 90/10 per class by the seed. Augmentation is timm's, so it
-matches what timm users expect; unreadable files fail loudly, naming the file (``imagefiles.py``)."""
+matches what timm users expect; unreadable files fail loudly, naming the file (``data/imagefiles.py``)."""
 
 from __future__ import annotations
 
@@ -62,11 +62,11 @@ def _scan_split(path: Path) -> tuple[list[tuple[str, int]], list[str]]:
 
     folders = class_folders(path, _natural_key)
     if not folders:
-        raise SviteError(f"{path}: no class folders (expected {path}/<class>/<image files>)")
+        raise SviteError(f"no class folders (expected {path}/<class>/<image files>)", path=path)
     exts = get_img_extensions(as_set=True)
     samples = scan_images(path, folders, exts, _natural_key)
     if not samples:
-        raise SviteError(f"{path}: no images found in its class folders (looked for {' '.join(sorted(exts))})")
+        raise SviteError(f"no images found in its class folders (looked for {' '.join(sorted(exts))})", path=path)
     present = sorted({target for _, target in samples})
     if len(present) != len(folders):  # drop empty class folders, keep indices contiguous
         remap = {old: new for new, old in enumerate(present)}
@@ -97,7 +97,7 @@ def _stratified_split(root: Path, samples: list[tuple[str, int]], n_classes: int
         val_all.extend(members[:n_val].tolist())
         train_all.extend(members[n_val:].tolist())
     if not val_all:
-        raise SviteError(f"{root}: too few images to split into train and val (need >= 2 in some class)")
+        raise SviteError("too few images to split into train and val (need >= 2 in some class)", path=root)
     train_all.sort()
     val_all.sort()
     return train_all, val_all
@@ -115,9 +115,9 @@ def folder_bundle(data: str | Path, img_size: int, seed: int, train_size: int | 
     evaluating a checkpoint on a folder it was not trained on has nothing to hold out."""
     root = Path(data).expanduser()
     if not root.exists():
-        raise SviteError(f"{root}: data folder does not exist (use 'demo' for the built-in demo set)")
+        raise SviteError("data folder does not exist (use 'demo' for the built-in demo set)", path=root)
     if not root.is_dir():
-        raise SviteError(f"{root}: is not a directory (expected a folder of class folders, or 'demo')")
+        raise SviteError("is not a directory (expected a folder of class folders, or 'demo')", path=root)
     return _build_folder(root.resolve(), int(img_size), seed, train_size, val_size, auto_augment,
                          preprocess or Preprocess(), whole)
 
@@ -138,7 +138,7 @@ def _build_folder(
     train_dir, val_dir = root / "train", root / "val"
     if train_dir.is_dir() != val_dir.is_dir():
         have, missing = ("train", "val") if train_dir.is_dir() else ("val", "train")
-        raise SviteError(f"{root}: has a {have}/ folder but no {missing}/ folder (need both, or neither)")
+        raise SviteError(f"has a {have}/ folder but no {missing}/ folder (need both, or neither)", path=root)
 
     if train_dir.is_dir():
         train_samples, classes = _scan_split(train_dir)
@@ -147,9 +147,9 @@ def _build_folder(
             only_train = sorted(set(classes) - set(val_classes))[:5]
             only_val = sorted(set(val_classes) - set(classes))[:5]
             raise SviteError(
-                f"{root}: train/ and val/ have different classes "
+                f"train/ and val/ have different classes "
                 f"(only in train: {only_train or '-'}, only in val: {only_val or '-'})"
-            )
+            , path=root)
         train_base = ImageFiles(train_samples, train_tf)
         val_base = ImageFiles(val_samples, val_tf)
         train_idx = _subset(len(train_base), train_size, seed, "train-subset")

@@ -73,10 +73,10 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as err:
-        raise SviteError(f"{path}: cannot open image ({err.strerror})") from None
+        raise SviteError(f"cannot open image ({err.strerror})", path=path) from None
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SviteError(f"{path}: not a regular file ({_kind(path)}); refused")
+            raise SviteError(f"not a regular file ({_kind(path)}); refused", path=path)
         return decode_image(fh, str(path))
 
 
@@ -92,9 +92,9 @@ def _refuse_loop(link: Path, inside: Iterable[Path]) -> None:
     try:
         target = link.resolve(strict=True)
     except (OSError, RuntimeError):  # RuntimeError: Python 3.11's "Symlink loop"
-        raise SviteError(f"{link}: symlink loop; remove it") from None
+        raise SviteError("symlink loop; remove it", path=link) from None
     if any(target == p for p in inside):
-        raise SviteError(f"{link}: symlink loop (leads back to {target}); remove it")
+        raise SviteError(f"symlink loop (leads back to {target}); remove it", path=link)
 
 
 def class_folders(root: Path, sort_key: Callable[[str], Any]) -> list[str]:
@@ -135,7 +135,7 @@ def scan_images(root: Path, classes: list[str], extensions: Iterable[str],
             if os.path.splitext(entry.name)[1].lower() not in exts:
                 continue
             if not os.path.isfile(path):
-                raise SviteError(f"{path}: not a regular file ({_kind(path)}); remove it or replace it with an image")
+                raise SviteError(f"not a regular file ({_kind(path)}); remove it or replace it with an image", path=path)
             samples.append((str(path), idx))
     return sorted(samples, key=lambda s: sort_key(s[0]))
 

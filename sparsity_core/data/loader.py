@@ -1,10 +1,22 @@
 """Resumable sampling: a loader whose order depends only on (seed, epoch), so that a run resumed in the
-middle of an epoch sees exactly the batches an uninterrupted run would."""
+middle of an epoch sees exactly the batches an uninterrupted run would; and a loader that hands a
+:class:`SviteError` raised in a worker process (an unreadable image, say) back whole.
+
+torch re-raises a worker's exception from its text (``Caught SviteError in DataLoader worker process 0``
+and the worker's traceback as the message), so the user's sentence, its file and detail would have to be
+parsed back out of a traceback. Instead the dataset's ``SviteError`` travels as a value: the worker returns
+it in place of the batch (:class:`_Failed`, pickled with its values) and the loader raises it in the main
+process.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import Any
+
 import torch
 import torch.utils.data
+from torch.utils.data import default_collate
 
 from ..errors import SviteError
 from .bundle import check_int
@@ -96,9 +108,10 @@ def make_loader(
     batch_size = check_int("batch_size", batch_size, 1)
     num_workers = check_int("num_workers", num_workers, 0)
     sampler = ResumableSampler(len(dataset), shuffle, seed, rank, world_size, drop_last)  # type: ignore[arg-type]
-    return torch.utils.data.DataLoader(
-        dataset,
+    return ReportingLoader(
+        _Reporting(dataset),
         batch_size=batch_size,
+        collate_fn=_collate,
         sampler=sampler,
         num_workers=num_workers,
         drop_last=drop_last,
@@ -107,3 +120,41 @@ def make_loader(
         # and a run resumed mid-epoch would see different dropout/Gumbel noise than an uninterrupted one.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+class _Failed:
+    """A ``SviteError`` raised while loading a sample, carried to the main process as a value."""
+
+    def __init__(self, error: SviteError) -> None:
+        self.error = error
+
+
+class _Reporting(torch.utils.data.Dataset):
+    """The dataset, with a ``SviteError`` of ``__getitem__`` returned as :class:`_Failed` instead of raised."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except SviteError as err:
+            return _Failed(err)
+
+
+def _collate(batch: Sequence[Any]) -> Any:
+    failed = next((item for item in batch if isinstance(item, _Failed)), None)
+    return failed if failed is not None else default_collate(batch)
+
+
+class ReportingLoader(torch.utils.data.DataLoader):
+    """A DataLoader that raises a sample's ``SviteError`` in the main process, with its values."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        for batch in super().__iter__():
+            if isinstance(batch, _Failed):
+                raise batch.error
+            yield batch

@@ -135,6 +135,7 @@ class UpdateClock:
     PLATEAU_RATIO = 0.9
     PLATEAU_WINDOW = 20
     EMA_BETA = 0.98
+    updates = True  # a clock that may call updates (NoUpdates never does)
 
     def __init__(self, schedule: PruneSchedule, wait_for_plateau: bool, num_classes: int | None = None) -> None:
         self.schedule = schedule
@@ -199,3 +200,27 @@ class UpdateClock:
         self.started_at = state.get("started_at", self.started_at)
         self._first = [float(v) for v in state.get("first", [])]
         self._ema = state.get("ema")
+
+
+class NoUpdates:
+    """The schedule of static masks: no topology update, ever (``--method static`` is SViTE on this clock).
+    It has no schedule and no state; its settings are not part of the run's description."""
+
+    updates = False
+    schedule = None
+    started_at = None
+
+    def observe(self, loss: float | None) -> None:
+        return None
+
+    def due(self, steps_done: int, reduce: Any = None) -> bool:
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> None:
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None

@@ -1,13 +1,13 @@
 """S2ViTE: structured dynamic sparse training over attention heads and MLP neurons.
 
-A composition like SViTE's (``unstructured.py``) over other units: heads and neurons (``units.py``
+A composition like SViTE's (``unstructured.py``) over other units: heads and neurons (``models/units.py``
 says which weight entries each stands for), exact per-block budgets (:func:`.budgets.unit_budgets`),
 the SViTE schedule (cosine prune rate, update frequency, start and ``t_end``), scores per unit kind
 (:mod:`.scorers`, captured by :mod:`.capture`), one selection rule (:func:`.select.select_units`) and
 one policy for the optimizer state of grown units (:mod:`.optim_state`). State lives beside the model:
 ``units`` (bool per head / neuron), ``masks`` (the weight-level masks they stand for, held as bits and
 applied after every optimizer step) and ``fired`` (units ever active). Compaction of a
-finished run is ``compact.py``'s.
+finished run is ``models/compact.py``'s.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class StructuredEngine(SparsityEngine):
         self.clock = UpdateClock.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch,
                                             getattr(ctx.model, "num_classes", None))
         self.schedule = self.clock.schedule
-        self.grown_moments = str(cfg.grown_moments)  # checked with the flags (config.py)
+        self.grown_moments = str(cfg.grown_moments)  # checked with the flags (training/config.py)
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         units = self._units_from_init(ctx.init_masks) if ctx.init_masks is not None else None
         if units is None:
@@ -147,7 +147,7 @@ class StructuredEngine(SparsityEngine):
 
     def _set_units(self, units: MaskSet) -> None:
         self._units = units
-        self._masks = unit_weight_masks(self.model, units, BitMaskSet)  # as bits (bitmasks.py)
+        self._masks = unit_weight_masks(self.model, units, BitMaskSet)  # as bits (masks/bits.py)
 
     def _random_units(self) -> MaskSet:
         units = MaskSet()
@@ -169,9 +169,9 @@ class StructuredEngine(SparsityEngine):
         for i in range(len(self.blocks)):
             heads, neurons = units[head_unit_name(i)], units[neuron_unit_name(i)]
             if int(heads.sum()) != self.head_budget[i] or int(neurons.sum()) != self.neuron_budget[i]:
-                raise SviteError(f"{src}: block {i} keeps {int(heads.sum())} heads and {int(neurons.sum())} neurons, "
+                raise SviteError(f"block {i} keeps {int(heads.sum())} heads and {int(neurons.sum())} neurons, "
                                  f"but --atten-density/--other-density ask for {self.head_budget[i]} and "
-                                 f"{self.neuron_budget[i]}")
+                                 f"{self.neuron_budget[i]}", path=src)
         return units
 
     # --- the hook point -------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from .active_optim import follows, move_moments
 from .budgets import layer_budgets, layer_densities, load_custom_densities
 from .engine import EngineContext, SparsityEngine, register
 from .optim_state import reset_grown_state
-from .schedule import PruneSchedule, UpdateClock
+from .schedule import NoUpdates, PruneSchedule, UpdateClock
 from .scorers import WEIGHT_GROWTH
 from .weights import (
     Scratch,
@@ -77,22 +77,20 @@ class WeightEngine(SparsityEngine):
 @register("svite")
 class SViTEEngine(WeightEngine):
     """``svite``: prune-and-grow on the schedule. Masks (and ever-active masks) are held as bits and
-    multiplied into the weights after every optimizer step. :class:`StaticEngine` is the same with no
-    update."""
+    multiplied into the weights after every optimizer step. :class:`StaticEngine` is the same on a
+    schedule that never updates."""
 
     method = "svite"
-    dynamic = True
 
     def __init__(self, ctx: EngineContext) -> None:
         super().__init__(ctx)
         cfg = ctx.config
         self._grow = WEIGHT_GROWTH[str(cfg.growth)]
-        self.grown_moments = str(cfg.grown_moments)  # checked with the flags (config.py)
+        self.grown_moments = str(cfg.grown_moments)  # checked with the flags (training/config.py)
         # --death magnitude-mature: per layer, the new connections of the last update (flat, as bits)
         self._young: BitMaskSet | None = BitMaskSet() if str(cfg.death) == "magnitude-mature" else None
-        self.clock = UpdateClock.from_config(cfg, ctx.total_steps, ctx.steps_per_epoch,
-                                            getattr(ctx.model, "num_classes", None)) if self.dynamic else None
-        self.schedule = self.clock.schedule if self.clock is not None else None
+        self.clock = self._clock(ctx)
+        self.schedule = self.clock.schedule
         self._generator = seeded_generator(cfg.seed)
         self._masks, self.init_topology = self._initial_masks(ctx.init_masks)
         self._fired = self._masks.clone()
@@ -101,8 +99,14 @@ class SViTEEngine(WeightEngine):
         self._masks.apply_to(self._params)
         self._follow_masks()
 
+    @staticmethod
+    def _clock(ctx: EngineContext) -> UpdateClock | NoUpdates:
+        """When topology updates happen: ``--update-frequency`` / ``--update-start`` / ``--t-end``."""
+        return UpdateClock.from_config(ctx.config, ctx.total_steps, ctx.steps_per_epoch,
+                                       getattr(ctx.model, "num_classes", None))
+
     def _initial_masks(self, init_masks: MaskSet | None) -> tuple[BitMaskSet, dict[str, Any]]:
-        """Masks as bits (one layer unpacked at a time, here and in every update: see bitmasks.py)."""
+        """Masks as bits (one layer unpacked at a time, here and in every update: see masks/bits.py)."""
         masks = BitMaskSet()
         if init_masks is None or not len(init_masks):
             for name, p in zip(self.names, self._params, strict=True):
@@ -138,8 +142,6 @@ class SViTEEngine(WeightEngine):
         have just stepped and ``param.grad`` still holds this minibatch's dense gradient."""
         self._masks.apply_to(self._params)
         self.steps_done = step + 1
-        if not self.dynamic:
-            return False
         self.clock.observe(loss)
         if self.clock.due(step + 1, self.mean_over_ranks):
             self.update(step + 1)
@@ -156,50 +158,22 @@ class SViTEEngine(WeightEngine):
 
     @torch.no_grad()
     def _update(self, steps_done: int) -> dict[str, Any]:
-        """One prune-and-grow update of every layer (fully dense layers are skipped).
+        """One prune-and-grow update of every layer (fully dense layers are skipped), then the budgets
+        checked.
 
         A weight pruned and grown back in the same update (``revived``) simply stays: it keeps its value
         and its optimizer moments, as in the reference and RigL. Only new connections (inactive
         before the update) start at zero, their moments as ``grown_moments`` says (optim_state.py)."""
-        assert self.schedule is not None
         rate = self.schedule.rate(steps_done)
         pruned_n: dict[str, int] = {}
         revived_n: dict[str, int] = {}
-        optimizer = self.ctx.optimizer
         scratch = Scratch()  # the largest layer's buffers, for this update only (freed when it returns)
         for name, param in zip(self.names, self._params, strict=True):
             budget = self.budgets[name]
-            if budget >= param.numel():
-                continue
             n = PruneSchedule.n_prune(rate, budget)
-            if n == 0:
+            if budget >= param.numel() or n == 0:
                 continue
-            mask = self._masks.unpack_into(name, scratch.mask_bytes(param.numel(), param.device))
-            w = flat(param.data)
-            # A position grown straight back after pruning ("revived") simply stays: it keeps its value and
-            # moments. Gathering the grown positions' values (zeroed unless revived) before pruning and
-            # writing them back afterwards restores the revived ones and starts new connections at exactly
-            # 0, without set arithmetic (nonzero) over the index lists.
-            young = None
-            if self._young is not None and name in self._young:
-                young = self._young.unpack_into(name, scratch.mask_bytes(param.numel(), param.device, 1))
-            old = flat_positions(mask) if follows(optimizer, param) else None  # --optimizer-state active
-            pruned, grown, revived = exchange(param, mask, n, self._grow, optimizer, self._generator,
-                                              active=budget, scratch=scratch, young=young)
-            if old is not None:
-                buf = scratch.get(param.numel(), param.device)[0] if param.dtype == torch.float32 else None
-                move_moments(optimizer, param, old, flat_positions(mask), buf)
-            if self._young is not None:
-                fresh = scratch.mask_bytes(param.numel(), param.device, 1)[:param.numel()].zero_()
-                self._young[name] = fresh.index_fill_(0, grown[~revived], 1).view(torch.bool)
-            grown_values = w.index_select(0, grown).mul_(revived)
-            w.index_fill_(0, pruned, 0)  # pruned weights are zero now, not after the next step
-            w.index_copy_(0, grown, grown_values)
-            if self.grown_moments != "keep":
-                reset_grown_state(optimizer, param, grown[~revived], self.grown_moments)
-            self._masks.store(name, mask)
-            self._fired.bits(name).bitwise_or_(self._masks.bits(name))  # ever active: grown ones join
-            revived_n[name] = int(torch.count_nonzero(revived))
+            revived_n[name] = self._update_layer(name, param, n, scratch)
             pruned_n[name] = n
         self.updates_done += 1
         self.assert_budgets()
@@ -207,10 +181,53 @@ class SViTEEngine(WeightEngine):
                       "revived": revived_n}
         return self._last
 
+    def _update_layer(self, name: str, param: torch.nn.Parameter, n: int, scratch: Scratch) -> int:
+        """One layer's update, as named steps: prune ``n`` and grow ``n`` (``weights.exchange``), carry the
+        optimizer state of the moved positions, remember the new connections (``--death magnitude-mature``),
+        start new connections at zero, then store the mask and its ever-active bits. Returns how many
+        pruned positions were grown straight back."""
+        optimizer = self.ctx.optimizer
+        mask = self._masks.unpack_into(name, scratch.mask_bytes(param.numel(), param.device))
+        young = None
+        if self._young is not None and name in self._young:
+            young = self._young.unpack_into(name, scratch.mask_bytes(param.numel(), param.device, 1))
+        old = flat_positions(mask) if follows(optimizer, param) else None  # --optimizer-state active
+        pruned, grown, revived = exchange(param, mask, n, self._grow, optimizer, self._generator,
+                                          active=self.budgets[name], scratch=scratch, young=young)
+        if old is not None:
+            buf = scratch.get(param.numel(), param.device)[0] if param.dtype == torch.float32 else None
+            move_moments(optimizer, param, old, flat_positions(mask), buf)
+        if self._young is not None:
+            self._remember_young(name, param, grown, revived, scratch)
+        self._start_new_connections_at_zero(param, pruned, grown, revived)
+        if self.grown_moments != "keep":
+            reset_grown_state(optimizer, param, grown[~revived], self.grown_moments)
+        self._masks.store(name, mask)
+        self._fired.bits(name).bitwise_or_(self._masks.bits(name))  # ever active: grown ones join
+        return int(torch.count_nonzero(revived))
+
+    def _remember_young(self, name: str, param: torch.nn.Parameter, grown: torch.Tensor, revived: torch.Tensor,
+                        scratch: Scratch) -> None:
+        """The layer's new connections of this update, pruned last at the next (``magnitude-mature``)."""
+        fresh = scratch.mask_bytes(param.numel(), param.device, 1)[:param.numel()].zero_()
+        self._young[name] = fresh.index_fill_(0, grown[~revived], 1).view(torch.bool)
+
+    @staticmethod
+    def _start_new_connections_at_zero(param: torch.nn.Parameter, pruned: torch.Tensor, grown: torch.Tensor,
+                                       revived: torch.Tensor) -> None:
+        """Pruned weights become zero now (not after the next step) and new connections start at exactly
+        0, while a revived position keeps its value: the grown positions' values are gathered (zeroed
+        unless revived) before pruning and written back afterwards, without set arithmetic over the
+        index lists."""
+        w = flat(param.data)
+        grown_values = w.index_select(0, grown).mul_(revived)
+        w.index_fill_(0, pruned, 0)
+        w.index_copy_(0, grown, grown_values)
+
     def snapshot_info(self) -> dict[str, Any]:
         """The rate of the last update, and its per-layer pruned/grown/revived counts when this snapshot
         is taken at that update's step (so an epoch snapshot does not repeat older counts)."""
-        if not self.dynamic:
+        if not self.clock.updates:
             return {}
         info: dict[str, Any] = {"updates": self.updates_done, "updates_started_at": self.clock.started_at,
                                 "fired_density": round(self._fired.overall_density(), 6)}
@@ -224,8 +241,7 @@ class SViTEEngine(WeightEngine):
     def describe(self) -> dict[str, Any]:
         cfg = self.ctx.config
         settings = {**self._budget_settings(), "init_topology": self.init_topology, "seed": int(cfg.seed)}
-        if self.dynamic:
-            assert self.schedule is not None
+        if self.clock.updates:
             settings.update({"update_frequency": int(cfg.update_frequency), "death_rate": float(cfg.death_rate),
                              "decay_schedule": cfg.decay_schedule, "t_end": float(cfg.t_end), "growth": str(cfg.growth),
                              "death": cfg.death, "grown_moments": self.grown_moments,
@@ -238,7 +254,7 @@ class SViTEEngine(WeightEngine):
                 "masks": masks_state(self._masks), "fired": masks_state(self._fired),
                 "generator": self._generator.get_state(), "updates_done": self.updates_done,
                 "steps_done": self.steps_done, "last": dict(self._last),
-                "clock": self.clock.state_dict() if self.clock is not None else None,
+                "clock": self.clock.state_dict(),
                 **({"young": masks_state(self._young)} if self._young is not None else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -256,7 +272,7 @@ class SViTEEngine(WeightEngine):
         self.updates_done = int(state["updates_done"])
         self.steps_done = int(state["steps_done"])
         self._last = dict(state.get("last") or {})
-        if self.clock is not None and state.get("clock"):
+        if state.get("clock"):
             self.clock.load_state_dict(state["clock"])
         if self._young is not None:
             young = state.get("young") or {}
@@ -269,10 +285,14 @@ class SViTEEngine(WeightEngine):
 
 @register("static")
 class StaticEngine(SViTEEngine):
-    """``static``: SViTE's initial masks (the same per-layer budgets), never updated."""
+    """``static``: SViTE on a schedule that never updates: its initial masks (the same per-layer budgets),
+    kept for the whole run."""
 
     method = "static"
-    dynamic = False
+
+    @staticmethod
+    def _clock(ctx: EngineContext) -> NoUpdates:
+        return NoUpdates()
 
 
 @register("oneshot")

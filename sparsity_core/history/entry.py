@@ -2,7 +2,7 @@
 
 A *group* is the weight masks (``masks``), the head/neuron masks (``units``), the distance sample
 (``sample``), the token-selector weights (``state``) or the head probe (``probe``: each head's class-token
-attention on a few fixed images, ``head_probe.py``); its *layers* are its tensors, fixed for the whole
+attention on a few fixed images, ``history/probe.py``); its *layers* are its tensors, fixed for the whole
 history. An :class:`Entry` holds, per layer, one segment coded by
 :mod:`sparsity_core.history.codec`, the segment's header numbers, and (bit groups) the counts the
 charts read without decoding. :mod:`sparsity_core.history.lazy` strings entries into a history.

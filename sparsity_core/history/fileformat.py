@@ -203,7 +203,7 @@ def history_from_file(header: Any, tensors: Mapping[str, torch.Tensor], source: 
     try:
         return _from_file(header, tensors, source)
     except _Bad as err:
-        raise CheckpointError(f"{source}: mask history is damaged: {err}") from None
+        raise CheckpointError(f"mask history is damaged: {err}", path=source) from None
 
 
 def _from_file(header: Any, tensors: Mapping[str, torch.Tensor], source: str) -> MaskHistory:
@@ -256,7 +256,7 @@ def history_from_legacy(snapshots: list[Snapshot], source: str) -> MaskHistory:
     try:
         return _from_legacy(snapshots, source)
     except _Bad as err:
-        raise CheckpointError(f"{source}: mask history is damaged: {err}") from None
+        raise CheckpointError(f"mask history is damaged: {err}", path=source) from None
 
 
 def _legacy_bits(history: MaskHistory, group: str, i: int, packed_masks: PackedMasks,

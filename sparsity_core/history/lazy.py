@@ -122,8 +122,8 @@ class MaskHistory(Sequence[Snapshot]):
             layers, arrays = cur
             known = self.layers.get(group)
             if known is not None and known != layers:
-                raise SviteError(f"{self.source}: snapshot at step {snap.step} has other {group} "
-                                 f"({len(layers)} tensors) than the history ({len(known)})")
+                raise SviteError(f"snapshot at step {snap.step} has other {group} "
+                                 f"({len(layers)} tensors) than the history ({len(known)})", path=self.source)
             enc = Encoder(**vars(encoders[group]))
             entry = enc.encode(layers, arrays, group in BIT_GROUPS, self.keyframe_every, self.keyframe_budget)
             staged[group] = (entry, enc, layers)
@@ -223,8 +223,8 @@ class MaskHistory(Sequence[Snapshot]):
             else:
                 apply_bits(state, entry.method[j], entry.count[j], entry.k[j], entry.segments[j])
         except ValueError as err:
-            raise CheckpointError(f"{self.source}: tensor history/{t}/{group} (layer {layer.name}) is damaged: "
-                                  f"{err}") from None
+            raise CheckpointError(f"tensor history/{t}/{group} (layer {layer.name}) is damaged: "
+                                  f"{err}", path=self.source) from None
 
     def _state(self, group: str, j: int, i: int) -> np.ndarray:
         """Flat decoded state (bool for bit layers, uint8 for byte layers) of layer ``j`` at

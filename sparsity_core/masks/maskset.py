@@ -2,8 +2,9 @@
 
 Like ``torch.ao.pruning``, the masks live outside the timm modules; :meth:`MaskSet.apply` multiplies
 them into the weights in one fused call, so a masked weight is exactly zero after every optimizer
-step. Snapshots of masks over training (the *mask history*) are kept bit-packed: eight mask bits per
-byte, so a DeiT-S topology costs ~2.7 MB per snapshot.
+step. A :class:`Snapshot` holds one moment's masks bit-packed (eight mask bits per byte, ~2.7 MB for a
+DeiT-S topology) only until the history encodes it; stored, a snapshot is a keyframe or a delta of the
+positions that flipped (``history/``), a few kB for a typical update.
 """
 
 from __future__ import annotations

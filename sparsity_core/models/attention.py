@@ -8,7 +8,7 @@ eval mode); a forward hook on ``attn_drop`` sees exactly the probabilities the b
 scales) is what we read.
 
 Used by attention rollout (``analysis.attribution``), the heads view (``analysis.heads``) and the
-head probe recorded with every training snapshot (``head_probe``). Every function leaves the model as
+head probe recorded with every training snapshot (``history.probe``). Every function leaves the model as
 it found it: each module's training flag, ``fused_attn`` and no hook left behind.
 """
 

@@ -1,10 +1,11 @@
-"""timm ViT/DeiT construction by name, with overrides, and the tiny CPU preset.
+"""timm ViT/DeiT construction by name, with overrides, and the tiny CPU preset (``vit_tiny_demo``, registered
+with timm like any model, so ``timm.create_model("vit_tiny_demo")`` builds it too).
 
 Everything a checkpoint needs to rebuild a model lives in :class:`ModelConfig` (a plain dataclass that
 round-trips through JSON), so a model is never described by hidden state. Weights are never
 downloaded: they come from local files only (``checkpoint.py``).
 
-This module sits at the bottom of the core and imports nothing else of ours. What a config asks for
+This module sits at the bottom of the models floor and imports nothing else of ours but the errors. What a config asks for
 beyond timm's own model (a token selector, the per-block sizes of a compacted S2ViTE model) is added
 by the modules that own it, which register a build step here (:func:`register_extension`); the
 package's ``__init__`` imports them, so every ``build_model`` call sees them.
@@ -13,22 +14,34 @@ package's ``__init__`` imports them, so every ``build_model`` call sees them.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import timm
 import torch
+from timm.models import register_model
 from torch import nn
 
 from ..errors import SviteError
 
 # The CPU demo preset: small enough to train in a minute on two cores, shaped like DeiT (6 heads, so
-# S2ViTE's 0.7 head density keeps 4 of 6 heads as it does for DeiT-S).
+# S2ViTE's 0.7 head density keeps 4 of 6 heads as it does for DeiT-S). It is DeiT-Tiny's architecture code
+# with these sizes; its pretrained config is DeiT-Tiny's (preprocessing, no weights to download) at 32 px.
 TINY_DEMO = "vit_tiny_demo"
-_TINY_DEMO_BASE = "deit_tiny_patch16_224"
 _TINY_DEMO_DEFAULTS = dict(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=6, num_classes=10)
+default_cfgs = {TINY_DEMO: {**timm.models.get_pretrained_cfg("deit_tiny_patch16_224").to_dict(),
+                            "url": "", "hf_hub_id": None, "input_size": (3, 32, 32), "num_classes": 10}}
+
+
+@register_model
+def vit_tiny_demo(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """The tiny CPU preset as a timm model entrypoint (no pretrained weights exist)."""
+    if pretrained:
+        raise SviteError(f"'{TINY_DEMO}' has no pretrained weights")
+    from timm.models.deit import deit_tiny_patch16_224
+
+    return deit_tiny_patch16_224(pretrained=False, **{**_TINY_DEMO_DEFAULTS, **kwargs})
 
 
 @dataclass
@@ -93,9 +106,6 @@ class ModelConfig:
         """The timm model name and keyword overrides this config stands for."""
         name = self.name
         kwargs: dict[str, Any] = {}
-        if name == TINY_DEMO:
-            name = _TINY_DEMO_BASE
-            kwargs.update(_TINY_DEMO_DEFAULTS)
         for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "num_classes", "mlp_ratio",
                     "in_chans"):
             value = getattr(self, key)
@@ -106,7 +116,7 @@ class ModelConfig:
 
 
 def is_vit_name(name: str) -> bool:
-    return name == TINY_DEMO or (name in timm.list_models() and _is_vision_transformer_name(name))
+    return name in timm.list_models() and _is_vision_transformer_name(name)
 
 
 def _is_vision_transformer_name(name: str) -> bool:
@@ -115,10 +125,10 @@ def _is_vision_transformer_name(name: str) -> bool:
 
 def available_models() -> list[str]:
     """Names accepted by :func:`build_model`: the tiny preset and timm's plain ViT/DeiT models."""
-    return [TINY_DEMO] + [n for n in timm.list_models() if _is_vision_transformer_name(n)]
+    return [n for n in timm.list_models() if _is_vision_transformer_name(n)]
 
 
-# build steps of the modules that extend a timm model (token_selector.py, compact.py), in import order
+# build steps of the modules that extend a timm model (models/token_selector.py, models/compact.py), in import order
 _EXTENSIONS: list[Callable[[nn.Module, ModelConfig], None]] = []
 
 
@@ -128,13 +138,17 @@ def register_extension(step: Callable[[nn.Module, ModelConfig], None]) -> Callab
     return step
 
 
+def _check_known(name: str) -> None:
+    if not is_vit_name(name):
+        raise SviteError(f"unknown model '{name}': use a timm ViT/DeiT name (e.g. deit_small_patch16_224) "
+                         f"or '{TINY_DEMO}'")
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     """Build a timm VisionTransformer (never downloading) with what ``config`` adds to it (a token
     selector, per-block sizes of a compacted model)."""
     name, kwargs = config.timm_name_and_kwargs()
-    if not is_vit_name(config.name):
-        raise SviteError(f"unknown model '{config.name}': use a timm ViT/DeiT name (e.g. deit_small_patch16_224) "
-                         f"or '{TINY_DEMO}'")
+    _check_known(config.name)
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as err:
@@ -204,24 +218,23 @@ def infer_config_from_state_dict(state: dict[str, torch.Tensor], name_hint: str 
     if num_heads is None:
         num_heads = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}.get(int(embed_dim), max(1, int(embed_dim) // 64))
     name = name_hint if name_hint and is_vit_name(name_hint) else "deit_small_patch16_224"
-    if name == TINY_DEMO:
-        name = _TINY_DEMO_BASE
     return ModelConfig(name=name, img_size=grid * int(patch), patch_size=int(patch), embed_dim=int(embed_dim),
                        depth=depth, num_heads=int(num_heads), num_classes=num_classes, mlp_ratio=mlp_ratio,
                        in_chans=int(in_chans))
 
 
 def input_geometry(config: ModelConfig) -> tuple[int, int]:
-    """(image size, patch size) the model will expect, without building it (data is built first)."""
+    """(image size, patch size) the model will expect, without building its weights (data is built first):
+    the config's own values, else the model's defaults read off a build on the meta device."""
     name, kwargs = config.timm_name_and_kwargs()
-    img = kwargs.get("img_size")
-    patch = kwargs.get("patch_size")
-    if img is None:
+    img, patch = kwargs.get("img_size"), kwargs.get("patch_size")
+    if img is None or patch is None:
+        _check_known(config.name)
         try:
-            img = int(timm.models.get_pretrained_cfg(name).input_size[-1])
-        except (AttributeError, RuntimeError, TypeError):
-            img = 224
-    if patch is None:
-        match = re.search(r"patch(\d+)", name)
-        patch = int(match.group(1)) if match else 16
+            with torch.device("meta"):
+                skeleton = timm.create_model(name, pretrained=False, **kwargs)
+        except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+            raise SviteError(f"cannot build model '{config.name}' with {kwargs}: {err}") from None
+        img = img if img is not None else skeleton.patch_embed.img_size[0]
+        patch = patch if patch is not None else skeleton.patch_embed.patch_size[0]
     return int(img), int(patch)

@@ -166,7 +166,7 @@ def compact(loaded: Any) -> tuple[nn.Module, ModelConfig]:
     (ours or the official release); same logits as the masked model."""
     units = loaded.units
     if units is None or not any(n.endswith((".attn.heads", ".mlp.neurons")) for n in units):
-        raise SviteError(f"{loaded.path}: has no head/neuron masks (not an S2ViTE checkpoint); nothing to compact")
+        raise SviteError("has no head/neuron masks (not an S2ViTE checkpoint); nothing to compact", path=loaded.path)
     return compact_model(loaded.model, loaded.model_config, units, loaded.masks)
 
 

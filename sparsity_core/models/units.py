@@ -1,7 +1,7 @@
 """Which weight entries a sparsity unit stands for: single weights (the sparsified parameters) or the
 heads and MLP neurons of timm's ``Attention`` and ``Mlp``.
 
-Below the engines (``dst/``) and compaction (``compact.py``), which both need the layout and nothing
+Below the engines (``dst/``) and compaction (``models/compact.py``), which both need the layout and nothing
 else of each other. A head *h* of a block is its q, k and v rows of ``attn.qkv.weight`` (timm's layout:
 all q heads, then k, then v) **and** the same entries of ``attn.qkv.bias``: the reference leaves the
 value bias of a pruned head alive, so its "pruned" head still adds ``proj . b_v`` to every token. A
@@ -111,14 +111,14 @@ def units_from_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], source
         fc1 = masks.get(f"blocks.{i}.mlp.fc1.weight")
         fc2 = masks.get(f"blocks.{i}.mlp.fc2.weight")
         if qkv is None or fc1 is None or fc2 is None:
-            raise SviteError(f"{source}: its masks do not cover qkv, fc1 and fc2 of block {i}")
+            raise SviteError(f"its masks do not cover qkv, fc1 and fc2 of block {i}", path=source)
         rows = qkv.reshape(3, attn.num_heads, attn.head_dim, -1)
         heads = rows.all(dim=(0, 2, 3))
         neurons = fc1.all(dim=1)
         if not (torch.equal(rows.any(dim=(0, 2, 3)), heads) and torch.equal(fc1.any(dim=1), neurons)
                 and torch.equal(fc2.all(dim=0), neurons) and torch.equal(fc2.any(dim=0), neurons)):
-            raise SviteError(f"{source}: its masks are not head/neuron structured (block {i}); --method s2vite "
-                             "starts from a dense or an S2ViTE checkpoint")
+            raise SviteError(f"its masks are not head/neuron structured (block {i}); --method s2vite "
+                             "starts from a dense or an S2ViTE checkpoint", path=source)
         units[head_unit_name(i)] = heads.cpu()
         units[neuron_unit_name(i)] = neurons.cpu()
     return units

@@ -60,8 +60,8 @@ class Recorder:
                  model_config: ModelConfig | None = None, log_to: str | None = None) -> None:
         self.out = Path(out_dir)
         if (self.out / CHECKPOINT_NAME).exists():
-            raise SviteError(f"{self.out}: already holds a run (checkpoint.safetensors); give the Recorder a folder "
-                             "of its own")
+            raise SviteError("already holds a run (checkpoint.safetensors); give the Recorder a folder of its own",
+                             path=self.out)
         self.model = model
         kinds = parse_log_to(log_to, "log_to")
         state = plain_state(model)
@@ -159,7 +159,7 @@ class Recorder:
 
     def _open(self) -> None:
         if self.closed:
-            raise SviteError(f"{self.out}: this Recorder is closed")
+            raise SviteError("this Recorder is closed", path=self.out)
 
     def _advance(self, step: int, epoch: float | None) -> None:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:

@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..checkpoint.header import Header, read_header
-from ..checkpoint.validate import one_line
-from ..errors import SviteError
+from ..errors import SviteError, one_line
 from ..training.rundir import CHECKPOINT_NAME, METRICS_NAME
 from . import facts
 from .facts import EVENT_COLUMNS

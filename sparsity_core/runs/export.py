@@ -39,7 +39,7 @@ def export_records(root: str | Path, out: str | Path) -> tuple[list[Path], list[
     """Write a record per run below ``root`` into ``out``; returns the files written and the index's notes."""
     root, out = Path(root), Path(out)
     if not root.is_dir():
-        raise SviteError(f"{root}: not a folder of runs")
+        raise SviteError("not a folder of runs", path=root)
     if out.exists() and not out.is_dir():
         raise SviteError(f"--export {out}: exists and is not a folder")
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:

@@ -5,7 +5,7 @@ grouped (mean ± std over seeds, differences paired by seed).
 Fields that cannot change the outcome are left out of the key: where a run was written and how it was
 driven (``out``, ``resume``, ``device``, logging, checkpointing, workers, ``max_steps`` is kept: a
 shorter run is another experiment), and every flag the run's method and setup do not use, as the CLI's
-unused-flag table says (``flag_use.py``: the update schedule of a method that never updates, the
+unused-flag table says (``training/flags.py``: the update schedule of a method that never updates, the
 selector's settings of a run without a selector, the S²ViTE densities of other methods, ...). A field
 that an older run's config lacks takes the value it ran with (``config.LEGACY_DEFAULTS``), so a flag added
 later does not split a sweep.

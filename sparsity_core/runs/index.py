@@ -23,8 +23,7 @@ import pandas as pd
 
 from ..checkpoint import validate
 from ..checkpoint.header import Header, curve_records, read_header
-from ..checkpoint.validate import one_line
-from ..errors import SviteError
+from ..errors import SviteError, one_line
 from ..training.rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME
 from ..training.runtime import run_is_active
 from . import facts

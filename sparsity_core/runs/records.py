@@ -47,7 +47,7 @@ def write_record(path: Path, record: dict[str, Any]) -> Path:
     data = json.dumps(_clean({"format": FORMAT, "version": VERSION, **record}), separators=(",", ":"),
                       allow_nan=False).encode()
     if len(data) > MAX_RECORD_BYTES:
-        raise SviteError(f"{path}: the record would be {len(data)} bytes, over the {MAX_RECORD_BYTES} limit")
+        raise SviteError(f"the record would be {len(data)} bytes, over the {MAX_RECORD_BYTES} limit", path=path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
     return path
@@ -55,10 +55,10 @@ def write_record(path: Path, record: dict[str, Any]) -> Path:
 
 def _rows(path: Path, value: Any, what: str) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
-        raise SviteError(f"{path}: {what} must be a list of objects")
+        raise SviteError(f"{what} must be a list of objects", path=path)
     for r in value:
         if not all(_scalar(v) for v in r.values()):
-            raise SviteError(f"{path}: {what} holds a value that is not a number, string or null")
+            raise SviteError(f"{what} holds a value that is not a number, string or null", path=path)
     return value
 
 
@@ -69,22 +69,22 @@ def read_record(path: str | Path) -> dict[str, Any]:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_RECORD_BYTES + 1)
     except OSError as err:
-        raise SviteError(f"{path}: cannot read the run record ({err.strerror or err})") from None
+        raise SviteError(f"cannot read the run record ({err.strerror or err})", path=path) from None
     if len(raw) > MAX_RECORD_BYTES:
-        raise SviteError(f"{path}: run record over the {MAX_RECORD_BYTES // 2**20} MB limit")
+        raise SviteError(f"run record over the {MAX_RECORD_BYTES // 2**20} MB limit", path=path)
     try:
         rec = json.loads(raw)
     except (ValueError, RecursionError):
-        raise SviteError(f"{path}: run record is not valid JSON") from None
+        raise SviteError("run record is not valid JSON", path=path) from None
     if not isinstance(rec, dict) or rec.get("format") != FORMAT:
-        raise SviteError(f"{path}: not a run record (format is not {FORMAT!r})")
+        raise SviteError(f"not a run record (format is not {FORMAT!r})", path=path)
     if not isinstance(rec.get("version"), int) or rec["version"] > VERSION:
-        raise SviteError(f"{path}: run record version {rec.get('version')!r}; this app reads up to {VERSION}")
+        raise SviteError(f"run record version {rec.get('version')!r}; this app reads up to {VERSION}", path=path)
     summary, config, curves = rec.get("summary"), rec.get("config"), rec.get("curves")
     if not isinstance(summary, dict) or not all(_scalar(v) for v in summary.values()):
-        raise SviteError(f"{path}: the run record's summary must be an object of numbers and strings")
+        raise SviteError("the run record's summary must be an object of numbers and strings", path=path)
     if not isinstance(config, dict) or not isinstance(curves, dict):
-        raise SviteError(f"{path}: the run record needs a config object and a curves object")
+        raise SviteError("the run record needs a config object and a curves object", path=path)
     checked = {t: _rows(path, curves.get(t, []), f"curves.{t}") for t in CURVE_TABLES}
     return {"summary": summary, "config": config, "curves": checked}
 

@@ -105,7 +105,7 @@ class TrainConfig:
     # infer gathered; gather: drop tokens in training too (faster, no per-patch signal); zero: the reference
     selector_mode: str = "soft"
     # fraction of training over which the kept tokens fall from all patches to k (0: k from step 0, as the
-    # reference; from scratch on a short schedule that never learned, see token_selector.py)
+    # reference; from scratch on a short schedule that never learned, see models/token_selector.py)
     selector_keep_warmup: float = 0.3
 
     def model_config(self, num_classes: int) -> ModelConfig:
@@ -138,7 +138,7 @@ def with_legacy_defaults(config: dict[str, Any]) -> dict[str, Any]:
 
 def validate_config(cfg: TrainConfig) -> None:
     """Reject absurd flags up front, each with one line naming the flag: ranges, the model name, size
-    caps and a memory estimate (``limits.py``), then the flags of the chosen method."""
+    caps and a memory estimate (``checkpoint/limits.py``), then the flags of the chosen method."""
     check_out_path(cfg.out)
     for flag, ok, message in _range_checks(cfg):
         if not ok:
@@ -192,7 +192,7 @@ def check_method_flags(cfg: Any) -> None:
     if cfg.method in UNSTRUCTURED:
         _check_unstructured(cfg)
     # --include/--exclude with s2vite (which masks whole heads and neurons) are not refused here: they have
-    # no effect, which the command line says (flag_use.py); a sweep passes them to every method
+    # no effect, which the command line says (training/flags.py); a sweep passes them to every method
     if cfg.method == "s2vite":
         if cfg.growth not in STRUCTURED_GROWTH:
             raise FlagError("--growth", f"--growth {cfg.growth}: S2ViTE grows heads and neurons by gradient or "

@@ -7,8 +7,9 @@ and checkpointing at every epoch end (:func:`_end_epoch`).
 
 The sparsity method is an engine object (``dst/``): the loop calls ``engine.after_optimizer_step(step)``
 after every optimizer step, where the engine re-applies its masks and, on its schedule, prunes and
-grows; when that changed the masks the loop records a snapshot. The loop itself only knows about data,
-model, optimizer, schedule, checkpoints and metrics. It runs on CPU, on one GPU (bf16 autocast) and
+grows; when that changed the masks the loop records a snapshot. Everything else a run needs at a step, a
+snapshot or a checkpoint (SViTE+'s selector schedule, the head probe) is a hook (``hooks.py``). The loop
+itself only knows about data, model, optimizer, schedule, checkpoints and metrics. It runs on CPU, on one GPU (bf16 autocast) and
 under ``torchrun`` (DDP: rank 0 writes, metrics are averaged over ranks; ``runtime.py``).
 
 Run directory (``--out DIR``, ``rundir.py``): ``checkpoint.safetensors`` (the one-file checkpoint),
@@ -45,13 +46,13 @@ from ..dst import EngineContext, SparsityEngine, build_engine
 from ..dst.active_optim import ActiveAdamW
 from ..errors import SviteError
 from ..history.lazy import MaskHistory
-from ..history.probe import HeadProbe
 from ..history.scalars import latest_scalars
 from ..masks.maskset import Snapshot
 from ..models.builder import ModelConfig, build_model, input_geometry
 from ..models.evaluate import evaluate_accuracy
 from ..trackers import Trackers, open_trackers, parse_log_to
 from .config import TrainConfig, validate_config
+from .hooks import LoopHook, hooks_for
 from .resume import init_from, resume
 from .rundir import (
     CHECKPOINT_NAME,
@@ -88,8 +89,8 @@ def train(cfg: TrainConfig, *, show_progress: bool = True, echo_metrics: bool = 
     if resume_path is not None and resume_path.is_dir():
         resume_path = resume_path / CHECKPOINT_NAME
     if resume_path is None and ddp.is_main and (out / CHECKPOINT_NAME).exists():
-        raise SviteError(f"{out}: already holds a run (checkpoint.safetensors); pass --resume {out} to continue it "
-                         "or choose another --out")
+        raise SviteError(f"already holds a run (checkpoint.safetensors); pass --resume {out} to continue it "
+                         "or choose another --out", path=out)
     created = check_out_dir(out) if ddp.is_main else None
     try:
         with RunLock(out) if ddp.is_main else nullcontext():
@@ -160,7 +161,7 @@ class Run:
     step: int = 0  # optimizer steps done
     start_epoch: int = 0
     last_metrics: dict[str, Any] = field(default_factory=dict)
-    probe: HeadProbe | None = None  # each head's attention on fixed images, with every snapshot
+    hooks: list[LoopHook] = field(default_factory=list)  # the selector schedule, the head probe (hooks.py)
     curve: list[dict[str, Any]] = field(default_factory=list)  # per-epoch metrics, carried in the checkpoint
     trackers: Trackers = field(default_factory=Trackers)  # --log-to writers (none: every call does nothing)
 
@@ -172,28 +173,15 @@ class Run:
     def checkpoint(self) -> Path:
         return self.out / CHECKPOINT_NAME
 
-    @property
-    def selector(self) -> nn.Module | None:
-        return getattr(self.model, "token_selector", None)
-
-    def head_probe(self) -> dict[str, torch.Tensor]:
-        """The head probe's tensors now (``head_probe.py``; none for a model it cannot probe)."""
-        if self.probe is None:
-            try:
-                self.probe = HeadProbe(self.model, self.data.mean, self.data.std)
-            except SviteError:  # a geometry the demo images cannot take: training goes on without a probe
-                self.probe = HeadProbe(self.model, self.data.mean, self.data.std, count=0)
-        return self.probe(self.model)
-
     def snapshot(self, event: str, epoch_value: float) -> None:
-        """Record the engine's masks, the token selector's weights and the head probe in the history."""
-        selector = self.selector
-        state = {f"token_selector.{k}": v for k, v in selector.state_dict().items()} if selector is not None else {}
+        """Record the engine's masks in the history, with what the hooks add (the token selector's weights,
+        the head probe)."""
         info = self.engine.snapshot_info()
         if self.ddp.world_size > 1 and self.engine.masks is not None:
             info["rank_mask_hashes"] = check_ranks_agree(self.engine, self.step)
+        fields = {k: v for hook in self.hooks for k, v in hook.snapshot_fields().items()}
         self.history.append(Snapshot.take(self.step, epoch_value, masks=self.engine.masks, units=self.engine.units,
-                                          state=state, probe=self.head_probe(), event=event, **info))
+                                          event=event, **fields, **info))
         self.trackers.log(self.step, latest_scalars(self.history))
 
     def save(self, epoch_done: float, complete: bool) -> Path:
@@ -203,7 +191,7 @@ class Run:
                          "std": list(self.data.std), "class_names": self.data.class_names},
                 "train_config": cfg.to_dict(), "total_steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch, "world_size": self.ddp.world_size,
-                "head_probe": self.probe.describe() if self.probe is not None and self.probe.count else None,
+                **{k: v for hook in self.hooks for k, v in hook.checkpoint_meta().items()},
                 **engine.describe(), "epoch": epoch_done, "step": step, "metrics": self.last_metrics,
                 "curve": self.curve, "complete": complete, "resume_file": f"resume-{step:09d}.pt"}
         sidecar = self.out / meta["resume_file"]
@@ -266,7 +254,8 @@ def _build(cfg: TrainConfig, out: Path, ddp: Dist, device: torch.device, use_ini
     return Run(cfg=cfg, out=out, ddp=ddp, device=device, model_config=model_config, data=data,
                train_loader=train_loader, val_loader=val_loader, model=model, train_model=train_model,
                optimizer=optimizer, scheduler=scheduler, engine=engine, autocast=autocast, mixup=mixup,
-               loss_fn=loss_fn, steps_per_epoch=steps_per_epoch)
+               loss_fn=loss_fn, steps_per_epoch=steps_per_epoch,
+               hooks=hooks_for(model, data.mean, data.std, cfg.selector_keep_warmup))
 
 
 def _loss(cfg: TrainConfig, num_classes: int) -> tuple[Mixup | None, nn.Module]:
@@ -331,8 +320,8 @@ def _train_step(run: Run, images: torch.Tensor, targets: torch.Tensor, epoch: in
     targets = targets.to(run.device, non_blocking=True)
     if run.mixup is not None:
         images, targets = run.mixup(images, targets)
-    if run.selector is not None:
-        run.selector.set_progress(run.step / run.total_steps, cfg.selector_keep_warmup)
+    for hook in run.hooks:
+        hook.before_step(run.step, run.total_steps)
     with run.autocast():
         loss = run.loss_fn(run.train_model(images), targets)
     if not loss_is_finite(loss, run.ddp):

@@ -94,8 +94,8 @@ def truncate_metrics(path: Path, step: int) -> None:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise SviteError(f"{path}: not UTF-8 text (bad byte at offset {err.start}); fix or remove the file "
-                         "to continue this run") from None
+        raise SviteError(f"not UTF-8 text (bad byte at offset {err.start}); fix or remove the file "
+                         "to continue this run", path=path) from None
     kept = []
     for number, line in enumerate(text.splitlines(), 1):
         try:
@@ -106,8 +106,8 @@ def truncate_metrics(path: Path, step: int) -> None:
             record = None
         at = record.get("step", 0) if isinstance(record, dict) else None
         if isinstance(at, bool) or not isinstance(at, (int, float)):
-            raise SviteError(f"{path}: line {number} is not a metrics record ({line[:40]!r}); fix or remove it "
-                             "to continue this run")
+            raise SviteError(f"line {number} is not a metrics record ({line[:40]!r}); fix or remove it "
+                             "to continue this run", path=path)
         if record.get("kind") in ("start", "end") or at <= step:
             kept.append(line)
     atomic_write_bytes(path, ("\n".join(kept) + "\n").encode() if kept else b"")

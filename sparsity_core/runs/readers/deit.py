@@ -20,8 +20,7 @@ import torch
 
 from ...checkpoint import validate
 from ...checkpoint.pickled import torch_load_safe
-from ...checkpoint.validate import one_line
-from ...errors import SviteError
+from ...errors import SviteError, one_line
 from ..curves import EPOCH_COLUMNS, Curves
 from ..files import read_metrics
 from . import common
@@ -56,7 +55,7 @@ def _checkpoint_facts(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     obj = torch_load_safe(path, mmap=True)
     validate.check_tensor_budget(path, obj, path.stat().st_size)
     if not isinstance(obj, Mapping) or not isinstance(obj.get("model"), Mapping):
-        raise SviteError(f"{path.name}: not a DeiT/SViTE checkpoint (no 'model' state dict)")
+        raise SviteError("not a DeiT/SViTE checkpoint (no 'model' state dict)", path=path)
     args = obj.get("args")
     args = vars(args) if isinstance(args, argparse.Namespace) else dict(args) if isinstance(args, Mapping) else {}
     model = {k: v for k, v in obj["model"].items() if isinstance(v, torch.Tensor)}
