@@ -29,13 +29,15 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-from torch.ao.pruning import WeightNormSparsifier  # noqa: E402
+# isort: off
+import sparsity_core  # noqa: F401  (before timm: makes it importable next to a CPU-only torch)
+import timm
+import torch
+from torch.ao.pruning import WeightNormSparsifier
+# isort: on
 
-import sparsity_core  # noqa: F401  (before timm)
-from sparsity_core import Recorder  # noqa: E402
-from sparsity_core.masks import default_sparsifiable  # noqa: E402
+from sparsity_core import Recorder
+from sparsity_core.masks import default_sparsifiable
 
 
 def _held(rec: Recorder) -> dict[str, int]:

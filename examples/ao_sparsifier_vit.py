@@ -38,7 +38,8 @@ def main(out: str, epochs: int = 3, tiny: bool = False, sparsity: float = 0.7, s
     sparsifier.prepare(model, [{"tensor_fqn": fqn} for fqn in linears])
     schedule = CubicSL(sparsifier, init_sl=0.0, init_t=0, delta_t=1, total_t=epochs)
 
-    rec = Recorder(out, model, config={"seed": seed, "epochs": epochs, "sparsity": sparsity}, log_to=log_to)
+    rec = Recorder(out, model, config={"seed": seed, "epochs": epochs, "sparsity": sparsity,
+                                       "total_steps": epochs * len(train)}, log_to=log_to)
     step = 0
     sparsifier.step()
     rec.snapshot(step, epoch=0)

@@ -34,7 +34,8 @@ def main(out: str, epochs: int = 3, tiny: bool = False, amount: float = 0.3, see
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     weights = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
-    with Recorder(out, model, config={"seed": seed, "epochs": epochs, "amount": amount}) as rec:
+    with Recorder(out, model, config={"seed": seed, "epochs": epochs, "amount": amount,
+                                       "total_steps": epochs * len(train)}) as rec:
         step = 0
         for epoch in range(epochs):
             for x, y in train:

@@ -52,7 +52,8 @@ def main(out: str, epochs: int = 3, tiny: bool = False, density: float = 0.5, up
     total = epochs * len(train)
 
     rec = Recorder(out, model, masks=masks, method="RigL (mask dict)",
-                   config={"seed": seed, "epochs": epochs, "density": density, "update_every": update_every})
+                   config={"seed": seed, "epochs": epochs, "density": density, "update_every": update_every,
+                           "total_steps": total})
     step = 0
     rec.snapshot(step, epoch=0)
     for epoch in range(epochs):
